@@ -1,0 +1,33 @@
+# One command each for a new user on a fresh machine (only Python 3.10+ needed):
+#   make demo   set up .venv, generate the synthetic dataset, run the demo
+#   make test   set up .venv, run the test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-all table clean-demo
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+data/synthetic/splits/val.txt: | $(STAMP)
+	$(BIN)/wilson-ray data synth --out data/synthetic
+
+demo: $(STAMP) data/synthetic/splits/val.txt
+	$(BIN)/wilson-ray data splits --root data/synthetic --task 15-5
+	$(BIN)/wilson-ray data splits --root data/synthetic --task 15-5 --overlap
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+table: $(STAMP) data/synthetic/splits/val.txt
+	$(BIN)/wilson-ray table --preset demo --task 15-5 --out runs/table-15-5
+
+clean-demo:
+	rm -rf data/synthetic runs

@@ -1,0 +1,105 @@
+"""Checkpoint cache of earlier steps: each is trained once per (data, task, setting, model, seed, earlier-step
+config) and reused by every run or sweep trial that needs it.
+
+Concurrency: a per-entry ``fcntl`` lock; the first caller trains, the others wait and then read. Entries are
+written with an atomic rename, so a killed writer leaves no entry, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from wilson_ray.atomic import atomic_write_text
+from wilson_ray.config import Config
+from wilson_ray.methods import get_method
+
+# Fields that do not change the trained weights, so they are left out of the key.
+_NEUTRAL = {
+    "data": {"num_workers", "val_batch_size", "eval_mode", "val_crop_size"},
+    "run": {"device", "progress", "log_interval", "val_interval", "fail_on_nonfinite", "compile"},
+}
+
+
+def _data_stamp(root: str) -> list:
+    """Identity of a dataset folder: its resolved path and the size/mtime of its split lists."""
+    path = Path(root).expanduser().resolve()
+    stamp: list = [str(path)]
+    for sub in ("splits", "split"):
+        folder = path / sub
+        if folder.is_dir():
+            stamp += [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir())]
+    return stamp
+
+
+def step_key(cfg: Config, step: int) -> str:
+    """Cache key of the checkpoint of ``step`` under ``cfg``: a hash of everything that shapes its weights."""
+    d = cfg.to_dict()
+    for section, fields in _NEUTRAL.items():
+        d[section] = {k: v for k, v in d[section].items() if k not in fields}
+    joint = get_method(cfg.method.name).joint
+    parts = {
+        "data": d["data"], "stamp": _data_stamp(cfg.data.root) + (_data_stamp(cfg.data.voc_root) if cfg.data.voc_root else []),
+        "model": d["model"], "step0": d["step0"], "run": d["run"], "step": step,
+        # Step 0 is the same BCE step for every method; only the joint bound trains differently.
+        "method": d["method"] if (step > 0 or joint) else None,
+        "incremental": d["incremental"] if step > 0 else None,
+        "previous": step_key(cfg, step - 1) if step > 0 else None,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def cached_step(cfg: Config, step: int, cache_dir: str | Path, verbose: bool = True) -> Path:
+    """Checkpoint of ``step`` for ``cfg``: read from the cache, or trained (with its earlier steps) and stored."""
+    from wilson_ray.engine import train_step
+
+    cache_dir = Path(cache_dir)
+    key = step_key(cfg, step)
+    entry = cache_dir / key / f"step{step}.pt"
+    if entry.is_file():
+        return entry
+    init = cached_step(cfg, step - 1, cache_dir, verbose) if step > 0 else None
+    with _locked(cache_dir / f"{key}.lock"):
+        if entry.is_file():  # another process trained it while we waited
+            return entry
+        if verbose:
+            print(f"cache: training step {step} of task '{cfg.data.task}' once ({entry})", file=sys.stderr)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=entry.parent, prefix=".train-") as tmp:
+            run_cfg = copy.deepcopy(cfg)
+            result = train_step(run_cfg, step, init_checkpoint=init, out_dir=tmp)
+            os.replace(result.checkpoint, entry)  # atomic publish: readers see all or nothing
+        atomic_write_text(cache_dir / key / "config.json", json.dumps(cfg.to_dict(), indent=1, default=str))
+    return entry
+
+
+def previous_step_checkpoint(cfg: Config, step: int, cache_dir: str | Path) -> Path | None:
+    """Checkpoint of step ``step - 1`` (trained once and cached), or None at step 0."""
+    return cached_step(cfg, step - 1, cache_dir) if step > 0 else None
+
+
+def default_cache_dir() -> Path:
+    """``$WILSON_RAY_CACHE``, else ``$XDG_CACHE_HOME/wilson-ray/steps`` (``~/.cache/...``)."""
+    if os.environ.get("WILSON_RAY_CACHE"):
+        return Path(os.environ["WILSON_RAY_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "wilson-ray" / "steps"

@@ -1,0 +1,123 @@
+"""``wilson-ray train``, ``eval`` and ``table``: whole incremental tasks in one process, no Ray."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from wilson_ray.atomic import atomic_write_text
+from wilson_ray.cache import default_cache_dir
+from wilson_ray.config import Config, parse_overrides, resolve_config
+
+PAPER_TABLE_METHODS = ("joint", "finetune", "lwf", "ilt", "mib", "cam", "wilson")
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that resolves a config."""
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", help="shipped preset: demo, voc-15-5, voc-10-10, coco-voc (default: demo)")
+    src.add_argument("--config", help="a resolved config YAML (e.g. from `wilson-ray best`)")
+    p.add_argument("--task", help="incremental task, e.g. 15-5, 10-10, 15-1, coco-voc")
+    p.add_argument("--overlap", action="store_true", default=None, help="overlap setting instead of disjoint")
+    p.add_argument("--no-mask", action="store_true", default=None, help="image labels of old classes too (Tab. 5)")
+    p.add_argument("--data-root", help="dataset folder (overrides data.root)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], help="mixed precision")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set method.alpha=0.7 (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace, method: str | None = None) -> Config:
+    overrides = parse_overrides(args.set)
+    for flag, key in (("task", "data.task"), ("overlap", "data.overlap"), ("no_mask", "data.no_mask"),
+                      ("data_root", "data.root"), ("device", "run.device"), ("amp", "run.amp")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.setdefault(key, value)
+    return resolve_config(args.preset, args.config, method or getattr(args, "method", None), overrides)
+
+
+def _cache_dir(args) -> Path:
+    return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from wilson_ray.runner import format_table, run_task
+
+    cfg = config_from_args(args)
+    steps = [int(s) for s in args.steps.split(",")] if args.steps else None
+    rows = run_task(cfg, args.out, _cache_dir(args), steps=steps)
+    print(format_table(cfg, rows))
+    if args.out:
+        print(f"wrote {Path(args.out) / 'results.json'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from wilson_ray.engine import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.ckpt, data_root=args.data_root, eval_mode=args.eval_mode,
+                                 device=args.device or "auto")
+    out = {"step": result.step, **result.metrics, "per_class_iou": result.per_class_iou, "extra": result.extra_eval}
+    if args.json:
+        print(json.dumps(out, indent=2, default=lambda v: None))
+    else:
+        for key in ("miou_old", "miou_new", "miou_all", "miou_all_mib"):
+            print(f"{key:>14}: {result.metrics.get(key, float('nan')):6.2f}")
+        for name, iou in result.per_class_iou.items():
+            print(f"{name:>14}: {iou:6.2f}")
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    """Every method of the paper's table on one task, sharing one cached step 0."""
+    from wilson_ray.runner import format_table, run_task
+
+    methods = args.methods.split(",") if args.methods else list(PAPER_TABLE_METHODS)
+    out = Path(args.out)
+    table = []
+    for method in methods:
+        cfg = config_from_args(args, method=method)
+        rows = run_task(cfg, out / method, _cache_dir(args))
+        print(format_table(cfg, rows), flush=True)
+        first, last = rows[0].metrics, rows[-1].metrics
+        table.append({"method": method, "step0_old": first.get("miou_old"), **{
+            k: last.get(k) for k in ("miou_old", "miou_new", "miou_all", "miou_all_mib")}})
+    fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}"  # noqa: E731
+    md = ["| method | step-0 old | old | new | all | all (MiB) |", "|---|---|---|---|---|---|"]
+    md += [f"| {r['method']} | {fmt(r['step0_old'])} | {fmt(r['miou_old'])} | {fmt(r['miou_new'])} | "
+           f"{fmt(r['miou_all'])} | {fmt(r['miou_all_mib'])} |" for r in table]
+    atomic_write_text(out / "table.md", "\n".join(md) + "\n")
+    atomic_write_text(out / "table.json", json.dumps(table, indent=2, default=lambda v: None))
+    print("\n".join(md))
+    print(f"wrote {out / 'table.md'}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="run an incremental task in one process (step 0 cached, then every step)")
+    add_config_arguments(p)
+    p.add_argument("--method", help="joint, finetune, lwf, ilt, mib, cam, wilson (default: the preset's)")
+    p.add_argument("--out", help="folder for the checkpoints, results.json and the resolved config.yaml")
+    p.add_argument("--steps", help="comma-separated steps to run (default: all)")
+    p.add_argument("--cache-dir", help="step cache (default: $WILSON_RAY_CACHE or ~/.cache/wilson-ray/steps)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on its task's validation set")
+    p.add_argument("--ckpt", required=True, help="a step checkpoint written by train")
+    p.add_argument("--data-root", help="dataset folder (default: the checkpoint's data.root)")
+    p.add_argument("--eval-mode", choices=["crop", "full"], help="paper's center crop or full images")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("table", help="the paper's table: every method on one task, one shared step 0")
+    add_config_arguments(p)
+    p.add_argument("--methods", help=f"comma-separated (default: {','.join(PAPER_TABLE_METHODS)})")
+    p.add_argument("--out", required=True, help="folder for per-method results and table.md / table.json")
+    p.add_argument("--cache-dir", help="step cache (default: $WILSON_RAY_CACHE or ~/.cache/wilson-ray/steps)")
+    p.set_defaults(func=cmd_table)
+
+

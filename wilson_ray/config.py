@@ -1,0 +1,346 @@
+"""Typed configuration: dataclasses for data/model/optim/method/run, YAML presets, field-level validation.
+
+Every constant of the method lives here or in a method's ``Params`` dataclass with the paper's value as default
+(architecture.md, Conventions). Unknown or mistyped keys are errors naming the key, never silent no-ops.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from wilson_ray.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/voc"  # dataset root: VOC layout, or the COCO root for coco-voc
+    voc_root: str | None = None  # coco-voc only: the VOC root for step 1 and the VOC-val evaluation
+    task: str = "15-5"
+    overlap: bool = False
+    no_mask: bool = False  # paper Tab. 5: image labels of old and new classes at weak steps
+    crop_size: int = 512
+    val_crop_size: int = 512
+    eval_mode: Literal["crop", "full"] = "crop"  # method.md §5: resize+center-crop (paper) or full image
+    batch_size: int = 24
+    val_batch_size: int = 24
+    num_workers: int = 2
+
+
+@dataclass
+class ModelConfig:
+    backbone: Literal["resnet101", "resnet50", "small"] = "resnet101"
+    output_stride: Literal[8, 16] = 16
+    norm: Literal["bn_leaky", "bn_relu"] = "bn_leaky"
+    pretrained: str | None = None  # None, "torchvision", a torchvision-format .pth, or "iabn:<path>"
+    small_width: int = 16
+    head_channels: int = 256
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 30
+    lr: float = 0.01  # backbone learning rate
+    lr_head: float = 1.0  # multiplier of lr for head + classifiers (method.md §4)
+    lr_localizer: float = 0.01  # absolute learning rate of the localizer (`lr_pseudo`)
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    policy: Literal["poly", "warmup"] = "poly"
+    power: float = 0.9
+
+
+@dataclass
+class RunConfig:
+    seed: int = 42
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = False
+    compile: bool = False
+    val_interval: int = 2  # evaluate every N epochs (and always after the last)
+    log_interval: int = 10  # iterations between loss logs (the only host syncs)
+    progress: bool = True
+    max_iters_per_epoch: int | None = None  # cap for smoke tests and benchmarks; None = full epochs
+    fail_on_nonfinite: bool = True
+
+
+@dataclass
+class MethodConfig:
+    name: str = "wilson"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    step0: OptimConfig = field(default_factory=OptimConfig)
+    incremental: OptimConfig = field(
+        default_factory=lambda: OptimConfig(epochs=40, lr=0.001, lr_head=10.0, policy="warmup")
+    )
+    method: MethodConfig = field(default_factory=MethodConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict; ``method`` is flattened to ``{name, **params}`` as in the YAML files."""
+        d = dataclasses.asdict(self)
+        m = d.pop("method")
+        d["method"] = {"name": m["name"], **m["params"]}
+        return d
+
+    def optim(self, step: int) -> OptimConfig:
+        """Optimiser settings of ``step`` (step 0 differs from the incremental steps, method.md §4)."""
+        return self.step0 if step == 0 else self.incremental
+
+    def fingerprint(self, *sections: str) -> str:
+        """Stable short hash of the given top-level sections (all when none): a cache key."""
+        d = self.to_dict()
+        if sections:
+            d = {k: d[k] for k in sections}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats, lists for tuples."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, where, source)
+            except UserError:
+                continue
+        raise UserError(f"{source}: field '{where}' is {value!r}, expected {_type_name(tp)}")
+    if origin is Literal:
+        if value in typing.get_args(tp) and not isinstance(value, bool):
+            return value
+        raise UserError(f"{source}: field '{where}' is {value!r}, expected {_type_name(tp)}")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            (arg, *_) = typing.get_args(tp) or (Any,)
+            items = [_coerce(v, arg, f"{where}[{i}]", source) for i, v in enumerate(value)]
+            return tuple(items) if origin is tuple else items
+    elif origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, source, where)
+    raise UserError(f"{source}: field '{where}' is {value!r}, expected {_type_name(tp)}")
+
+
+def from_dict(cls: type, data: Any, source: str = "config", prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types with the field's name."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: section '{prefix or '<top>'}' is {type(data).__name__}, expected a mapping")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else f"; known keys: {', '.join(names)}"
+            raise UserError(f"{source}: unknown key '{where}'{hint}")
+        kwargs[key] = _coerce(value, hints[key], where, source)
+    return cls(**kwargs)
+
+
+def _method_params(name: str, params: dict[str, Any], source: str) -> dict[str, Any]:
+    """Validate a method's parameters against its ``Params`` dataclass; returns the full resolved dict."""
+    from wilson_ray.methods import get_method  # local import: methods import losses/models, not config
+
+    method = get_method(name)
+    return dataclasses.asdict(from_dict(method.Params, params, source, "method"))
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    """Validate a nested dict (YAML layout) into a ``Config``."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a YAML mapping at the top level, found {type(data).__name__}")
+    data = copy.deepcopy(data)
+    method = data.pop("method", {}) or {}
+    if isinstance(method, str):
+        method = {"name": method}
+    if not isinstance(method, dict):
+        raise UserError(f"{source}: field 'method' is {method!r}, expected a mapping with 'name'")
+    name = method.pop("name", MethodConfig.name)
+    if not isinstance(name, str):
+        raise UserError(f"{source}: field 'method.name' is {name!r}, expected a method name")
+    cfg = from_dict(Config, data, source)
+    cfg.method = MethodConfig(name=name, params=_method_params(name, method, source))
+    _check_values(cfg, source)
+    return cfg
+
+
+def _check_values(cfg: Config, source: str) -> None:
+    """Range checks a type annotation cannot express."""
+    checks = [
+        ("data.crop_size", cfg.data.crop_size > 0, "a positive integer"),
+        ("data.batch_size", cfg.data.batch_size > 0, "a positive integer"),
+        ("data.val_batch_size", cfg.data.val_batch_size > 0, "a positive integer"),
+        ("data.num_workers", cfg.data.num_workers >= 0, "an integer >= 0"),
+        ("run.val_interval", cfg.run.val_interval > 0, "a positive integer"),
+        ("run.log_interval", cfg.run.log_interval > 0, "a positive integer"),
+    ]
+    for sec in ("step0", "incremental"):
+        o = getattr(cfg, sec)
+        checks += [
+            (f"{sec}.epochs", o.epochs > 0, "a positive integer"),
+            (f"{sec}.lr", o.lr > 0, "a positive number"),
+            (f"{sec}.lr_head", o.lr_head > 0, "a positive number"),
+            (f"{sec}.lr_localizer", o.lr_localizer > 0, "a positive number"),
+            (f"{sec}.weight_decay", o.weight_decay >= 0, "a number >= 0"),
+        ]
+    for where, ok, expected in checks:
+        if not ok:
+            section, key = where.split(".")
+            raise UserError(f"{source}: field '{where}' is {getattr(getattr(cfg, section), key)!r}, expected {expected}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading: presets, files, overrides
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in ``wilson_ray/presets``."""
+    return sorted(p.name[:-5] for p in resources.files("wilson_ray.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def read_yaml(path: str | Path, what: str = "YAML file") -> Any:
+    """``yaml.safe_load`` a file with one-line errors naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path}: not found, expected an existing YAML file")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{what} {path}: not valid YAML{at} ({getattr(err, 'problem', err)})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path}: not a text file, expected UTF-8 YAML") from None
+
+
+def load_preset_dict(name: str) -> dict[str, Any]:
+    """Raw dict of a shipped preset."""
+    if name not in preset_names():
+        raise UserError(f"--preset: unknown preset {name!r}, expected one of {', '.join(preset_names())}")
+    with resources.as_file(resources.files("wilson_ray.presets") / f"{name}.yaml") as p:
+        return read_yaml(p, "preset")
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, source: str = "--set") -> None:
+    """Set ``a.b.c = value`` in a nested dict, creating sections; the key is validated later."""
+    parts = key.split(".")
+    if not all(parts):
+        raise UserError(f"{source}: key {key!r} is malformed, expected dotted names like 'method.alpha'")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"{source}: key {key!r}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Parse ``key=value`` strings (values read as YAML scalars) into a flat dict."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--set: {item!r} is not key=value, expected e.g. method.alpha=0.7")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def resolve_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    method: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    source: str | None = None,
+) -> Config:
+    """Resolve preset/config file + ``--method`` + dotted overrides into a validated ``Config``.
+
+    A preset may hold ``methods: {name: {params}}`` with per-method best arguments (as Mammoth's best-args YAML);
+    the selected method takes its block from there. ``method`` switches the method and drops another method's
+    parameters.
+    """
+    if preset and config_file:
+        raise UserError("--preset and --config: got both, expected one of them")
+    if config_file:
+        data, src = read_yaml(config_file, "config"), str(config_file)
+    else:
+        data, src = load_preset_dict(preset or "demo"), f"preset {preset or 'demo'}"
+    if not isinstance(data, dict):
+        raise UserError(f"{src}: expected a YAML mapping at the top level, found {type(data).__name__}")
+    data = copy.deepcopy(data)
+    per_method = data.pop("methods", {}) or {}
+    if not isinstance(per_method, dict):
+        raise UserError(f"{src}: field 'methods' is {per_method!r}, expected a mapping of method name to params")
+    for other, other_params in per_method.items():  # every block is checked, even those not selected now
+        if not isinstance(other_params, dict):
+            raise UserError(f"{src}: field 'methods.{other}' is {other_params!r}, expected a mapping of params")
+        _method_params(str(other), other_params, src)
+    block = data.get("method") or {}
+    if isinstance(block, str):
+        block = {"name": block}
+    name = method or block.get("name", MethodConfig.name)
+    params = dict(per_method.get(name) or {})
+    if block.get("name", name) == name:
+        params.update({k: v for k, v in block.items() if k != "name"})
+    data["method"] = {"name": name, **params}
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    return config_from_dict(data, source or src)
+
+
+def dump_config(cfg: Config) -> str:
+    """YAML text of a resolved config that ``wilson-ray train --config`` reads back to the same ``Config``."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,449 @@
+"""Procedural segmentation scenes written in the VOC layout (method.md §1.4), for demos and tests.
+
+The generated folder is read by the real VOC reader: ``JPEGImages/``, ``SegmentationClassAug/`` (palette PNGs,
+values 0..20 and 255), ``splits/train_aug.txt``, ``splits/val.txt``, ``voc_1h_labels_{train,val}.npy`` and
+``synthetic.json`` (the parameters). Classes keep VOC's names and ids.
+
+What makes incremental learning on it non-trivial:
+
+* every class is a fixed (shape, texture, base hue) combination; 8 shapes x 5 textures, so classes share a shape
+  or a texture with others and hues are jittered, i.e. one cue alone does not identify a class;
+* instances vary in scale, rotation, aspect, colour, texture frequency/phase and shading;
+* 1-4 objects per image drawn in random order (later ones occlude earlier ones), on cluttered backgrounds with
+  noise, lines and blobs that are labelled background;
+* class frequencies are uneven, and a seed-dependent co-occurrence graph makes some classes appear together,
+  so disjoint and overlap selections differ (e.g. 15-5 step 0 overlap keeps clearly more images);
+* like VOC, a void (255) band surrounds object boundaries.
+
+Same arguments, same bytes: every random draw comes from ``numpy.random.default_rng`` seeded by (seed, split,
+image, attempt), and no timestamps are written.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from wilson_ray.atomic import atomic_write_text
+from wilson_ray.data import voc
+from wilson_ray.errors import UserError
+from wilson_ray.protocol import VOC_CLASSES, VOID
+
+GENERATOR_VERSION = 1
+META_FILE = "synthetic.json"
+DEFAULT_SEED = 0
+DEFAULT_TRAIN = 1000
+DEFAULT_VAL = 200
+DEFAULT_SIZE = 96
+MIN_SIZE = 32
+MAX_OBJECTS = 4
+NUM_FG = len(VOC_CLASSES) - 1
+
+SHAPES = ("circle", "square", "triangle", "star", "ring", "cross", "ellipse", "hexagon")
+TEXTURES = ("solid", "stripes", "dots", "checker", "gradient")
+
+# Objects per image: 1..4 with these probabilities.
+_N_OBJECTS_P = np.array([0.3, 0.35, 0.22, 0.13])
+# Probability that a further object is a co-occurrence partner of one already in the scene.
+_PARTNER_P = 0.55
+_PARTNERS_PER_CLASS = 2
+# A forced object (placed to guarantee class coverage) must keep this many labelled pixels.
+_MIN_FORCED_PIXELS = 12
+_MAX_ATTEMPTS = 64
+
+
+@dataclass(frozen=True)
+class ClassStyle:
+    """Appearance of one class: a shape, a texture and a base hue in [0, 1)."""
+
+    shape: str
+    texture: str
+    hue: float
+
+
+def _class_styles() -> tuple[ClassStyle, ...]:
+    """Fixed (seed-independent) styles of VOC ids 1..20.
+
+    Class i (0-based) gets shape i mod 8 and texture i mod 5: the 20 pairs are distinct (lcm(8, 5) = 40), each shape
+    is shared by 2-3 classes and each texture by 4. Hues step by the golden ratio so neighbours differ but some
+    classes end up with close hues.
+    """
+    return tuple(
+        ClassStyle(SHAPES[i % len(SHAPES)], TEXTURES[i % len(TEXTURES)], round((i * 0.6180339887) % 1.0, 4))
+        for i in range(NUM_FG)
+    )
+
+
+CLASS_STYLES = _class_styles()
+
+# VOC colour map (the standard bit-interleaved palette), so the PNGs look like VOC's.
+def _voc_palette() -> list[int]:
+    pal = []
+    for k in range(256):
+        r = g = b = 0
+        c = k
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal += [r, g, b]
+    return pal
+
+
+VOC_PALETTE = _voc_palette()
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    """Arguments of a generated dataset (stored in ``synthetic.json``)."""
+
+    seed: int = DEFAULT_SEED
+    train: int = DEFAULT_TRAIN
+    val: int = DEFAULT_VAL
+    size: int = DEFAULT_SIZE
+
+    def check(self) -> "SynthParams":
+        min_images = -(-NUM_FG // MAX_OBJECTS)  # every class must fit in each split
+        for name in ("train", "val"):
+            n = getattr(self, name)
+            if not isinstance(n, int) or n < min_images:
+                raise UserError(
+                    f"--{name}: got {n!r}, expected an integer >= {min_images} so that all {NUM_FG} classes "
+                    f"(at most {MAX_OBJECTS} per image) can appear"
+                )
+        if not isinstance(self.size, int) or self.size < MIN_SIZE:
+            raise UserError(f"--size: got {self.size!r}, expected an integer >= {MIN_SIZE} pixels")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise UserError(f"--seed: got {self.seed!r}, expected a non-negative integer")
+        return self
+
+
+@dataclass(frozen=True)
+class SceneModel:
+    """Seed-dependent scene statistics: class weights and the co-occurrence graph (partners of each class)."""
+
+    weights: np.ndarray  # float [20], sums to 1: sampling probability of VOC id k+1
+    partners: np.ndarray  # int [20, P]: VOC ids that tend to appear with VOC id k+1
+
+    @classmethod
+    def from_seed(cls, seed: int) -> "SceneModel":
+        rng = np.random.default_rng([seed, 0x5CE7E])
+        # Log-normal weights: a few frequent classes and some rare ones, as in real data.
+        w = np.exp(rng.normal(0.0, 0.6, NUM_FG))
+        partners = np.stack([
+            rng.choice(np.delete(np.arange(1, NUM_FG + 1), k), _PARTNERS_PER_CLASS, replace=False)
+            for k in range(NUM_FG)
+        ])
+        return cls(w / w.sum(), partners)
+
+    def sample_classes(self, rng: np.random.Generator) -> list[int]:
+        """VOC ids of one scene's objects (1..4, repeats allowed), following weights and co-occurrence."""
+        n = int(rng.choice(len(_N_OBJECTS_P), p=_N_OBJECTS_P)) + 1
+        classes = [int(rng.choice(NUM_FG, p=self.weights)) + 1]
+        while len(classes) < n:
+            if rng.random() < _PARTNER_P:
+                anchor = classes[int(rng.integers(len(classes)))]
+                classes.append(int(rng.choice(self.partners[anchor - 1])))
+            else:
+                classes.append(int(rng.choice(NUM_FG, p=self.weights)) + 1)
+        return classes
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Drawing (vectorised over coordinate grids)
+
+
+def _hsv(h: float, s: float, v: float) -> np.ndarray:
+    return np.array(colorsys.hsv_to_rgb(h % 1.0, float(np.clip(s, 0, 1)), float(np.clip(v, 0, 1))), np.float32)
+
+
+def shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Bool mask of ``shape`` in object coordinates (unit radius), evaluated on the grids ``u``, ``v``."""
+    if shape == "circle":
+        return u * u + v * v <= 1.0
+    if shape == "square":
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.8
+    if shape in ("triangle", "hexagon"):
+        n, apothem = (3, 0.5) if shape == "triangle" else (6, 0.87)
+        inside = np.ones(u.shape, dtype=bool)
+        for k in range(n):
+            a = -np.pi / 2 + 2 * np.pi * k / n
+            inside &= u * np.cos(a) + v * np.sin(a) <= apothem
+        return inside
+    rho = np.sqrt(u * u + v * v)
+    if shape == "star":
+        phi = np.arctan2(v, u)
+        return rho <= 0.38 + 0.62 * np.abs(np.cos(2.5 * phi)) ** 2
+    if shape == "ring":
+        return (rho <= 1.0) & (rho >= 0.55)
+    if shape == "cross":
+        au, av = np.abs(u), np.abs(v)
+        return ((au <= 0.3) & (av <= 0.95)) | ((av <= 0.3) & (au <= 0.95))
+    if shape == "ellipse":
+        return u * u + (v / 0.55) ** 2 <= 1.0
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def texture_field(texture: str, u: np.ndarray, v: np.ndarray, freq: float, phase: np.ndarray) -> np.ndarray:
+    """Blend weight in [0, 1] between an object's two colours, in object coordinates (so it rotates with it)."""
+    if texture == "solid":
+        return np.zeros(u.shape, dtype=np.float32)
+    if texture == "stripes":
+        return (np.sin(2 * np.pi * (freq * u + phase[0])) > 0).astype(np.float32)
+    if texture == "dots":
+        du = (freq * u + phase[0]) % 1.0 - 0.5
+        dv = (freq * v + phase[1]) % 1.0 - 0.5
+        return (du * du + dv * dv <= 0.32 ** 2).astype(np.float32)
+    if texture == "checker":
+        return ((np.floor(freq * u + phase[0]) + np.floor(freq * v + phase[1])) % 2).astype(np.float32)
+    if texture == "gradient":
+        return np.clip((u + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
+    raise ValueError(f"unknown texture {texture!r}")
+
+
+def _background(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """Cluttered background [S, S, 3] in 0..1: two-colour low-frequency noise, faint pattern, lines and blobs."""
+    s = yy.shape[0]
+    g = int(rng.integers(3, 7))
+    field = np.asarray(
+        Image.fromarray((rng.random((g, g)) * 255).astype(np.uint8)).resize((s, s), Image.BICUBIC), np.float32
+    ) / 255.0
+    c1 = _hsv(rng.random(), rng.uniform(0.05, 0.45), rng.uniform(0.25, 0.85))
+    c2 = _hsv(rng.random(), rng.uniform(0.05, 0.45), rng.uniform(0.25, 0.85))
+    img = c1 * (1 - field[..., None]) + c2 * field[..., None]
+    if rng.random() < 0.4:  # a faint large-scale pattern that is not a class texture
+        a = rng.uniform(0, np.pi)
+        period = rng.uniform(0.15, 0.4) * s
+        img *= 1 + 0.12 * np.sin(2 * np.pi * (xx * np.cos(a) + yy * np.sin(a)) / period)[..., None]
+    for _ in range(int(rng.integers(0, 4))):  # lines
+        p0, p1 = rng.uniform(0, s, 2), rng.uniform(0, s, 2)
+        d = p1 - p0
+        t = np.clip(((xx - p0[0]) * d[0] + (yy - p0[1]) * d[1]) / max(float(d @ d), 1e-6), 0, 1)
+        dist = np.hypot(xx - p0[0] - t * d[0], yy - p0[1] - t * d[1])
+        img[dist <= rng.uniform(0.6, 1.8)] = _hsv(rng.random(), rng.uniform(0, 1), rng.uniform(0.2, 1))
+    for _ in range(int(rng.integers(0, 4))):  # irregular blobs, smaller than any object
+        cx, cy = rng.uniform(0, s, 2)
+        r0 = rng.uniform(0.03, 0.08) * s
+        phi = np.arctan2(yy - cy, xx - cx)
+        edge = r0 * (1 + 0.3 * np.sin(3 * phi + rng.uniform(0, 6.3)) + 0.2 * np.sin(5 * phi + rng.uniform(0, 6.3)))
+        img[np.hypot(xx - cx, yy - cy) <= edge] = _hsv(rng.random(), rng.uniform(0, 1), rng.uniform(0.2, 1))
+    return img
+
+
+def _draw_object(rng: np.random.Generator, img: np.ndarray, label: np.ndarray, cls: int,
+                 yy: np.ndarray, xx: np.ndarray) -> None:
+    """Draw one instance of VOC id ``cls`` on top of ``img``/``label`` (in place), with random pose and appearance."""
+    s = yy.shape[0]
+    style = CLASS_STYLES[cls - 1]
+    r = rng.uniform(0.11, 0.25) * s
+    cx, cy = rng.uniform(0.12, 0.88, 2) * s
+    theta = rng.uniform(0, 2 * np.pi)
+    aspect = rng.uniform(0.88, 1.12)
+    dx, dy = xx - cx, yy - cy
+    u = (dx * np.cos(theta) + dy * np.sin(theta)) / (r * aspect)
+    v = (-dx * np.sin(theta) + dy * np.cos(theta)) * aspect / r
+    inside = shape_mask(style.shape, u, v)
+    if not inside.any():
+        return
+    hue = style.hue + rng.uniform(-0.03, 0.03)
+    sat, val = rng.uniform(0.55, 0.95), rng.uniform(0.6, 1.0)
+    c1 = _hsv(hue, sat, val)
+    # Gradients blend towards a neighbouring hue, the patterned textures towards a darker shade of the same hue.
+    c2 = _hsv(hue + 0.12, sat, val * 0.8) if style.texture == "gradient" else _hsv(hue, sat * 0.6, val * 0.45)
+    t = texture_field(style.texture, u, v, rng.uniform(1.8, 3.2), rng.uniform(0, 1, 2))[inside]
+    colour = c1 * (1 - t[:, None]) + c2 * t[:, None]
+    shading = 1 + rng.uniform(-0.15, 0.15) * v[inside]  # light from one side
+    img[inside] = colour * shading[:, None]
+    label[inside] = cls
+
+
+def void_band(label: np.ndarray, width: int) -> np.ndarray:
+    """Bool [S, S]: pixels within the boundary band of any object (dilate minus erode of the label map).
+
+    A pixel is in the band when its ``width`` x ``width`` neighbourhood holds two different labels and one of them is
+    an object; this is the union over objects of dilate(mask) - erode(mask), as VOC's void outlines.
+    """
+    pil = Image.fromarray(label)
+    mx = np.asarray(pil.filter(ImageFilter.MaxFilter(width)))
+    mn = np.asarray(pil.filter(ImageFilter.MinFilter(width)))
+    return (mx != mn) & (mx > 0)
+
+
+def render_scene(rng: np.random.Generator, classes: list[int], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One scene: image uint8 [S, S, 3] and mask uint8 [S, S] (VOC ids, 255 boundary band); objects drawn in order."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    img = _background(rng, yy, xx)
+    label = np.zeros((size, size), dtype=np.uint8)
+    for cls in classes:
+        _draw_object(rng, img, label, cls, yy, xx)
+    img = img * rng.uniform(0.85, 1.15) + rng.normal(0, 0.025, img.shape)  # exposure and sensor noise
+    img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    mask = label.copy()
+    mask[void_band(label, 3 if size < 200 else 5)] = VOID
+    return img, mask
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Planning and writing
+
+
+def plan_split(model: SceneModel, seed: int, split: str, n: int) -> list[tuple[list[int], int]]:
+    """Per image: (VOC ids in drawing order, number of trailing *forced* ids that must stay visible).
+
+    Scenes follow ``model``; classes missing from the split are then added as the top-most object of images with
+    room (or replace a duplicate class), so every class appears in the split.
+    """
+    rng = np.random.default_rng([seed, _split_code(split), 0xC1A55])
+    scenes = [model.sample_classes(rng) for _ in range(n)]
+    forced = [[] for _ in range(n)]
+    for cls in range(1, NUM_FG + 1):
+        if any(cls in s for s in scenes):
+            continue
+        room = [i for i in range(n) if len(scenes[i]) + len(forced[i]) < MAX_OBJECTS]
+        if room:
+            forced[room[int(rng.integers(len(room)))]].append(cls)
+            continue
+        # Every image is full: replace an object whose class also occurs in another slot of the split.
+        counts = np.bincount([c for s in scenes for c in s] + [c for f in forced for c in f], minlength=NUM_FG + 1)
+        i, j = next((i, j) for i in rng.permutation(n) for j, c in enumerate(scenes[i]) if counts[c] > 1)
+        scenes[i].pop(j)
+        forced[i].append(cls)
+    return [(scenes[i] + forced[i], len(forced[i])) for i in range(n)]
+
+
+def _split_code(split: str) -> int:
+    return {"train": 1, "val": 2}[split]
+
+
+def image_id(split: str, i: int) -> str:
+    return f"synth_{split}_{i:06d}"
+
+
+def _render_with_coverage(seed: int, split: str, i: int, classes: list[int], n_forced: int,
+                          size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Render image ``i``, redrawing (new attempt seed) until its forced classes keep enough visible pixels."""
+    forced = classes[len(classes) - n_forced:]
+    for attempt in range(_MAX_ATTEMPTS):
+        rng = np.random.default_rng([seed, _split_code(split), i, attempt])
+        img, mask = render_scene(rng, classes, size)
+        counts = np.bincount(mask.ravel(), minlength=256)
+        if all(counts[c] >= _MIN_FORCED_PIXELS for c in forced):
+            return img, mask
+    raise RuntimeError(f"synthetic {split} image {i}: forced classes {forced} not visible after {_MAX_ATTEMPTS} draws")
+
+
+def _write_split(folder: Path, model: SceneModel, params: SynthParams, split: str) -> tuple[list[str], np.ndarray]:
+    """Render and write the images and masks of ``split`` into ``folder``; return the list lines and presence."""
+    n = getattr(params, split)
+    lines, presence = [], np.zeros((n, NUM_FG), dtype=np.float64)
+    for i, (classes, n_forced) in enumerate(plan_split(model, params.seed, split, n)):
+        img, mask = _render_with_coverage(params.seed, split, i, classes, n_forced, params.size)
+        name = image_id(split, i)
+        Image.fromarray(img).save(folder / voc.IMAGE_DIR / f"{name}.jpg", format="JPEG", quality=90)
+        png = Image.fromarray(mask)
+        png.putpalette(VOC_PALETTE)
+        png.save(folder / voc.MASK_DIR / f"{name}.png", format="PNG")
+        presence[i] = np.bincount(mask.ravel(), minlength=256)[1: NUM_FG + 1] > 0
+        lines.append(f"/{voc.IMAGE_DIR}/{name}.jpg /{voc.MASK_DIR}/{name}.png")
+    return lines, presence
+
+
+def _metadata(params: SynthParams, model: SceneModel) -> dict:
+    return {
+        "generator": "wilson-ray synthetic",
+        "version": GENERATOR_VERSION,
+        "params": asdict(params),
+        "classes": [
+            {"id": k, "name": VOC_CLASSES[k], **asdict(CLASS_STYLES[k - 1]),
+             "weight": round(float(model.weights[k - 1]), 6), "partners": model.partners[k - 1].tolist()}
+            for k in range(1, NUM_FG + 1)
+        ],
+    }
+
+
+def read_metadata(root: str | Path) -> dict | None:
+    """The ``synthetic.json`` of a generated dataset, or None if ``root`` holds none (or an unreadable one)."""
+    try:
+        return json.loads((Path(root) / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class SynthResult:
+    """Outcome of ``generate``: where, with what, whether it was (re)generated, and how long it took."""
+
+    root: Path
+    params: SynthParams
+    generated: bool
+    seconds: float
+    train_class_counts: list[int]
+    val_class_counts: list[int]
+
+
+def generate(out: str | Path, seed: int = DEFAULT_SEED, train: int = DEFAULT_TRAIN, val: int = DEFAULT_VAL,
+             size: int = DEFAULT_SIZE, force: bool = False) -> SynthResult:
+    """Write a synthetic VOC-layout dataset to ``out``; return what was written.
+
+    The dataset is generated in a temporary sibling folder and renamed onto ``out`` when complete, so a killed run
+    never leaves a half-written dataset at ``out``. If ``out`` already holds a dataset generated with the same
+    arguments it is kept (nothing is written); any other non-empty ``out`` is refused unless ``force``.
+    """
+    params = SynthParams(seed, train, val, size).check()
+    out = Path(out).expanduser()
+    model = SceneModel.from_seed(seed)
+    meta = _metadata(params, model)
+    if out.exists() and not force:
+        if not out.is_dir():
+            raise UserError(f"--out: {out} is a file; expected a folder to create")
+        existing = read_metadata(out)
+        if existing == meta:
+            presence = {s: voc.voc_manifest(out, s).presence().sum(0).tolist() for s in voc.SPLITS}
+            return SynthResult(out, params, False, 0.0, presence["train"], presence["val"])
+        if any(out.iterdir()):
+            what = "a synthetic dataset with other arguments" if existing else "other files"
+            raise UserError(f"--out: {out} already holds {what}; expected a new or empty folder (or pass --force)")
+
+    start = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        for folder in (voc.IMAGE_DIR, voc.MASK_DIR, "splits"):
+            (tmp / folder).mkdir()
+        counts = {}
+        for split in voc.SPLITS:
+            lines, presence = _write_split(tmp, model, params, split)
+            np.save(tmp / voc.LABEL_FILES[split], presence)
+            (tmp / voc.LIST_FILES[split]).write_text("\n".join(lines) + "\n", encoding="utf-8")
+            counts[split] = presence.sum(0).astype(int).tolist()
+        atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=1) + "\n")
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return SynthResult(out, params, True, time.perf_counter() - start, counts["train"], counts["val"])
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder ``tmp`` onto ``out``; an existing ``out`` is moved aside first, then deleted."""
+    old = None
+    if out.exists():
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        else:
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()

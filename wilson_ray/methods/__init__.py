@@ -1,0 +1,26 @@
+"""One file per method behind the small interface of ``base.Method``; ``get_method`` looks one up by name."""
+
+from __future__ import annotations
+
+from wilson_ray.errors import UserError
+from wilson_ray.methods.base import Method
+from wilson_ray.methods.cam import Cam
+from wilson_ray.methods.finetune import Finetune
+from wilson_ray.methods.ilt import ILT
+from wilson_ray.methods.joint import Joint
+from wilson_ray.methods.lwf import LwF
+from wilson_ray.methods.mib import MiB
+from wilson_ray.methods.wilson import Wilson
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Joint, Finetune, LwF, ILT, MiB, Cam, Wilson)}
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class called ``name``; a UserError lists the known ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UserError(f"method: unknown method {name!r}, expected one of {', '.join(METHODS)}") from None
+
+
+__all__ = ["METHODS", "Method", "get_method"]

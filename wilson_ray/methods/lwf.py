@@ -1,0 +1,28 @@
+"""LwF (as in MiB's tables): cross-entropy on the new step plus plain output distillation (method.md §3.10)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wilson_ray import losses
+from wilson_ray.methods.base import Batch, Context, Method, cross_entropy_new_step
+
+
+@dataclass
+class LwFParams:
+    kd_weight: float = 100.0  # loss_kd of MiB's LwF runs
+    kd_temperature: float = 1.0  # 1 reproduces MiB (α_KD = 1)
+
+
+class LwF(Method):
+    name = "lwf"
+    Params = LwFParams
+
+    def distillation(self, ctx: Context, batch: Batch, out: dict) -> dict:
+        s_old, _ = self.old_outputs(ctx, batch.images, upsample=True)
+        return {"kd": self.p.kd_weight * losses.kd_loss(out["logits"], s_old, self.p.kd_temperature)}
+
+    def losses(self, ctx: Context, batch: Batch, epoch: int):
+        """CE + kd_weight · plain KD on the old channels, at image resolution."""
+        out = ctx.net(batch.images, logits=True, upsample=True)
+        return {"ce": cross_entropy_new_step(out["logits"], batch.masks), **self.distillation(ctx, batch, out)}

@@ -1,0 +1,107 @@
+"""WILSON (Cermelli et al., CVPR 2022): learn new classes from image-level labels (method.md §3.2–§3.9).
+
+Per iteration at step t >= 1: the new model (features f, logits s), the frozen old model (f_old, s_old), the
+localizer twice on f (train mode: z, with gradient into the encoder; eval mode: z̄, detached targets), and PAMR.
+Epochs < pseudo_epochs: L = ℓ_CLS + ℓ_LOC + ℓ_ENC (localizer pre-training; head and classifiers get a zero
+gradient). Later: L = ℓ_SEG + ℓ_CLS + ℓ_LOC + ℓ_SSS + ℓ_ENC. All weights default to 1 (§3.9).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from wilson_ray import losses, pseudo_labels
+from wilson_ray.methods.base import Batch, Context, Method
+from wilson_ray.models.localizer import Localizer
+
+
+@dataclass
+class WilsonParams:
+    alpha: float = 0.5  # weight of the hard label in q (0.9 for COCO)
+    temperature: float = 1.0  # smoothing temperature of m̄ = softmax(z̄ / T); 1 reproduces the paper
+    bkg_beta: float | None = None  # None: background target min(σ(s_old,b), q_b); β: blend (`icarl_bkg`)
+    pseudo_epochs: int = 5  # localizer-only epochs; also where the `warmup` LR decay starts
+    lambda_cls: float = 1.0
+    lambda_loc: float = 1.0
+    lambda_sss: float = 1.0
+    lambda_enc: float = 1.0  # `loss_de`
+    lambda_seg: float = 1.0  # `l_seg`
+    ngwp_eps: float = 1.0
+    focal_gamma: float = 3.0
+    focal_lambda: float = 0.01
+    cutoff_fg: float = 0.6
+    cutoff_bg: float = 0.7
+    cutoff_low: float = 0.2
+    pamr_iterations: int = 10  # 0 disables PAMR (official run without --affinity)
+    pamr_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 12])
+
+
+class Wilson(Method):
+    name = "wilson"
+    Params = WilsonParams
+    supervision = "image"
+    uses_localizer = True
+
+    def build_localizer(self, in_channels: int, norm: str):
+        return Localizer(in_channels, self.num_classes, norm=norm)
+
+    def warnings(self) -> list[str]:
+        if self.num_new == 1:
+            return [
+                f"{self.name}: step {self.step} of task '{self.task.name}' has a single new class, so ℓ_CLS has no "
+                "negative images (every image is positive for it, method.md §1.2); the paper does not support "
+                "single-class steps. Running anyway."
+            ]
+        return []
+
+    def constant_lr_epochs(self) -> int:
+        return self.p.pseudo_epochs
+
+    # Parts the CAM baseline replaces --------------------------------------------------------------------------
+    def localizer_losses(self, z: torch.Tensor, s_old: torch.Tensor, labels: torch.Tensor) -> dict:
+        """ℓ_CLS (nGWP + focal, §3.2) and the ℓ_LOC prior (§3.3)."""
+        p = self.p
+        return {
+            "cls": p.lambda_cls * losses.classification_loss(
+                z, labels, self.num_new, p.ngwp_eps, p.focal_gamma, p.focal_lambda, all_classes=self.no_mask
+            ),
+            "loc": p.lambda_loc * losses.localization_prior_loss(z[:, : self.num_old], s_old),
+        }
+
+    def targets(self, z_bar: torch.Tensor, labels: torch.Tensor, s_old: torch.Tensor):
+        """Soft pseudo-labels q̂ and image weights w (§3.5)."""
+        return pseudo_labels.soft_pseudo_labels(
+            z_bar, labels, s_old, alpha=self.p.alpha, temperature=self.p.temperature, bkg_beta=self.p.bkg_beta
+        )
+
+    def self_supervision(self, z, z_bar, batch: Batch) -> dict:
+        """ℓ_SSS on PAMR-refined localizer masks (§3.7, §3.8)."""
+        p = self.p
+        refined = pseudo_labels.localizer_refined_masks(
+            z_bar, batch.images.float(), batch.labels, p.pamr_iterations, tuple(p.pamr_dilations)
+        )
+        return {
+            "sss": p.lambda_sss * losses.self_supervised_loss(z, refined, batch.labels, p.cutoff_fg, p.cutoff_bg, p.cutoff_low)
+        }
+
+    # ----------------------------------------------------------------------------------------------------------
+    def losses(self, ctx: Context, batch: Batch, epoch: int):
+        pseudo = epoch >= self.p.pseudo_epochs
+        out = ctx.net(batch.images, logits=pseudo, upsample=False, localizer=True)
+        f, z = out["features"], out["localizer"]
+        s_old, f_old = self.old_outputs(ctx, batch.images)
+        terms = self.localizer_losses(z, s_old, batch.labels)
+        terms["enc"] = self.p.lambda_enc * losses.encoder_distillation_loss(f, f_old)
+        if pseudo:
+            # z̄: a second, eval-mode (running BN stats), detached localizer pass gives the targets (§3.5).
+            localizer = ctx.module.localizer
+            with torch.no_grad(), torch.autocast(f.device.type, enabled=False):
+                localizer.eval()
+                z_bar = localizer(f.detach().float())
+                localizer.train()
+                q_hat, weight = self.targets(z_bar, batch.labels, s_old.float())
+            terms["seg"] = self.p.lambda_seg * losses.segmentation_loss(out["logits"], q_hat, weight)
+            terms.update(self.self_supervision(z, z_bar, batch))
+        return terms

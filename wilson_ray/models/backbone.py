@@ -1,0 +1,174 @@
+"""Encoders ("body") for the segmenter: torchvision ResNet-50/101 and a tiny CPU ResNet (method.md §2.1).
+
+Every norm is a plain ``nn.BatchNorm2d`` so ``nn.SyncBatchNorm.convert_sync_batchnorm`` works unchanged; the
+activation is LeakyReLU(0.01) (``bn_leaky``, the InPlace-ABN equivalent of §2.4) or ReLU (``bn_relu``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, resnet50, resnet101
+
+from wilson_ray.errors import UserError
+
+NORMS = ("bn_leaky", "bn_relu")
+BACKBONES = ("resnet50", "resnet101", "small")
+LEAKY_SLOPE = 0.01
+
+
+def check_norm(norm: str) -> None:
+    """Raise UserError unless ``norm`` is one of :data:`NORMS`."""
+    if norm not in NORMS:
+        raise UserError(f"model.norm: found {norm!r}, expected one of {', '.join(NORMS)}")
+
+
+def activation(norm: str) -> nn.Module:
+    """The activation that follows every BN for ``norm`` (LeakyReLU 0.01 as InPlace-ABN, §2.1/§2.4, or ReLU)."""
+    check_norm(norm)
+    if norm == "bn_leaky":
+        return nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
+    return nn.ReLU(inplace=True)
+
+
+def norm_act(channels: int, norm: str) -> nn.Sequential:
+    """BatchNorm2d followed by the activation of ``norm`` (the "BN+act" of method.md §2.2/§2.3)."""
+    return nn.Sequential(nn.BatchNorm2d(channels), activation(norm))
+
+
+def _stage_dilations(output_stride: int) -> tuple[int, int, int, int]:
+    """Dilation of stages 2..5 (layer1..layer4); strided stages have dilation 1 (§2.1)."""
+    if output_stride == 16:
+        return (1, 1, 1, 2)
+    if output_stride == 8:
+        return (1, 1, 2, 4)
+    raise UserError(f"model.output_stride: found {output_stride!r}, expected 16 or 8")
+
+
+def _swap_relu(module: nn.Module, norm: str) -> None:
+    """Replace every ReLU submodule by the activation of ``norm``.
+
+    torchvision's Bottleneck/BasicBlock reuse one ``relu`` after each BN and after the residual add, which is
+    exactly the InPlace-ABN order "add the residual, then activate" of §2.1.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.ReLU):
+            setattr(module, name, activation(norm))
+        else:
+            _swap_relu(child, norm)
+
+
+def _dilate_stage(stage: nn.Sequential, dilation: int) -> None:
+    """Give every 3x3 conv of ``stage`` stride 1 and the stage's dilation (padding = dilation).
+
+    torchvision's ``replace_stride_with_dilation`` keeps the first block at the previous stage's dilation;
+    method.md §2.1 dilates all blocks of the stage, so this fixes it after construction. The 1x1 projection
+    shortcut loses its stride too, keeping the residual shapes consistent.
+    """
+    for block in stage:
+        for conv in block.modules():
+            if not isinstance(conv, nn.Conv2d):
+                continue
+            conv.stride = (1, 1)
+            if conv.kernel_size == (3, 3):
+                conv.dilation = (dilation, dilation)
+                conv.padding = (dilation, dilation)
+
+
+class ResNetBody(nn.Module):
+    """ResNet without avgpool/fc; ``forward`` returns the body features [B, out_channels, H/OS, W/OS].
+
+    Submodule names follow torchvision (conv1, bn1, relu, maxpool, layer1..layer4) so torchvision state dicts
+    load into it after dropping ``fc.*``.
+    """
+
+    def __init__(
+        self,
+        stem: dict[str, nn.Module],
+        layers: list[nn.Sequential],
+        out_channels: int,
+        arch: str,
+        output_stride: int,
+    ):
+        super().__init__()
+        self.conv1 = stem["conv1"]
+        self.bn1 = stem["bn1"]
+        self.relu = stem["relu"]
+        self.maxpool = stem["maxpool"]
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.out_channels = out_channels
+        self.arch = arch
+        self.output_stride = output_stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def _torchvision_resnet(name: str, output_stride: int, norm: str) -> ResNetBody:
+    dilations = _stage_dilations(output_stride)
+    builder = {"resnet50": resnet50, "resnet101": resnet101}[name]
+    net = builder(weights=None)
+    layers = [net.layer1, net.layer2, net.layer3, net.layer4]
+    for stage, dilation in zip(layers, dilations):
+        if dilation > 1:
+            _dilate_stage(stage, dilation)
+    stem = {"conv1": net.conv1, "bn1": net.bn1, "relu": net.relu, "maxpool": net.maxpool}
+    body = ResNetBody(stem, layers, out_channels=2048, arch=name, output_stride=output_stride)
+    _swap_relu(body, norm)
+    return body
+
+
+def _small_resnet(output_stride: int, norm: str, width: int) -> ResNetBody:
+    """Tiny ResNet-18-like body (one BasicBlock per stage, widths width×(1,2,4,8)) for CPU demos."""
+    if width < 1:
+        raise UserError(f"model.small_width: found {width!r}, expected a positive integer")
+    dilations = _stage_dilations(output_stride)
+    widths = [width, 2 * width, 4 * width, 8 * width]
+    strides = [1, 2, 2, 2]
+    # A 3x3 stride-2 stem (not 7x7) keeps the demo model cheap; stem + max-pool still give stride 4.
+    stem = {
+        "conv1": nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False),
+        "bn1": nn.BatchNorm2d(width),
+        "relu": nn.ReLU(inplace=True),
+        "maxpool": nn.MaxPool2d(3, stride=2, padding=1),
+    }
+    layers = []
+    in_ch = width
+    for out_ch, stride, dilation in zip(widths, strides, dilations):
+        # Dilated stages are built strided and then converted, because BasicBlock refuses dilation > 1.
+        downsample = None
+        if stride != 1 or in_ch != out_ch:
+            downsample = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
+        stage = nn.Sequential(BasicBlock(in_ch, out_ch, stride=stride, downsample=downsample))
+        if dilation > 1:
+            _dilate_stage(stage, dilation)
+        layers.append(stage)
+        in_ch = out_ch
+    body = ResNetBody(stem, layers, out_channels=widths[-1], arch="small", output_stride=output_stride)
+    for m in body.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    _swap_relu(body, norm)
+    return body
+
+
+def build_backbone(
+    name: str, output_stride: int = 16, norm: str = "bn_leaky", small_width: int = 16
+) -> ResNetBody:
+    """Build the encoder of method.md §2.1: ``resnet50``/``resnet101`` (torchvision, random init) or ``small``.
+
+    Output stride 16 dilates all of stage 5 by 2; output stride 8 dilates stage 4 by 2 and stage 5 by 4.
+    The returned module has ``out_channels``, ``arch`` and ``output_stride`` attributes.
+    """
+    check_norm(norm)
+    if name in ("resnet50", "resnet101"):
+        return _torchvision_resnet(name, output_stride, norm)
+    if name == "small":
+        return _small_resnet(output_stride, norm, small_width)
+    raise UserError(f"model.backbone: found {name!r}, expected one of {', '.join(BACKBONES)}")
+
+
+__all__ = ["BACKBONES", "NORMS", "ResNetBody", "activation", "build_backbone", "check_norm", "norm_act"]
