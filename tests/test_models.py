@@ -74,20 +74,17 @@ def test_sync_batchnorm_conversion_covers_every_norm():
 
 
 @pytest.mark.parametrize("output_stride", [16, 8])
-def test_small_backbone_shape_dilation_and_speed(output_stride):
+def test_small_backbone_shape_and_dilation(output_stride):
     torch.manual_seed(0)
     body = build_backbone("small", output_stride=output_stride, small_width=16)
     assert body.out_channels == 128
     dil = 2 if output_stride == 16 else 4
     assert all(c.dilation == (dil, dil) and c.stride == (1, 1) for c in _three_by_three_convs(body.layer4))
     x = torch.randn(8, 3, 96, 96)
-    body(x).sum().backward()  # warm-up
-    start = time.perf_counter()
     out = body(x)
     out.sum().backward()
-    elapsed = time.perf_counter() - start
     assert out.shape == (8, 128, 96 // output_stride, 96 // output_stride)
-    assert elapsed < 1.0  # measured ~0.03 s on 2 cores; the bound only catches gross regressions
+    assert all(p.grad is not None for p in body.parameters())
 
 
 def test_bad_model_fields_are_user_errors():

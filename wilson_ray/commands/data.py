@@ -28,7 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=synthetic.DEFAULT_SEED, help="random seed (default %(default)s)")
     p.add_argument("--train", type=int, default=synthetic.DEFAULT_TRAIN, help="training images (default %(default)s)")
     p.add_argument("--val", type=int, default=synthetic.DEFAULT_VAL, help="validation images (default %(default)s)")
-    p.add_argument("--size", type=int, default=synthetic.DEFAULT_SIZE, help="image side in pixels (default %(default)s)")
+    p.add_argument("--size", type=int, default=synthetic.DEFAULT_SIZE, help="image side, pixels (default %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing, different dataset at --out")
     p.set_defaults(func=cmd_synth)
 

@@ -32,9 +32,15 @@ SUBSETS = {"train": "train2017", "val": "val2017"}
 IMAGE_DIR = "images"
 MASK_DIR = "annotations"
 
-COCO_SPEC = SourceSpec("coco", len(COCO_CLASSES) - 1, valid_value_table(len(COCO_CLASSES) - 1))
+# COCO category ids 1..91 (method.md §1.4: label files are N x 91, thing value 90 -> id 91); ids beyond
+# protocol.COCO_CLASSES are unused ones that no task learns.
+NUM_COCO_IDS = 91
+COCO_SPEC = SourceSpec("coco", NUM_COCO_IDS, valid_value_table(NUM_COCO_IDS))
 # Presence is in COCO columns, but the masks on disk are VOC-coded: validate them as VOC masks.
-VOC_AS_COCO_SPEC = SourceSpec("voc-as-coco", len(COCO_CLASSES) - 1, voc.VOC_SPEC.valid_values)
+VOC_AS_COCO_SPEC = SourceSpec("voc-as-coco", NUM_COCO_IDS, voc.VOC_SPEC.valid_values)
+CLASS_NAMES: tuple[str, ...] = COCO_CLASSES + tuple(
+    f"unused-{k}" for k in range(len(COCO_CLASSES), NUM_COCO_IDS + 1)
+)
 
 # COCO-Stuff stuffthingmaps: values 0..90 are things (category id - 1), 91..181 stuff, 255 unlabeled.
 _N_THING_VALUES = 91
@@ -49,7 +55,7 @@ def stuffthing_lut() -> np.ndarray:
 
 
 def read_coco_list(root: str | Path, split: str) -> ListEntries:
-    """Parse ``split/<split>.txt`` into image and mask paths under ``images/<subset>/`` and ``annotations/<subset>/``."""
+    """Parse ``split/<split>.txt`` into paths under ``images/<subset>/`` and ``annotations/<subset>/``."""
     root = voc.check_root(root, "COCO")
     list_file = root / LIST_FILES[voc.check_split(split)]
     data, lines = voc.read_list_text(list_file, "one COCO image id per line")
@@ -78,7 +84,10 @@ def coco_manifest(root: str | Path, split: str, use_cache: bool = True) -> Manif
 def voc_as_coco_manifest(root: str | Path, split: str, use_cache: bool = True) -> Manifest:
     """The VOC manifest of ``split`` with presence re-coded to COCO columns [N, 91] (method.md §1.5)."""
     manifest = voc.voc_manifest(root, split, use_cache)
-    return manifest.with_presence(recode_voc_presence_to_coco(manifest.presence()), VOC_AS_COCO_SPEC)
+    recoded = recode_voc_presence_to_coco(manifest.presence())
+    presence = np.zeros((len(manifest), NUM_COCO_IDS), dtype=bool)
+    presence[:, : recoded.shape[1]] = recoded  # the same columns as a COCO manifest, whatever the recode's width
+    return manifest.with_presence(presence, VOC_AS_COCO_SPEC)
 
 
 def check_coco(root: str | Path, full: bool = True, workers: int | None = None) -> dict:
@@ -98,8 +107,8 @@ def check_coco(root: str | Path, full: bool = True, workers: int | None = None) 
         presence = manifest.presence()
         if full:
             from_masks = check_pairs(manifest, workers)
-            voc.compare_presence(manifest, presence, from_masks, COCO_CLASSES, root / LABEL_FILES[split])
-        report["splits"][split] = voc.split_report(manifest, presence, COCO_CLASSES)
+            voc.compare_presence(manifest, presence, from_masks, CLASS_NAMES, root / LABEL_FILES[split])
+        report["splits"][split] = voc.split_report(manifest, presence, CLASS_NAMES)
     return report
 
 

@@ -55,9 +55,9 @@ class ListEntries:
     lines: list[int] = field(default_factory=list)  # 1-based line numbers in list_file
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SourceSpec:
-    """How to read one dataset layout: the split list, the label file, and the valid mask values."""
+    """Label space of a layout: its tag, the number of presence columns, and the mask values it may hold."""
 
     name: str  # "voc" or "coco": the cache/table tag
     num_ids: int  # number of foreground dataset ids K (presence columns 1..K)
@@ -77,6 +77,7 @@ class Manifest:
         self.spec = spec
         self.cache_path = cache_path
         self.from_cache = from_cache
+        self._lines = table.column("line").to_numpy()
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -104,7 +105,7 @@ class Manifest:
     @property
     def lines(self) -> np.ndarray:
         """1-based line number of each image in the list file."""
-        return self.table.column("line").to_numpy()
+        return self._lines
 
     def presence(self) -> np.ndarray:
         """Bool array [N, K]: entry [i, k-1] is whether dataset id k has a pixel in image i's mask."""
@@ -121,7 +122,7 @@ class Manifest:
 
     def where(self, i: int) -> str:
         """``<list file> line <n>``: where image ``i`` is listed, for error messages."""
-        return f"{self.list_file} line {int(self.lines[i])}"
+        return f"{self.list_file} line {int(self._lines[i])}"
 
     def check_files(self, indices: Sequence[int] | np.ndarray | None = None) -> None:
         """Raise a UserError naming the list file, line and path of the first listed image/mask that is missing."""
@@ -153,7 +154,9 @@ def read_mask(path: Path, valid_values: np.ndarray | None = None, where: str | N
     except FileNotFoundError:
         raise UserError(f"{label}: mask {path} does not exist; expected a PNG mask") from None
     except Exception as err:  # PIL raises many types for corrupt files
-        raise UserError(f"{label}: mask {path} cannot be read ({type(err).__name__}: {err}); expected a PNG mask") from None
+        raise UserError(
+            f"{label}: mask {path} cannot be read ({type(err).__name__}: {err}); expected a PNG mask"
+        ) from None
     if valid_values is not None:
         check_mask_values(mask, valid_values, path, label)
     return mask
@@ -319,10 +322,10 @@ def cache_candidates(root: Path, split: str) -> list[Path]:
     return [root / CACHE_DIRNAME / name, user_cache_dir(root) / name]
 
 
-def fingerprint(entries: ListEntries, root: Path, tag: str, label_file: Path | None) -> str:
+def fingerprint(entries: ListEntries, root: Path, spec: SourceSpec, label_file: Path | None) -> str:
     """Hash of what the manifest is built from: list bytes + size/mtime of the label file or of every mask."""
     h = hashlib.sha256()
-    h.update(f"v{MANIFEST_VERSION}\0{tag}\0".encode())
+    h.update(f"v{MANIFEST_VERSION}\0{spec.name}\0{spec.num_ids}\0".encode())
     h.update(entries.data)
     files = [label_file] if label_file is not None else [root / m for m in entries.masks]
     for f in files:
@@ -348,13 +351,18 @@ def _read_cache(path: Path, fp: str, tag: str) -> pa.Table | None:
         return None
 
 
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path)
+    os.chmod(path, 0o644)  # mkstemp creates 0600; other users of a shared data folder must read the cache too
+
+
 def _write_cache(table: pa.Table, root: Path, split: str) -> Path | None:
     """Write ``table`` atomically to the first writable cache location; None if none is writable."""
     local, user = cache_candidates(root, split)
     targets = [local, user] if _root_writable(root) else [user]
     for path in targets:
         try:
-            atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+            atomic_write(path, lambda tmp: _write_parquet(table, tmp))
             return path
         except OSError as err:
             log.warning("cannot write manifest cache %s (%s)", path, err)
@@ -390,7 +398,7 @@ def load_manifest(root: Path, split: str, entries: ListEntries, spec: SourceSpec
     """
     root = Path(root)
     label_file = label_file if label_file is not None and label_file.is_file() else None
-    fp = fingerprint(entries, root, spec.name, label_file)
+    fp = fingerprint(entries, root, spec, label_file)
     if use_cache:
         for path in cache_candidates(root, split):
             table = _read_cache(path, fp, spec.name)

@@ -59,6 +59,9 @@ _PARTNERS_PER_CLASS = 2
 # A forced object (placed to guarantee class coverage) must keep this many labelled pixels.
 _MIN_FORCED_PIXELS = 12
 _MAX_ATTEMPTS = 64
+# A new object may hide at most this fraction of an earlier object's visible pixels (placement is redrawn).
+_MAX_COVERED = 0.5
+_PLACEMENT_TRIES = 10
 
 
 @dataclass(frozen=True)
@@ -240,19 +243,29 @@ def _background(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.
     return img
 
 
-def _draw_object(rng: np.random.Generator, img: np.ndarray, label: np.ndarray, cls: int,
-                 yy: np.ndarray, xx: np.ndarray) -> None:
-    """Draw one instance of VOC id ``cls`` on top of ``img``/``label`` (in place), with random pose and appearance."""
+def _draw_object(rng: np.random.Generator, img: np.ndarray, label: np.ndarray, inst: np.ndarray, index: int,
+                 cls: int, yy: np.ndarray, xx: np.ndarray) -> None:
+    """Draw instance ``index`` of VOC id ``cls`` on top of ``img``/``label``/``inst`` (in place).
+
+    The pose is redrawn (up to ``_PLACEMENT_TRIES`` times) while it would hide more than ``_MAX_COVERED`` of an
+    earlier object's visible pixels: occlusion stays partial, so a class present in the labels is visible.
+    """
     s = yy.shape[0]
     style = CLASS_STYLES[cls - 1]
-    r = rng.uniform(0.11, 0.25) * s
-    cx, cy = rng.uniform(0.12, 0.88, 2) * s
-    theta = rng.uniform(0, 2 * np.pi)
-    aspect = rng.uniform(0.88, 1.12)
-    dx, dy = xx - cx, yy - cy
-    u = (dx * np.cos(theta) + dy * np.sin(theta)) / (r * aspect)
-    v = (-dx * np.sin(theta) + dy * np.cos(theta)) * aspect / r
-    inside = shape_mask(style.shape, u, v)
+    visible = np.bincount(inst[inst >= 0], minlength=index)  # pixels each earlier instance still shows
+    for _ in range(_PLACEMENT_TRIES):
+        r = rng.uniform(0.11, 0.25) * s
+        cx, cy = rng.uniform(0.12, 0.88, 2) * s
+        theta = rng.uniform(0, 2 * np.pi)
+        aspect = rng.uniform(0.88, 1.12)
+        dx, dy = xx - cx, yy - cy
+        u = (dx * np.cos(theta) + dy * np.sin(theta)) / (r * aspect)
+        v = (-dx * np.sin(theta) + dy * np.cos(theta)) * aspect / r
+        inside = shape_mask(style.shape, u, v)
+        under = inst[inside]
+        covered = np.bincount(under[under >= 0], minlength=index)
+        if not index or (covered <= _MAX_COVERED * visible).all():
+            break
     if not inside.any():
         return
     hue = style.hue + rng.uniform(-0.03, 0.03)
@@ -265,6 +278,7 @@ def _draw_object(rng: np.random.Generator, img: np.ndarray, label: np.ndarray, c
     shading = 1 + rng.uniform(-0.15, 0.15) * v[inside]  # light from one side
     img[inside] = colour * shading[:, None]
     label[inside] = cls
+    inst[inside] = index
 
 
 def void_band(label: np.ndarray, width: int) -> np.ndarray:
@@ -284,8 +298,9 @@ def render_scene(rng: np.random.Generator, classes: list[int], size: int) -> tup
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     img = _background(rng, yy, xx)
     label = np.zeros((size, size), dtype=np.uint8)
-    for cls in classes:
-        _draw_object(rng, img, label, cls, yy, xx)
+    inst = np.full((size, size), -1, dtype=np.int64)  # which object owns each pixel (-1: background)
+    for index, cls in enumerate(classes):
+        _draw_object(rng, img, label, inst, index, cls, yy, xx)
     img = img * rng.uniform(0.85, 1.15) + rng.normal(0, 0.025, img.shape)  # exposure and sensor noise
     img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
     mask = label.copy()

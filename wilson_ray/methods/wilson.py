@@ -98,9 +98,10 @@ class Wilson(Method):
             # z̄: a second, eval-mode (running BN stats), detached localizer pass gives the targets (§3.5).
             localizer = ctx.module.localizer
             with torch.no_grad(), torch.autocast(f.device.type, enabled=False):
+                was_training = localizer.training
                 localizer.eval()
                 z_bar = localizer(f.detach().float())
-                localizer.train()
+                localizer.train(was_training)
                 q_hat, weight = self.targets(z_bar, batch.labels, s_old.float())
             terms["seg"] = self.p.lambda_seg * losses.segmentation_loss(out["logits"], q_hat, weight)
             terms.update(self.self_supervision(z, z_bar, batch))

@@ -1,0 +1,102 @@
+import pickle
+
+import pytest
+import torch
+
+from wilson_ray.config import resolve_config
+from wilson_ray.engine import (
+    NonFiniteLossError, check_checkpoint_matches, load_checkpoint, lr_factor, model_from_checkpoint, train_step,
+)
+from wilson_ray.errors import UserError
+from wilson_ray.protocol import get_task
+
+from tests.test_methods import TINY
+
+
+class Payload:
+    """An arbitrary Python object: weights_only loading must refuse to unpickle it."""
+
+
+def _cfg(root, **extra):
+    return resolve_config("demo", overrides={**TINY, "data.root": str(root), **extra})
+
+
+def test_lr_policies():
+    # poly: (1 - it/max)^0.9 every iteration
+    assert lr_factor(0, 100, "poly", 0.9, 0) == 1.0
+    assert lr_factor(50, 100, "poly", 0.9, 0) == pytest.approx(0.5 ** 0.9)
+    # warmup: constant for 5 epochs, then poly on the global count -> jump to (35/40)^0.9 at epoch 5 of 40
+    its = 10
+    assert lr_factor(5 * its - 1, 40 * its, "warmup", 0.9, 5 * its) == 1.0
+    assert lr_factor(5 * its, 40 * its, "warmup", 0.9, 5 * its) == pytest.approx((35 / 40) ** 0.9)
+    assert (35 / 40) ** 0.9 == pytest.approx(0.887, abs=1e-3)
+
+
+def test_checkpoint_round_trip_and_refusal(synth_root, tmp_path):
+    cfg = _cfg(synth_root)
+    result = train_step(cfg, 0, out_dir=tmp_path)
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt["task"] == "15-5" and ckpt["step"] == 0 and len(ckpt["class_names"]) == 16
+    assert ckpt["metrics"]["miou_all"] == pytest.approx(result.metrics["miou_all"])
+    model, _ = model_from_checkpoint(result.checkpoint)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ckpt["model"][k])
+    # refused for another task / step with a one-line message
+    with pytest.raises(UserError, match=r"trained on task '15-5' step 0 with 16 classes, expected task '10-10'"):
+        check_checkpoint_matches(ckpt, result.checkpoint, get_task("10-10"), 0)
+    with pytest.raises(UserError, match="expected task '10-10' step 0 with 11 classes"):
+        train_step(_cfg(synth_root, **{"data.task": "10-10"}), 1, init_checkpoint=result.checkpoint)
+    # not a checkpoint: garbage bytes, and a pickled object payload refused by weights_only=True
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="junk.pt: not a readable weights-only checkpoint"):
+        load_checkpoint(junk)
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "wilson-ray-checkpoint", "obj": Payload()}, evil, pickle_module=pickle)
+    with pytest.raises(UserError, match="evil.pt: not a readable weights-only checkpoint"):
+        load_checkpoint(evil)
+    plain = tmp_path / "plain.pt"
+    torch.save({"a": torch.zeros(1)}, plain)
+    with pytest.raises(UserError, match="not a wilson-ray checkpoint"):
+        load_checkpoint(plain)
+
+
+def test_resume_continues_from_saved_epoch(synth_root, tmp_path):
+    cfg = _cfg(synth_root, **{"step0.epochs": 2})
+    saved = {}
+
+    class Save:
+        def on_epoch_end(self, epoch, metrics, save_state):
+            if epoch == 1:
+                saved["path"] = save_state(tmp_path / "state")
+
+        def on_step_end(self, result):
+            pass
+
+    train_step(cfg, 0, callbacks=[Save()])
+    epochs = []
+
+    class Spy:
+        def on_epoch_end(self, epoch, metrics, save_state):
+            epochs.append(epoch)
+
+        def on_step_end(self, result):
+            pass
+
+    train_step(cfg, 0, resume_from=saved["path"], callbacks=[Spy()])
+    assert epochs == [2]
+
+
+def test_nonfinite_loss_stops_with_reason(synth_root):
+    cfg = _cfg(synth_root, **{"step0.lr": 1e30, "step0.epochs": 3, "run.log_interval": 1})
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 0 epoch \d"):
+        train_step(cfg, 0)
+
+
+def test_seeded_runs_are_deterministic(synth_root):
+    cfg = _cfg(synth_root)
+    a = train_step(cfg, 0)
+    b = train_step(cfg, 0)
+    assert a.metrics["loss/total"] == b.metrics["loss/total"]
+    assert (a.confusion == b.confusion).all()
