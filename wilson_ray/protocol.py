@@ -38,7 +38,7 @@ COCO_CLASSES: tuple[str, ...] = (
     "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "mirror", "dining table",
     "window", "desk", "toilet", "door", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave",
     "oven", "toaster", "sink", "refrigerator", "blender", "book", "clock", "vase", "scissors", "teddy bear",
-    "hair drier", "toothbrush",
+    "hair drier", "toothbrush", "hair brush",
 )
 
 # VOC id -> COCO category id (method.md §1.5); index = VOC id.

@@ -20,8 +20,9 @@ from PIL import Image
 
 from wilson_ray.atomic import atomic_write
 from wilson_ray.data import voc
-from wilson_ray.data.manifest import ListEntries, Manifest, SourceSpec, check_pairs, load_manifest, read_mask, \
-    valid_value_table
+from wilson_ray.data.manifest import (
+    ListEntries, Manifest, SourceSpec, check_pairs, load_manifest, read_mask, valid_value_table,
+)
 from wilson_ray.errors import UserError
 from wilson_ray.protocol import COCO_CLASSES, VOID, recode_voc_presence_to_coco
 
@@ -32,15 +33,12 @@ SUBSETS = {"train": "train2017", "val": "val2017"}
 IMAGE_DIR = "images"
 MASK_DIR = "annotations"
 
-# COCO category ids 1..91 (method.md §1.4: label files are N x 91, thing value 90 -> id 91); ids beyond
-# protocol.COCO_CLASSES are unused ones that no task learns.
-NUM_COCO_IDS = 91
+# COCO category ids 1..91 (method.md §1.4: label files are N x 91, thing value 90 -> id 91).
+NUM_COCO_IDS = len(COCO_CLASSES) - 1
 COCO_SPEC = SourceSpec("coco", NUM_COCO_IDS, valid_value_table(NUM_COCO_IDS))
 # Presence is in COCO columns, but the masks on disk are VOC-coded: validate them as VOC masks.
 VOC_AS_COCO_SPEC = SourceSpec("voc-as-coco", NUM_COCO_IDS, voc.VOC_SPEC.valid_values)
-CLASS_NAMES: tuple[str, ...] = COCO_CLASSES + tuple(
-    f"unused-{k}" for k in range(len(COCO_CLASSES), NUM_COCO_IDS + 1)
-)
+CLASS_NAMES: tuple[str, ...] = COCO_CLASSES
 
 # COCO-Stuff stuffthingmaps: values 0..90 are things (category id - 1), 91..181 stuff, 255 unlabeled.
 _N_THING_VALUES = 91
@@ -84,10 +82,7 @@ def coco_manifest(root: str | Path, split: str, use_cache: bool = True) -> Manif
 def voc_as_coco_manifest(root: str | Path, split: str, use_cache: bool = True) -> Manifest:
     """The VOC manifest of ``split`` with presence re-coded to COCO columns [N, 91] (method.md §1.5)."""
     manifest = voc.voc_manifest(root, split, use_cache)
-    recoded = recode_voc_presence_to_coco(manifest.presence())
-    presence = np.zeros((len(manifest), NUM_COCO_IDS), dtype=bool)
-    presence[:, : recoded.shape[1]] = recoded  # the same columns as a COCO manifest, whatever the recode's width
-    return manifest.with_presence(presence, VOC_AS_COCO_SPEC)
+    return manifest.with_presence(recode_voc_presence_to_coco(manifest.presence()), VOC_AS_COCO_SPEC)
 
 
 def check_coco(root: str | Path, full: bool = True, workers: int | None = None) -> dict:

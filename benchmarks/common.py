@@ -1,0 +1,274 @@
+"""Shared pieces of the benchmarks: machine description, timing statistics, and the step-iteration setup that
+reuses the engine's real code path (``engine.build_model``, ``get_method``, ``Trainable``, ``param_groups``,
+``autocast_context``, ``Method.losses`` / ``Method.step0_losses``)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import resource
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from wilson_ray import engine, fast
+from wilson_ray.config import Config, resolve_config
+from wilson_ray.methods import get_method
+from wilson_ray.methods.base import Batch, Context, Method, Trainable
+from wilson_ray.protocol import Task, get_task
+
+TASK = "15-5"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Machine and statistics
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [w for w in wanted if w in have]
+    except OSError:
+        pass
+    return []
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def machine_info(device: torch.device | None = None) -> dict:
+    info = {
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "logical_cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": _dt.date.today().isoformat(),
+        "time": _dt.datetime.now().strftime("%H:%M:%S"),
+        "loadavg_start": load_average(),
+    }
+    if device is not None and device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        info["gpu"] = None
+    return info
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def summarise(times: list[float]) -> dict:
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "mean_s": statistics.fmean(times),
+        "times_s": [round(t, 4) for t in times],
+    }
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The step iteration
+
+
+@dataclass
+class StepOptions:
+    backbone: str = "resnet101"
+    size: int = 512
+    batch: int = 2
+    step: int = 1
+    method: str = "wilson"
+    amp: str = "bf16"  # none | bf16 | fp16
+    channels_last: bool = True
+    compile: bool = False
+    old_model: str = "frozen"  # engine (Method.old_outputs under no_grad) | inference | frozen (BN folded, bf16)
+    fused_sgd: bool = True
+    device: str = "cpu"
+    seed: int = 0
+
+
+@dataclass
+class StepSetup:
+    opts: StepOptions
+    cfg: Config
+    task: Task
+    method: Method
+    device: torch.device
+    module: Trainable  # eager, unwrapped
+    old_eager: nn.Module | None  # the old model as the engine builds it (before any fast-path wrapping)
+    ctx: Context  # what the timed iteration uses (compiled / frozen old model when asked)
+    eager_ctx: Context  # the same modules uncompiled (FLOP counting, profiling)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    batch: Batch
+    epoch: int
+    build_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def make_config(o: StepOptions) -> Config:
+    """The preset of the backbone (``demo`` for ``small``, ``voc-15-5`` otherwise) with the benchmark's sizes."""
+    preset = "demo" if o.backbone == "small" else "voc-15-5"
+    overrides = {
+        "model.backbone": o.backbone, "model.pretrained": None, "data.crop_size": o.size,
+        "data.batch_size": o.batch, "run.amp": o.amp, "run.channels_last": o.channels_last,
+        "run.compile": o.compile, "run.device": o.device, "run.progress": False, "data.task": TASK,
+    }
+    return resolve_config(preset, method=o.method, overrides=overrides, source=f"benchmark ({preset})")
+
+
+def make_batch(task: Task, step: int, batch: int, size: int, device: torch.device, seed: int = 0) -> Batch:
+    """Random data in memory: normalised-ish images, random masks (5 % void), two new classes positive per image."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, size, size, generator=g)
+    c = task.num_classes(step)
+    n_old = task.num_old(step)
+    masks = torch.randint(0, c if step == 0 else 1, (batch, size, size), generator=g)
+    if step == 0:
+        void = torch.rand(batch, size, size, generator=g) < 0.05
+        masks = masks.masked_fill(void, 255)
+    labels = torch.zeros(batch, c - 1)
+    if step == 0:
+        for b in range(batch):
+            present = masks[b][masks[b] < 255].unique()
+            labels[b, present[present > 0] - 1] = 1.0
+    else:
+        new_cols = torch.arange(n_old - 1, c - 1)
+        for b in range(batch):
+            pick = new_cols[torch.randperm(len(new_cols), generator=g)[: min(2, len(new_cols))]]
+            labels[b, pick] = 1.0
+    return Batch(images.to(device), masks.to(device), labels.to(device))
+
+
+def build_setup(o: StepOptions) -> StepSetup:
+    """Models, method, optimiser and one batch, built as ``engine.train_step`` builds them (random init)."""
+    t0 = time.perf_counter()
+    torch.manual_seed(o.seed)
+    cfg = make_config(o)
+    device = engine.resolve_device(o.device)
+    method_cls = get_method(cfg.method.name)
+    task = engine._task_of(cfg, method_cls)
+    step = task.check_step(o.step)
+    method = method_cls(method_cls.Params(**cfg.method.params), task, step, no_mask=cfg.data.no_mask)
+    model = engine.build_model(cfg, task, step)
+    old_model = None
+    if step > 0:
+        old_model = engine.build_model(cfg, task, step - 1)
+        # The step-t model starts from the step t-1 weights (new classifier random), as in train_step.
+        model.load_state_dict(old_model.state_dict(), strict=False)
+        old_model.eval().requires_grad_(False)
+        method.on_model_ready(model)
+    localizer = method.build_localizer(model.backbone.out_channels, cfg.model.norm) if step > 0 else None
+    module = Trainable(model, localizer).to(device)
+    if old_model is not None:
+        old_model.to(device)
+    if cfg.run.channels_last:
+        module.to(memory_format=torch.channels_last)
+        if old_model is not None:
+            old_model.to(memory_format=torch.channels_last)
+    notes = []
+    old_run = old_model
+    if old_model is not None and o.old_model != "engine":
+        if o.old_model == "inference":
+            old_run = fast.FrozenOldModel(old_model, dtype=None, fold_bn=False)
+        elif o.old_model == "frozen":
+            old_run = fast.freeze_old_model(old_model, cfg.run.amp)
+            notes.append(f"old model: {old_run.folded} BatchNorms folded into convs, weights "
+                         f"{'bf16' if old_run.dtype is not None else 'fp32'}, inference_mode")
+        else:
+            raise ValueError(f"--old-model: {o.old_model!r}, expected engine, inference or frozen")
+        if cfg.run.channels_last:
+            old_run.to(memory_format=torch.channels_last)
+    net: nn.Module = module
+    eager_ctx = Context(net=module, module=module, old_model=old_run)
+    if cfg.run.compile:
+        net = torch.compile(module)
+        if old_run is not None:
+            old_run = torch.compile(old_run)
+    ctx = Context(net=net, module=module, old_model=old_run)
+
+    oc = cfg.optim(step)
+    groups = engine.param_groups(module, cfg, step)
+    if o.fused_sgd:
+        optimizer = fast.sgd(groups, oc.lr, oc.momentum, oc.nesterov, oc.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=oc.lr, momentum=oc.momentum, nesterov=oc.nesterov,
+                                    weight_decay=oc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: engine.lr_factor(it, 10**6, oc.policy,
+                                                                                         oc.power, 0))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.run.amp == "fp16")
+    batch = make_batch(task, step, o.batch, o.size, device, o.seed)
+    # After the localizer pre-training, so every WILSON term (seg, cls, loc, sss with PAMR, enc) is active.
+    epoch = getattr(method.p, "pseudo_epochs", 0) if step > 0 else 0
+    module.train()
+    return StepSetup(o, cfg, task, method, device, module, old_model, ctx, eager_ctx, optimizer, scheduler,
+                     scaler, batch, epoch, time.perf_counter() - t0, notes)
+
+
+def losses(s: StepSetup, ctx: Context | None = None) -> dict[str, torch.Tensor]:
+    """The loss terms of the benchmark batch, under the engine's autocast, as ``engine.train_step`` computes them."""
+    ctx = ctx or s.ctx
+    batch = s.batch
+    images = batch.images
+    if s.cfg.run.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    batch = Batch(images, batch.masks, batch.labels)
+    with engine.autocast_context(s.device, s.cfg.run.amp):
+        if s.opts.step == 0:
+            return s.method.step0_losses(ctx, batch)
+        return s.method.losses(ctx, batch, s.epoch)
+
+
+def iteration(s: StepSetup, ctx: Context | None = None,
+              timer: Callable[[str], None] | None = None) -> torch.Tensor:
+    """One training iteration exactly as the loop body of ``engine.train_step`` (losses, zero_grad, backward,
+    zero gradients for unused parameters, optimiser and scheduler step). ``timer(name)`` marks phase ends."""
+    terms = losses(s, ctx)
+    total = sum(terms.values())
+    if timer:
+        timer("losses")
+    s.optimizer.zero_grad(set_to_none=True)
+    s.scaler.scale(total).backward()
+    if timer:
+        timer("backward")
+    for p in s.module.parameters():
+        if p.grad is None and p.requires_grad:
+            p.grad = torch.zeros_like(p)
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    s.scheduler.step()
+    if timer:
+        timer("optimizer")
+    return total.detach()

@@ -1,0 +1,280 @@
+"""Seconds per training iteration of a step-0 (BCE) or step-t WILSON iteration, fp32 eager vs the fast path.
+
+    python -m benchmarks.step --backbone resnet101 --size 512 --batch 2 --step 1 --method wilson [--fp32-eager] --json
+
+Random init, random data in memory (one fixed batch), ``--threads`` intra-op threads (2 by default). One iteration
+is the loop body of ``engine.train_step`` (losses under the engine's autocast, zero_grad, backward, zero
+gradients for unused parameters, SGD Nesterov with the engine's 3 parameter groups, scheduler step); a WILSON
+step-1 iteration runs at epoch = pseudo_epochs, so ℓ_SEG, ℓ_CLS, ℓ_LOC, ℓ_SSS (PAMR on) and ℓ_ENC are all active.
+
+Settings. Without ``--fp32-eager`` the fast path is on: bf16 autocast, channels_last, the frozen old model
+(``wilson_ray.fast.freeze_old_model``: BN folded, bf16 weights, inference_mode) and fused SGD; ``--compile``
+adds ``torch.compile`` of the trainable and the old model. ``--fp32-eager`` is the engine's defaults (amp none, no
+channels_last, no compile, old model under no_grad, plain SGD). Every switch can be set on its own on top of either.
+
+Output: one JSON object (``--json``) with median/min/max seconds, images/s, peak RSS, FLOPs per iteration
+(``torch.utils.flop_counter.FlopCounterMode`` over one eager iteration: new model forward+backward, old model
+forward, both localizer passes), achieved TFLOP/s, and the settings; ``--profile`` adds the time split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from benchmarks import common
+from wilson_ray import pseudo_labels
+
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s) for the MFU column on a GPU; --peak-tflops overrides.
+GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.step", description=__doc__.split("\n\n")[0])
+    p.add_argument("--backbone", default="resnet101", choices=["resnet101", "resnet50", "small"])
+    p.add_argument("--size", type=int, default=512, help="square crop size in pixels")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--step", type=int, default=1, help="0: step-0 BCE iteration; >= 1: the method's iteration")
+    p.add_argument("--method", default="wilson")
+    p.add_argument("--fp32-eager", action="store_true", help="amp none, no channels_last, no compile, engine "
+                   "old model, plain SGD (each overridable by the flags below)")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None)
+    p.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--old-model", choices=["engine", "inference", "frozen"], default=None,
+                   help="engine: Method.old_outputs under no_grad (the engine today); inference: inference_mode; "
+                        "frozen: BN folded + weights in the amp dtype + inference_mode")
+    p.add_argument("--fused-sgd", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--iters", type=int, default=None, help="timed iterations (default 5, 20 for small)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default 2, 3 with compile)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (0: leave torch's default)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
+    p.add_argument("--profile", action="store_true", help="also time the phases of the iteration (eager)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="device peak for the MFU figure (GPU)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p.parse_args(argv)
+
+
+def options(a: argparse.Namespace) -> common.StepOptions:
+    if a.fp32_eager:
+        base = dict(amp="none", channels_last=False, compile=False, old_model="engine", fused_sgd=False)
+    else:
+        base = dict(amp="bf16", channels_last=True, compile=False, old_model="frozen", fused_sgd=True)
+    for k in base:
+        v = getattr(a, k)
+        if v is not None:
+            base[k] = v
+    return common.StepOptions(backbone=a.backbone, size=a.size, batch=a.batch, step=a.step, method=a.method,
+                              device=a.device, **base)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FLOPs
+
+
+def count_flops(s: common.StepSetup) -> int:
+    """FLOPs of one eager iteration (FlopCounterMode counts matmuls/convolutions, forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        common.iteration(s, s.eager_ctx)
+    common.sync(s.device)
+    return int(counter.get_total_flops())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Profile: per-phase wall time on the eager modules
+
+
+class _Timed(nn.Module):
+    def __init__(self, inner: nn.Module, key: str, acc: dict, device: torch.device):
+        super().__init__()
+        self.inner, self.key, self.acc, self.device = inner, key, acc, device
+
+    def forward(self, *args, **kwargs):
+        common.sync(self.device)
+        t = time.perf_counter()
+        out = self.inner(*args, **kwargs)
+        common.sync(self.device)
+        self.acc[self.key] += time.perf_counter() - t
+        return out
+
+
+def profile(s: common.StepSetup, iters: int) -> dict:
+    """Median seconds per phase over ``iters`` eager iterations (after the timed run, so already warm)."""
+    from wilson_ray.methods.base import Context
+
+    acc: dict[str, float] = defaultdict(float)
+    dev = s.device
+    ctx = Context(net=_Timed(s.eager_ctx.net, "net_forward", acc, dev), module=s.module,
+                  old_model=_Timed(s.eager_ctx.old_model, "old_forward", acc, dev) if s.eager_ctx.old_model else None)
+    hooks = []
+    loc = s.module.localizer
+    if loc is not None:
+        start = {}
+
+        def pre(mod, args):
+            common.sync(dev)
+            start["t"] = time.perf_counter()
+
+        def post(mod, args, out):
+            common.sync(dev)
+            acc["localizer_train" if mod.training else "localizer_eval"] += time.perf_counter() - start["t"]
+
+        hooks = [loc.register_forward_pre_hook(pre), loc.register_forward_hook(post)]
+    real_pamr = pseudo_labels.pamr
+
+    def timed_pamr(*args, **kwargs):
+        common.sync(dev)
+        t = time.perf_counter()
+        out = real_pamr(*args, **kwargs)
+        common.sync(dev)
+        acc["pamr"] += time.perf_counter() - t
+        return out
+
+    pseudo_labels.pamr = timed_pamr
+    per_iter: list[dict] = []
+    try:
+        for _ in range(iters):
+            acc.clear()
+            common.sync(dev)
+            marks = {"t": time.perf_counter()}
+
+            def timer(name):
+                common.sync(dev)
+                now = time.perf_counter()
+                acc[name] += now - marks["t"]
+                marks["t"] = now
+
+            t0 = time.perf_counter()
+            common.iteration(s, ctx, timer)
+            acc["total"] = time.perf_counter() - t0
+            per_iter.append(dict(acc))
+    finally:
+        pseudo_labels.pamr = real_pamr
+        for h in hooks:
+            h.remove()
+    med = {k: statistics.median(d.get(k, 0.0) for d in per_iter) for k in per_iter[0]}
+    loc_train, loc_eval = med.get("localizer_train", 0.0), med.get("localizer_eval", 0.0)
+    new_fwd = med.get("net_forward", 0.0) - loc_train
+    split = {
+        "new_model_forward_s": new_fwd,
+        "backward_s": med.get("backward", 0.0),
+        "new_model_fwd_bwd_s": new_fwd + med.get("backward", 0.0),
+        "old_model_forward_s": med.get("old_forward", 0.0),
+        "localizer_passes_fwd_s": loc_train + loc_eval,
+        "pamr_s": med.get("pamr", 0.0),
+        "losses_and_targets_s": med.get("losses", 0.0) - med.get("net_forward", 0.0) - med.get("old_forward", 0.0)
+        - loc_eval - med.get("pamr", 0.0),
+        "optimizer_step_s": med.get("optimizer", 0.0),
+        "total_s": med.get("total", 0.0),
+    }
+    split["note"] = ("eager modules; backward includes the localizer's backward; localizer_passes_fwd_s = the "
+                     "train-mode pass (inside the new model's forward) + the eval-mode target pass")
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in split.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def run(a: argparse.Namespace) -> dict:
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    o = options(a)
+    iters = a.iters if a.iters is not None else (20 if a.backbone == "small" else 5)
+    warmup = a.warmup if a.warmup is not None else (3 if o.compile else 2)
+    s = common.build_setup(o)
+    info = common.machine_info(s.device)
+
+    warm_times = []
+    for _ in range(warmup):
+        common.sync(s.device)
+        t = time.perf_counter()
+        common.iteration(s)
+        common.sync(s.device)
+        warm_times.append(time.perf_counter() - t)
+    gc.collect()
+    if s.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(s.device)
+    times = []
+    loss = None
+    for _ in range(iters):
+        common.sync(s.device)
+        t = time.perf_counter()
+        loss = common.iteration(s)
+        common.sync(s.device)
+        times.append(time.perf_counter() - t)
+    stats = common.summarise(times)
+    out = {
+        "benchmark": "step",
+        "backbone": o.backbone, "size": o.size, "batch": o.batch, "step": o.step, "method": o.method,
+        "amp": o.amp, "channels_last": o.channels_last, "compile": o.compile, "old_model": o.old_model,
+        "fused_sgd": o.fused_sgd, "fp32_eager": bool(a.fp32_eager), "threads": torch.get_num_threads(),
+        "device": str(s.device), "iters": iters, "warmup": warmup,
+        **stats,
+        "images_per_s": o.batch / stats["median_s"],
+        "warmup_times_s": [round(t, 3) for t in warm_times],
+        "peak_rss_mb": round(common.peak_rss_mb(), 1),
+        "build_s": round(s.build_s, 2),
+        "final_loss": float(loss) if loss is not None else None,
+    }
+    if o.compile and warm_times:
+        out["compile_s_approx"] = round(warm_times[0] - stats["median_s"], 2)
+    if s.device.type == "cuda":
+        out["cuda_max_memory_allocated_mb"] = round(torch.cuda.max_memory_allocated(s.device) / 2**20, 1)
+    out["loadavg_end"] = common.load_average()
+    if a.profile:
+        out["profile"] = profile(s, max(3, min(iters, 5)))
+    if not a.no_flops:
+        flops = count_flops(s)
+        out["flops_per_iter"] = flops
+        out["achieved_tflops"] = flops / stats["median_s"] / 1e12
+        if s.device.type == "cuda":
+            peak = a.peak_tflops
+            if peak is None:
+                name = torch.cuda.get_device_name(s.device)
+                peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), None)
+            if peak:
+                out["peak_tflops"] = peak
+                out["mfu"] = out["achieved_tflops"] / peak
+    out["notes"] = s.notes
+    out.update(info)
+    return out
+
+
+def _human(r: dict) -> str:
+    lines = [
+        f"{r['backbone']} {r['batch']}x{r['size']}^2 step {r['step']} {r['method']}  amp={r['amp']} "
+        f"channels_last={r['channels_last']} compile={r['compile']} old_model={r['old_model']} "
+        f"fused_sgd={r['fused_sgd']} threads={r['threads']}",
+        f"  median {r['median_s']:.3f} s  (min {r['min_s']:.3f}, max {r['max_s']:.3f}, n={r['iters']})  "
+        f"{r['images_per_s']:.2f} img/s  peak RSS {r['peak_rss_mb']:.0f} MB",
+    ]
+    if "flops_per_iter" in r:
+        lines.append(f"  {r['flops_per_iter'] / 1e12:.3f} TFLOP/iter, {r['achieved_tflops']:.3f} TFLOP/s")
+    if "profile" in r:
+        lines.append("  " + ", ".join(f"{k}={v}" for k, v in r["profile"].items() if k != "note"))
+    lines.append(f"  load {r['loadavg_start']} -> {r['loadavg_end']}  {r['cpu_model']}  torch {r['torch']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    r = run(a)
+    print(json.dumps(r) if a.json else _human(r))
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

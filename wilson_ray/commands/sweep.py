@@ -1,0 +1,107 @@
+"""``wilson-ray sweep`` and ``wilson-ray best``: hyperparameter sweeps on Ray Tune (Optuna + ASHA, every trial a
+multi-worker TorchTrainer run), tracked in MLflow.
+
+    wilson-ray sweep --space search_spaces/demo.yaml [--num-samples N] [--workers-per-trial K]
+                     [--gpus-per-worker G] [--storage PATH] [--tracking-uri URI] [--address auto|URI]
+                     [--name NAME] [--data-root DIR] [--set KEY=VALUE ...]
+    wilson-ray best --storage PATH --name NAME [--out best.yaml]
+
+Running the same ``sweep`` command again resumes the sweep (finished trials are kept, running ones resume from
+their last epoch checkpoint) instead of starting over, so a resubmitted ``ray job`` finishes what is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from wilson_ray.config import parse_overrides
+from wilson_ray.errors import UserError
+
+DEFAULT_STORAGE = "runs/sweeps"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sweep", help="sweep hyperparameters of one incremental step on Ray Tune (Optuna + ASHA), tracked in MLflow",
+        description="Sweep a search space (search_spaces/*.yaml): every trial trains one incremental step on "
+                    "--workers-per-trial Ray Train workers; Optuna TPE proposes, ASHA stops weak trials early. "
+                    "Re-running the same command resumes the sweep.")
+    p.add_argument("--space", required=True, help="search-space YAML, e.g. search_spaces/demo.yaml")
+    p.add_argument("--num-samples", type=int, help="number of trials (default: the space's search.num_samples)")
+    p.add_argument("--workers-per-trial", type=int, help="Ray Train workers per trial (default: the space's)")
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker, 0 for CPU/gloo (default: the space's)")
+    p.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default: the space's, usually 1)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE,
+                   help=f"folder for the sweep, its MLflow store and step cache (default: {DEFAULT_STORAGE}; "
+                        "use an absolute or shared path on a cluster)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<storage>/mlflow.db); "
+                                          "e.g. http://127.0.0.1:5000")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow (results stay in --storage)")
+    p.add_argument("--address", help="Ray cluster to join: auto, or ray://host:10001 / host:6379 "
+                                     "(default: $RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--num-cpus", type=int, help="logical CPUs of the local cluster (default: this machine's)")
+    p.add_argument("--name", help="sweep name (default: the space's name); the same name resumes")
+    p.add_argument("--data-root", help="dataset folder (overrides data.root)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a base config field for every trial, e.g. --set incremental.epochs=2")
+    p.add_argument("--seed", type=int, help="Optuna TPE seed (default: the space's search.seed)")
+    p.add_argument("--quiet", action="store_true", help="no Ray progress table, only the final summary")
+    p.set_defaults(func=cmd_sweep)
+
+    b = subparsers.add_parser("best", help="export the best trial's full config of a sweep as YAML",
+                              description="Write the best trial's full resolved config (a file `wilson-ray train "
+                                          "--config` reads) of a finished or running sweep.")
+    b.add_argument("--storage", default=DEFAULT_STORAGE, help=f"the sweep's --storage (default: {DEFAULT_STORAGE})")
+    b.add_argument("--name", required=True, help="the sweep's name")
+    b.add_argument("--out", default="best.yaml", help="output YAML (default: best.yaml)")
+    b.set_defaults(func=cmd_best)
+
+
+def _extra(args: argparse.Namespace) -> dict:
+    extra = parse_overrides(args.set)
+    if args.data_root:
+        extra["data.root"] = str(Path(args.data_root).expanduser().resolve())
+    return extra
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from wilson_ray.ray.search_space import load_search_space
+    from wilson_ray.tracking.mlflow_tracker import check_tracking_uri
+
+    for flag, value in (("--num-samples", args.num_samples), ("--workers-per-trial", args.workers_per_trial),
+                        ("--num-cpus", args.num_cpus)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag}: {value}, expected a positive integer")
+    for flag, value in (("--gpus-per-worker", args.gpus_per_worker), ("--cpus-per-worker", args.cpus_per_worker)):
+        if value is not None and value < 0:
+            raise UserError(f"{flag}: {value}, expected a number >= 0")
+    if args.tracking_uri and not args.no_mlflow:
+        check_tracking_uri(args.tracking_uri)
+    extra = _extra(args)
+    space = load_search_space(args.space, extra)
+    if args.name is not None and not args.name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise UserError(f"--name: {args.name!r} has characters other than letters, digits, '-', '_', '.'")
+
+    from wilson_ray.ray.tune_driver import SweepOptions, print_outcome, run_sweep
+
+    opts = SweepOptions(
+        space=space, storage=Path(args.storage), name=args.name, num_samples=args.num_samples,
+        workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker, tracking_uri=args.tracking_uri, tracking=not args.no_mlflow,
+        address=args.address, num_cpus=args.num_cpus, extra=extra, verbose=0 if args.quiet else 1, seed=args.seed,
+    )
+    outcome = run_sweep(opts)
+    print_outcome(outcome)
+    return 130 if outcome.interrupted else 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from wilson_ray.ray.results import export_best
+
+    path, row = export_best(args.storage, args.name, args.out)
+    metrics = ", ".join(f"{k} {row[k]:.2f}" for k in ("miou_old", "miou_new", "miou_all")
+                        if isinstance(row.get(k), (int, float)))
+    print(f"best trial {row['trial']} ({metrics}): wrote {path}")
+    print(f"reproduce: wilson-ray train --config {path}")
+    return 0

@@ -1,0 +1,551 @@
+"""MLflow tracking of sweeps: one parent run per sweep, one child run per trial, fed from an on-disk trial record.
+
+The source of truth is the trial's *record*, a folder in the sweep's storage (``TrialRecord``): the trial config,
+one JSON file per epoch, the final per-class IoU / confusion matrix / figures and the outcome, each written
+atomically. ``TrialTracker.sync()`` uploads whatever MLflow does not have yet and is idempotent, so:
+
+* the rank-0 Train worker syncs after every epoch (metrics with ``step=epoch``);
+* if MLflow is unreachable, training goes on with ONE warning; the record keeps everything and the next sync
+  (next epoch, the end of the trial, the end of the sweep, or re-running the sweep command) backfills it;
+* a restored or restarted trial finds its own run by the ``wilson_ray.trial_id`` tag (no duplicate runs), and
+  epochs MLflow already has are never logged twice (no duplicate steps).
+
+``mlflow`` is imported lazily: reading records (``wilson-ray best``) needs no MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+from wilson_ray.atomic import atomic_write_text
+from wilson_ray.errors import UserError
+
+KNOWN_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "file")
+TAG_SWEEP = "wilson_ray.sweep"
+TAG_TRIAL = "wilson_ray.trial_id"
+TAG_ROLE = "wilson_ray.role"
+TAG_OUTCOME = "wilson_ray.outcome"
+TAG_REASON = "wilson_ray.failure_reason"
+TAG_FINAL = "wilson_ray.final_logged"
+TAG_PARENT = "mlflow.parentRunId"
+TAG_RUN_NAME = "mlflow.runName"
+
+# outcome -> MLflow run status
+OUTCOME_STATUS = {"running": "RUNNING", "completed": "FINISHED", "stopped_early": "FINISHED",
+                  "failed": "FAILED", "killed": "KILLED"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# URIs
+
+
+def check_tracking_uri(uri: str, flag: str = "--tracking-uri") -> str:
+    """Accept the URI schemes MLflow has a store for; anything else is a one-line UserError."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise UserError(f"{flag}: empty, expected e.g. sqlite:///runs/mlflow.db or http://127.0.0.1:5000")
+    uri = uri.strip()
+    scheme = urlparse(uri).scheme.split("+")[0].lower()
+    if scheme == "" and not uri.startswith(("/", ".")):
+        scheme = uri.split(":", 1)[0] if ":" in uri else ""
+    if scheme not in KNOWN_SCHEMES and not (scheme == "" and uri.startswith(("/", "."))):
+        raise UserError(f"{flag}: {uri!r} has unknown scheme {scheme!r}, expected one of "
+                        f"{', '.join(s + ':' for s in KNOWN_SCHEMES)}")
+    if scheme in ("http", "https") and not urlparse(uri).netloc:
+        raise UserError(f"{flag}: {uri!r} has no host, expected e.g. http://127.0.0.1:5000")
+    if scheme == "sqlite":
+        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
+        if not path or path == ":memory:":
+            raise UserError(f"{flag}: {uri!r} is not a sqlite file URI, expected sqlite:////absolute/path/mlflow.db")
+    return uri
+
+
+def default_tracking_uri(storage: str | Path) -> str:
+    """``sqlite:///<storage>/mlflow.db`` (absolute)."""
+    return f"sqlite:///{Path(storage).expanduser().resolve() / 'mlflow.db'}"
+
+
+def default_artifact_location(storage: str | Path, experiment: str) -> str:
+    return (Path(storage).expanduser().resolve() / "mlartifacts" / experiment).as_uri()
+
+
+def is_local_store(uri: str) -> bool:
+    """True for database URIs, where the client writes artifacts itself (so we pick their location)."""
+    return urlparse(uri).scheme.split("+")[0].lower() in ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def ui_command(uri: str) -> str:
+    """The command that opens the MLflow UI on ``uri`` (a server URI is opened in a browser directly)."""
+    if urlparse(uri).scheme in ("http", "https"):
+        return f"open {uri} in a browser (MLflow server)"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+
+
+def configure_http_client() -> None:
+    """Fail fast when a tracking server is down instead of retrying for minutes (we buffer and retry later)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+_METRIC_NAME = re.compile(r"[^0-9A-Za-z_\-. /]")
+
+
+def metric_key(name: str) -> str:
+    return _METRIC_NAME.sub("_", str(name))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Records: the trial folder in the sweep storage
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool):
+            v = float(v)
+        if isinstance(v, (int, float)) and math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
+
+
+class TrialRecord:
+    """A trial's files under ``<storage>/<sweep>/trials/<trial_id>/`` (written atomically, read by anyone)::
+
+        trial.json          trial id/name, swept params, full resolved config, step
+        epochs/0001.json    metrics of epoch 1 (every loss term, lr, images/s, mIoU columns, iou/<class>)
+        final/              final.json, per_class_iou.{json,csv}, confusion.{npy,csv,png}, iou_bar.png, overlays.png
+        outcome.json        {"outcome": completed|stopped_early|failed, "reason": ...}
+        failed.json         marker of a deterministic failure (non-finite loss): retries stop early
+        mlflow_run.json     {"run_id": ...} once the MLflow run exists
+    """
+
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+
+    # -- writing ----------------------------------------------------------------------------------------------
+    def write_trial(self, trial_id: str, trial_name: str, params: dict[str, Any], config: dict[str, Any],
+                    step: int, sweep: str) -> None:
+        data = {"trial_id": trial_id, "trial_name": trial_name, "sweep": sweep, "step": step,
+                "params": params, "config": config}
+        if _read_json(self.dir / "trial.json") != json.loads(json.dumps(data, default=str)):
+            atomic_write_text(self.dir / "trial.json", json.dumps(data, indent=1, default=str))
+
+    def record_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
+        data = {"epoch": int(epoch), "time": time.time(), "metrics": _finite(metrics)}
+        atomic_write_text(self.dir / "epochs" / f"{int(epoch):04d}.json", json.dumps(data))
+
+    def set_outcome(self, outcome: str, reason: str | None = None, overwrite: bool = True) -> None:
+        if not overwrite and (self.dir / "outcome.json").is_file():
+            return
+        atomic_write_text(self.dir / "outcome.json", json.dumps({"outcome": outcome, "reason": reason,
+                                                                 "time": time.time()}))
+
+    def mark_failed(self, reason: str) -> None:
+        atomic_write_text(self.dir / "failed.json", json.dumps({"reason": reason, "time": time.time()}))
+        self.set_outcome("failed", reason)
+
+    # -- reading ----------------------------------------------------------------------------------------------
+    def trial(self) -> dict[str, Any] | None:
+        return _read_json(self.dir / "trial.json")
+
+    def epochs(self) -> dict[int, dict[str, float]]:
+        out: dict[int, dict[str, float]] = {}
+        folder = self.dir / "epochs"
+        if folder.is_dir():
+            for f in sorted(folder.glob("*.json")):
+                data = _read_json(f)
+                if isinstance(data, dict) and "epoch" in data:
+                    out[int(data["epoch"])] = data.get("metrics") or {}
+        return out
+
+    def final(self) -> dict[str, Any] | None:
+        return _read_json(self.dir / "final" / "final.json")
+
+    def outcome(self) -> dict[str, Any] | None:
+        return _read_json(self.dir / "outcome.json")
+
+    def failure(self) -> str | None:
+        data = _read_json(self.dir / "failed.json")
+        return (data or {}).get("reason") if data is not None else None
+
+    def run_id(self) -> str | None:
+        return (_read_json(self.dir / "mlflow_run.json") or {}).get("run_id")
+
+    def set_run_id(self, run_id: str) -> None:
+        atomic_write_text(self.dir / "mlflow_run.json", json.dumps({"run_id": run_id}))
+
+    def last_eval(self) -> dict[str, float]:
+        """Metrics of the last evaluated epoch (the final metrics when the trial completed)."""
+        final = self.final()
+        if final and final.get("metrics"):
+            return dict(final["metrics"])
+        for _, m in sorted(self.epochs().items(), reverse=True):
+            if "miou_all" in m:
+                return dict(m)
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MLflow connection with one warning when unreachable
+
+
+@dataclass
+class TrackingInfo:
+    """What a process needs to log to the sweep's MLflow experiment (JSON-able: it travels to Ray workers)."""
+
+    uri: str
+    experiment: str
+    sweep: str
+    artifact_location: str | None = None
+    parent_run_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrackingInfo":
+        return cls(**data)
+
+
+def _default_warn(msg: str) -> None:
+    print(f"wilson-ray: warning: {msg}", file=sys.stderr, flush=True)
+
+
+class _Connection:
+    """A lazily created ``MlflowClient``; failures flip it offline with ONE warning, later calls retry."""
+
+    RETRY_AFTER_S = 5.0
+
+    def __init__(self, info: TrackingInfo, warn: Callable[[str], None] | None = None, where: str = ""):
+        self.info = info
+        self.warn = warn or _default_warn
+        self.where = where
+        self.client = None
+        self.experiment_id: str | None = None
+        self.offline = False
+        self.warned = False
+        self._last_failure = 0.0
+        configure_http_client()
+
+    def ensure(self):
+        if self.client is None:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(tracking_uri=self.info.uri)
+        if self.experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.info.experiment)
+            if exp is None:
+                try:
+                    self.experiment_id = self.client.create_experiment(
+                        self.info.experiment, artifact_location=self.info.artifact_location,
+                        tags={TAG_SWEEP: self.info.sweep})
+                except Exception:
+                    exp = self.client.get_experiment_by_name(self.info.experiment)  # created concurrently
+                    if exp is None:
+                        raise
+                    self.experiment_id = exp.experiment_id
+            else:
+                if exp.lifecycle_stage == "deleted":
+                    self.client.restore_experiment(exp.experiment_id)
+                self.experiment_id = exp.experiment_id
+        return self.client
+
+    def may_try(self) -> bool:
+        return not self.offline or time.monotonic() - self._last_failure >= self.RETRY_AFTER_S
+
+    def failed(self, err: BaseException) -> None:
+        self.offline = True
+        self._last_failure = time.monotonic()
+        if not self.warned:
+            self.warned = True
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            self.warn(f"MLflow at {self.info.uri} is unreachable ({type(err).__name__}: {reason}); training "
+                      f"continues, {self.where or 'results'} are kept in the sweep storage and uploaded when it "
+                      "is back (or at the end of the sweep)")
+
+    def recovered(self) -> bool:
+        was = self.offline
+        self.offline = False
+        return was
+
+
+def _chunks(items: list, n: int):
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def _find_runs(client, experiment_id: str, tag: str, value: str) -> list:
+    return client.search_runs([experiment_id], filter_string=f"tags.`{tag}` = '{value}'",
+                              order_by=["attributes.start_time ASC"], max_results=50)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parent run of a sweep
+
+
+class SweepRun:
+    """The sweep's parent run: found by tag on a re-run (no duplicates), created otherwise."""
+
+    def __init__(self, info: TrackingInfo, warn: Callable[[str], None] | None = None):
+        self.info = info
+        self.conn = _Connection(info, warn, "sweep results")
+        self.run_id: str | None = info.parent_run_id
+
+    def open(self, params: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
+             files: list[Path] = ()) -> str | None:
+        """Find or create the parent run; returns its id, or None when MLflow is unreachable."""
+        try:
+            client = self.conn.ensure()
+            if self.run_id is None:
+                runs = _find_runs(client, self.conn.experiment_id, TAG_ROLE, "sweep")
+                runs = [r for r in runs if r.data.tags.get(TAG_SWEEP) == self.info.sweep]
+                if runs:
+                    self.run_id = runs[0].info.run_id
+                else:
+                    run = client.create_run(self.conn.experiment_id, run_name=self.info.sweep,
+                                            tags={TAG_ROLE: "sweep", TAG_SWEEP: self.info.sweep, **(tags or {})})
+                    self.run_id = run.info.run_id
+            run = client.get_run(self.run_id)
+            if run.info.status != "RUNNING":
+                client.update_run(self.run_id, status="RUNNING")
+            have = run.data.params
+            todo = [(k, v) for k, v in _params(params or {}).items() if k not in have]
+            _log_params(client, self.run_id, todo)
+            for tag, value in (tags or {}).items():
+                if run.data.tags.get(tag) != value:
+                    client.set_tag(self.run_id, tag, value)
+            for f in files:
+                client.log_artifact(self.run_id, str(f))
+            self.conn.recovered()
+        except Exception as err:  # noqa: BLE001 - any store/network failure means "offline"
+            self.conn.failed(err)
+        self.info.parent_run_id = self.run_id
+        return self.run_id
+
+    def finish(self, metrics: dict[str, float], files: list[Path], status: str = "FINISHED",
+               tags: dict[str, str] | None = None) -> bool:
+        """Log the sweep summary (best metrics, best config YAML, plots, tables) and close the parent run."""
+        if self.run_id is None and self.open() is None:
+            return False
+        try:
+            from mlflow.entities import Metric
+
+            client = self.conn.ensure()
+            now = int(time.time() * 1000)
+            client.log_batch(self.run_id, metrics=[Metric(metric_key(k), v, now, 0)
+                                                   for k, v in _finite(metrics).items()])
+            for f in files:
+                if Path(f).is_file():
+                    client.log_artifact(self.run_id, str(f))
+            for tag, value in (tags or {}).items():
+                client.set_tag(self.run_id, tag, value)
+            client.set_terminated(self.run_id, status=status)
+            self.conn.recovered()
+            return True
+        except Exception as err:  # noqa: BLE001
+            self.conn.failed(err)
+            return False
+
+
+def _params(flat: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for k, v in flat.items():
+        s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+        out[metric_key(k)] = s[:6000]
+    return out
+
+
+def _log_params(client, run_id: str, items: list[tuple[str, str]]) -> None:
+    from mlflow.entities import Param
+
+    for chunk in _chunks(items, 100):
+        client.log_batch(run_id, params=[Param(k, v) for k, v in chunk])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Child run of a trial
+
+
+class TrialTracker:
+    """Uploads a ``TrialRecord`` to its child run; ``sync()`` is cheap when nothing is new and safe to repeat."""
+
+    def __init__(self, info: TrackingInfo, record: TrialRecord | str | Path,
+                 warn: Callable[[str], None] | None = None):
+        self.info = info
+        self.record = record if isinstance(record, TrialRecord) else TrialRecord(record)
+        self.conn = _Connection(info, warn, "this trial's metrics")
+        self.run_id: str | None = None
+        self._logged_epochs: set[int] | None = None
+        self._params_done = False
+        self._final_done = False
+        self._outcome_done: str | None = None
+
+    # -- the run ---------------------------------------------------------------------------------------------
+    def _run(self, client, trial: dict[str, Any]) -> str:
+        if self.run_id is not None:
+            return self.run_id
+        trial_id = trial["trial_id"]
+        run_id = self.record.run_id()
+        if run_id is not None:
+            try:
+                run = client.get_run(run_id)
+                if run.info.lifecycle_stage == "deleted" or run.data.tags.get(TAG_TRIAL) != trial_id:
+                    run_id = None
+            except Exception as err:  # noqa: BLE001
+                if "RESOURCE_DOES_NOT_EXIST" not in str(err) and "not found" not in str(err).lower():
+                    raise
+                run_id = None
+        if run_id is None:
+            runs = [r for r in _find_runs(client, self.conn.experiment_id, TAG_TRIAL, trial_id)
+                    if r.data.tags.get(TAG_SWEEP) == self.info.sweep]
+            if runs:
+                run_id = runs[0].info.run_id
+            else:
+                tags = {TAG_TRIAL: trial_id, TAG_SWEEP: self.info.sweep, TAG_ROLE: "trial",
+                        TAG_RUN_NAME: trial.get("trial_name") or trial_id}
+                if self.info.parent_run_id:
+                    tags[TAG_PARENT] = self.info.parent_run_id
+                run_id = client.create_run(self.conn.experiment_id, run_name=tags[TAG_RUN_NAME],
+                                           tags=tags).info.run_id
+            self.record.set_run_id(run_id)
+        self.run_id = run_id
+        return run_id
+
+    def sync(self, force: bool = False) -> bool:
+        """Upload what MLflow lacks (run, params, epochs, final artifacts, outcome). False when offline."""
+        trial = self.record.trial()
+        if trial is None:
+            return True  # nothing to track yet
+        if not force and not self.conn.may_try():
+            return False
+        try:
+            client = self.conn.ensure()
+            run_id = self._run(client, trial)
+            run = None
+            if not self._params_done or self._logged_epochs is None:
+                run = client.get_run(run_id)
+                if self.info.parent_run_id and run.data.tags.get(TAG_PARENT) != self.info.parent_run_id:
+                    client.set_tag(run_id, TAG_PARENT, self.info.parent_run_id)
+                params = {**{f"config.{k}": v for k, v in _flatten(trial.get("config") or {}).items()},
+                          "step": trial.get("step"), "trial_id": trial["trial_id"]}
+                have = run.data.params
+                _log_params(client, run_id, [(k, v) for k, v in _params(params).items() if k not in have])
+                for k, v in (trial.get("params") or {}).items():
+                    tag = f"wilson_ray.param.{k}"
+                    if run.data.tags.get(tag) != str(v):
+                        client.set_tag(run_id, tag, str(v))
+                self._params_done = True
+                self._logged_epochs = {int(m.step) for m in client.get_metric_history(run_id, "epoch")}
+                self._final_done = run.data.tags.get(TAG_FINAL) == "1"
+                self._outcome_done = run.data.tags.get(TAG_OUTCOME)
+                outcome = (self.record.outcome() or {}).get("outcome")
+                if outcome is None and run.info.status != "RUNNING":
+                    client.update_run(run_id, status="RUNNING")  # a restored trial continues its run
+            self._sync_epochs(client, run_id)
+            self._sync_final(client, run_id)
+            self._sync_outcome(client, run_id)
+            if self.conn.recovered():
+                _default_warn(f"MLflow at {self.info.uri} is reachable again; trial "
+                              f"{trial['trial_id']} is up to date")
+            return True
+        except Exception as err:  # noqa: BLE001 - any store/network failure means "offline"
+            self.conn.failed(err)
+            return False
+
+    def _sync_epochs(self, client, run_id: str) -> None:
+        from mlflow.entities import Metric
+
+        assert self._logged_epochs is not None
+        for epoch, metrics in sorted(self.record.epochs().items()):
+            if epoch in self._logged_epochs:
+                continue
+            ts = int(time.time() * 1000)
+            items = [Metric(metric_key(k), v, ts, epoch) for k, v in metrics.items() if k != "epoch"]
+            items.append(Metric("epoch", float(epoch), ts, epoch))
+            # One batch (MLflow's limit is 1000 metrics) is all-or-nothing; "epoch" goes last either way: it marks
+            # the epoch as logged, so a partial upload is retried rather than skipped.
+            for chunk in _chunks(items, 1000):
+                client.log_batch(run_id, metrics=chunk)
+            self._logged_epochs.add(epoch)
+
+    def _sync_final(self, client, run_id: str) -> None:
+        if self._final_done:
+            return
+        final = self.record.final()
+        if not final:
+            return
+        from mlflow.entities import Metric
+
+        step = int(final.get("epochs") or 0)
+        ts = int(time.time() * 1000)
+        items = [Metric(metric_key(f"final/{k}"), v, ts, step) for k, v in _finite(final.get("metrics", {})).items()]
+        items += [Metric(metric_key(f"final_iou/{k}"), v, ts, step)
+                  for k, v in _finite(final.get("per_class_iou", {})).items()]
+        for chunk in _chunks(items, 900):
+            client.log_batch(run_id, metrics=chunk)
+        folder = self.record.dir / "final"
+        for f in sorted(folder.iterdir()):
+            if f.is_file() and not f.name.startswith("."):
+                client.log_artifact(run_id, str(f), artifact_path="final")
+        client.set_tag(run_id, TAG_FINAL, "1")
+        self._final_done = True
+
+    def _sync_outcome(self, client, run_id: str) -> None:
+        data = self.record.outcome()
+        if not data:
+            return
+        outcome = data.get("outcome")
+        if outcome == self._outcome_done:
+            return
+        if data.get("reason"):
+            client.set_tag(run_id, TAG_REASON, str(data["reason"])[:5000])
+            client.set_tag(run_id, "mlflow.note.content", f"failed: {data['reason']}"[:5000])
+        client.set_tag(run_id, TAG_OUTCOME, outcome)
+        status = OUTCOME_STATUS.get(outcome, "FINISHED")
+        if status == "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        else:
+            client.set_terminated(run_id, status=status)
+        self._outcome_done = outcome
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Queries (tests, `wilson-ray best`, the sweep summary)
+
+
+def sweep_runs(uri: str, experiment: str) -> list:
+    """Every run of a sweep's experiment (parent first), via ``MlflowClient.search_runs``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], max_results=5000, order_by=["attributes.start_time ASC"])
+    return sorted(runs, key=lambda r: r.data.tags.get(TAG_ROLE) != "sweep")

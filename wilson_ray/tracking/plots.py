@@ -1,0 +1,224 @@
+"""Figures and tables of a trained step and of a sweep: per-class IoU bars, confusion matrix, prediction overlays,
+sweep summary. Matplotlib (Agg) only; every file is written atomically. No mlflow, no ray here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from wilson_ray.atomic import atomic_write, atomic_write_bytes, atomic_write_text
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def palette(n: int) -> np.ndarray:
+    """The Pascal VOC colour map (uint8 [n, 3]); index 255 (void) is drawn white by ``colorize``."""
+    cmap = np.zeros((max(n, 1), 3), dtype=np.uint8)
+    for i in range(max(n, 1)):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        cmap[i] = (r, g, b)
+    return cmap
+
+
+def colorize(mask: np.ndarray, n: int) -> np.ndarray:
+    pal = palette(n)
+    out = np.full(mask.shape + (3,), 255, dtype=np.uint8)
+    valid = mask < n
+    out[valid] = pal[mask[valid]]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One step
+
+
+def iou_bar_png(per_class: dict[str, float], path: str | Path, new_classes: Iterable[str] = (),
+                title: str | None = None) -> Path:
+    """Bar chart of per-class IoU (%), new classes of the step in orange, old ones (and background) in blue."""
+    plt = _plt()
+    names = list(per_class)
+    values = [0.0 if v is None or not math.isfinite(v) else float(v) for v in per_class.values()]
+    new = set(new_classes)
+    colors = ["tab:orange" if n in new else "tab:blue" for n in names]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(names) + 1.5), 3.6))
+    ax.bar(range(len(names)), values, color=colors)
+    ax.set_xticks(range(len(names)), names, rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    if new:
+        from matplotlib.patches import Patch
+
+        ax.legend(handles=[Patch(color="tab:blue", label="old"), Patch(color="tab:orange", label="new")],
+                  fontsize=7, loc="upper right")
+    ax.set_title(title or "per-class IoU", fontsize=9)
+    return _save(fig, Path(path))
+
+
+def confusion_png(confusion: np.ndarray, class_names: Sequence[str], path: str | Path,
+                  title: str | None = None) -> Path:
+    """Row-normalised confusion matrix (rows: ground truth, columns: prediction)."""
+    plt = _plt()
+    cm = np.asarray(confusion, dtype=np.float64)
+    rows = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    n = len(class_names)
+    size = max(4.0, 0.28 * n + 1.5)
+    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    im = ax.imshow(norm, cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=90, fontsize=6)
+    ax.set_yticks(range(n), class_names, fontsize=6)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(title or "confusion matrix (row-normalised)", fontsize=9)
+    return _save(fig, Path(path))
+
+
+def write_confusion(confusion: np.ndarray, class_names: Sequence[str], directory: str | Path) -> list[Path]:
+    """``confusion.npy`` (raw int64 counts) and ``confusion.csv`` (with class-name header) in ``directory``."""
+    directory = Path(directory)
+    cm = np.asarray(confusion, dtype=np.int64)
+    buf = io.BytesIO()
+    np.save(buf, cm)
+    npy = atomic_write_bytes(directory / "confusion.npy", buf.getvalue())
+    text = io.StringIO()
+    w = csv.writer(text)
+    w.writerow(["gt \\ pred", *class_names])
+    for name, row in zip(class_names, cm.tolist()):
+        w.writerow([name, *row])
+    return [npy, atomic_write_text(directory / "confusion.csv", text.getvalue())]
+
+
+def write_per_class(per_class: dict[str, float], directory: str | Path) -> list[Path]:
+    directory = Path(directory)
+    text = io.StringIO()
+    w = csv.writer(text)
+    w.writerow(["class", "iou"])
+    for k, v in per_class.items():
+        w.writerow([k, f"{v:.4f}"])
+    return [atomic_write_text(directory / "per_class_iou.csv", text.getvalue()),
+            atomic_write_text(directory / "per_class_iou.json", json.dumps(per_class, indent=1))]
+
+
+def overlays_png(checkpoint: str | Path, path: str | Path, n: int = 4, data_root: str | None = None,
+                 device: str = "cpu") -> Path | None:
+    """Image | ground truth | prediction for the first ``n`` val images of the checkpoint's task and step.
+
+    Loads the model with ``weights_only=True`` (``engine.model_from_checkpoint``) and the val set of the
+    checkpoint's config. Returns None when the val set is empty.
+    """
+    import torch
+
+    from wilson_ray.config import config_from_dict
+    from wilson_ray.data.transforms import denormalise
+    from wilson_ray.engine import _build_dataset, _task_of, model_from_checkpoint
+
+    model, ckpt = model_from_checkpoint(checkpoint)
+    cfg = config_from_dict(ckpt["config"], f"checkpoint {checkpoint}")
+    if data_root:
+        cfg.data.root = data_root
+    step = int(ckpt["step"])
+    task = _task_of(cfg)
+    dataset = _build_dataset(cfg, task, step, "val")
+    count = min(n, len(dataset))
+    if count == 0:
+        return None
+    k = task.num_classes(step)
+    model.to(device)
+    rows = []
+    with torch.no_grad():
+        for i in range(count):
+            image, mask, _ = dataset[i]
+            logits, _ = model(image.unsqueeze(0).to(device), upsample=True)
+            pred = logits.argmax(1)[0].cpu().numpy().astype(np.int64)
+            img = (denormalise(image).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            rows.append((img, colorize(mask.numpy().astype(np.int64), k), colorize(pred, k)))
+    plt = _plt()
+    fig, axes = plt.subplots(count, 3, figsize=(7.5, 2.5 * count), squeeze=False)
+    for r, images in enumerate(rows):
+        for c, (im, label) in enumerate(zip(images, ("image", "ground truth", "prediction"))):
+            axes[r][c].imshow(im)
+            axes[r][c].axis("off")
+            if r == 0:
+                axes[r][c].set_title(label, fontsize=9)
+    names = task.class_names(step)
+    fig.suptitle(f"task {task.name} step {step}: {len(names)} classes", fontsize=9)
+    return _save(fig, Path(path))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A sweep
+
+
+def sweep_summary_png(rows: Sequence[dict[str, Any]], metric: str, path: str | Path,
+                      curves: dict[str, list[tuple[int, float]]] | None = None) -> Path:
+    """Left: old vs new mIoU per trial (colour: ``metric``, the best circled); right: ``metric`` per epoch."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax = axes[0]
+    pts = [(r.get("miou_old"), r.get("miou_new"), r.get(metric), r.get("trial")) for r in rows]
+    pts = [p for p in pts if all(isinstance(v, (int, float)) and math.isfinite(v) for v in p[:3])]
+    if pts:
+        xs, ys, cs, names = zip(*pts)
+        sc = ax.scatter(xs, ys, c=cs, cmap="viridis", s=50, edgecolors="k", linewidths=0.5)
+        fig.colorbar(sc, ax=ax, label=metric)
+        best = int(np.argmax(cs))
+        ax.scatter([xs[best]], [ys[best]], s=220, facecolors="none", edgecolors="red", linewidths=1.5)
+        for x, y, name in zip(xs, ys, names):
+            ax.annotate(str(name)[:8], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("mIoU old classes (%)")
+    ax.set_ylabel("mIoU new classes (%)")
+    ax.set_title(f"{len(rows)} trials", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    for name, curve in (curves or {}).items():
+        if curve:
+            e, v = zip(*sorted(curve))
+            ax.plot(e, v, marker=".", label=str(name)[:8])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if curves and len(curves) <= 16:
+        ax.legend(fontsize=6, ncol=2)
+    ax.set_title(f"{metric} per epoch", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def write_table_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    return atomic_write(path, lambda p: p.write_text(text.getvalue(), encoding="utf-8"))
