@@ -111,7 +111,8 @@ class StepOptions:
     method: str = "wilson"
     amp: str = "bf16"  # none | bf16 | fp16
     channels_last: bool = True
-    compile: bool = False
+    compile: bool = False  # torch.compile of the trainable and the old model (run.compile)
+    compile_old: bool = False  # torch.compile of the old model only, with inductor freezing (weights as constants)
     old_model: str = "frozen"  # engine (Method.old_outputs under no_grad) | inference | frozen (BN folded, bf16)
     fused_sgd: bool = True
     device: str = "cpu"
@@ -172,8 +173,56 @@ def make_batch(task: Task, step: int, batch: int, size: int, device: torch.devic
     return Batch(images.to(device), masks.to(device), labels.to(device))
 
 
-def build_setup(o: StepOptions) -> StepSetup:
-    """Models, method, optimiser and one batch, built as ``engine.train_step`` builds them (random init)."""
+def calibrate_bn_(model: nn.Module, images: torch.Tensor) -> None:
+    """Give every BatchNorm the running statistics of ``images`` (one train-mode forward, cumulative average),
+    as a trained model has; a random-init old model in eval mode with (0, 1) statistics has exploding features."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    was_training = model.training
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(images, upsample=False)
+    for bn, m in zip(bns, momenta):
+        bn.momentum = m
+    model.train(was_training)
+
+
+def prime_localizer_(localizer: nn.Module, num_old: int, seed: int = 7, scale: float = 0.3, bias: float = 5.0) -> None:
+    """Make a random-init localizer confident on background and the new classes (as after its pre-training
+    epochs), so that ℓ_SSS's pseudo ground truth is non-empty and its per-image gate passes."""
+    last = localizer.layers[-1]
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        last.weight.copy_(torch.randn(last.weight.shape, generator=g) * scale)
+        last.bias.zero_()
+        last.bias[0] = bias
+        last.bias[num_old:] = bias
+
+
+def realistic_init_(model: nn.Module, old_model: nn.Module | None, localizer: nn.Module | None, method: Method,
+                    batch: Batch) -> None:
+    """Default ``init`` of :func:`build_setup`: BN statistics of a trained model (from other random images than
+    the batch's, so the new model's batch statistics differ from the old model's running ones as in training),
+    a primed localizer."""
+    other = torch.randn(batch.images.shape, generator=torch.Generator().manual_seed(12345))
+    if old_model is not None:
+        calibrate_bn_(old_model, other)
+        old_model.eval()
+        model.load_state_dict(old_model.state_dict(), strict=False)
+    else:
+        calibrate_bn_(model, other)
+    if localizer is not None:
+        prime_localizer_(localizer, method.num_old)
+
+
+def build_setup(o: StepOptions, init: Callable | None = realistic_init_) -> StepSetup:
+    """Models, method, optimiser and one batch, built as ``engine.train_step`` builds them (random init).
+
+    ``init(model, old_model, localizer, method, batch)`` runs on the fp32 eager modules before any fast-path
+    conversion (``None``: plain random init)."""
     t0 = time.perf_counter()
     torch.manual_seed(o.seed)
     cfg = make_config(o)
@@ -191,6 +240,10 @@ def build_setup(o: StepOptions) -> StepSetup:
         old_model.eval().requires_grad_(False)
         method.on_model_ready(model)
     localizer = method.build_localizer(model.backbone.out_channels, cfg.model.norm) if step > 0 else None
+    batch = make_batch(task, step, o.batch, o.size, torch.device("cpu"), o.seed)
+    if init is not None:
+        init(model, old_model, localizer, method, batch)
+    batch = Batch(batch.images.to(device), batch.masks.to(device), batch.labels.to(device))
     module = Trainable(model, localizer).to(device)
     if old_model is not None:
         old_model.to(device)
@@ -215,8 +268,13 @@ def build_setup(o: StepOptions) -> StepSetup:
     eager_ctx = Context(net=module, module=module, old_model=old_run)
     if cfg.run.compile:
         net = torch.compile(module)
-        if old_run is not None:
-            old_run = torch.compile(old_run)
+    if old_run is not None and (cfg.run.compile or o.compile_old):
+        if o.compile_old:
+            import torch._inductor.config as inductor_config
+
+            # Frozen weights become constants: inductor folds them and pre-packs them for oneDNN (inference only).
+            inductor_config.freezing = True
+        old_run = torch.compile(old_run)
     ctx = Context(net=net, module=module, old_model=old_run)
 
     oc = cfg.optim(step)
@@ -229,7 +287,6 @@ def build_setup(o: StepOptions) -> StepSetup:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: engine.lr_factor(it, 10**6, oc.policy,
                                                                                          oc.power, 0))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.run.amp == "fp16")
-    batch = make_batch(task, step, o.batch, o.size, device, o.seed)
     # After the localizer pre-training, so every WILSON term (seg, cls, loc, sss with PAMR, enc) is active.
     epoch = getattr(method.p, "pseudo_epochs", 0) if step > 0 else 0
     module.train()

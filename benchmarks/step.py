@@ -49,7 +49,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "old model, plain SGD (each overridable by the flags below)")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None)
     p.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the trainable and the old model (run.compile)")
+    p.add_argument("--compile-old", action="store_true",
+                   help="torch.compile only the old model, with inductor freezing (weights as constants)")
     p.add_argument("--old-model", choices=["engine", "inference", "frozen"], default=None,
                    help="engine: Method.old_outputs under no_grad (the engine today); inference: inference_mode; "
                         "frozen: BN folded + weights in the amp dtype + inference_mode")
@@ -75,7 +78,7 @@ def options(a: argparse.Namespace) -> common.StepOptions:
         if v is not None:
             base[k] = v
     return common.StepOptions(backbone=a.backbone, size=a.size, batch=a.batch, step=a.step, method=a.method,
-                              device=a.device, **base)
+                              device=a.device, compile_old=a.compile_old, **base)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -192,7 +195,8 @@ def run(a: argparse.Namespace) -> dict:
         torch.set_num_threads(a.threads)
     o = options(a)
     iters = a.iters if a.iters is not None else (20 if a.backbone == "small" else 5)
-    warmup = a.warmup if a.warmup is not None else (3 if o.compile else 2)
+    compiled = o.compile or o.compile_old
+    warmup = a.warmup if a.warmup is not None else (3 if compiled else 2)
     s = common.build_setup(o)
     info = common.machine_info(s.device)
 
@@ -206,29 +210,33 @@ def run(a: argparse.Namespace) -> dict:
     gc.collect()
     if s.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(s.device)
-    times = []
+    times, cpu = [], []
     loss = None
     for _ in range(iters):
         common.sync(s.device)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         loss = common.iteration(s)
         common.sync(s.device)
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     stats = common.summarise(times)
     out = {
         "benchmark": "step",
         "backbone": o.backbone, "size": o.size, "batch": o.batch, "step": o.step, "method": o.method,
-        "amp": o.amp, "channels_last": o.channels_last, "compile": o.compile, "old_model": o.old_model,
+        "amp": o.amp, "channels_last": o.channels_last, "compile": o.compile, "compile_old": o.compile_old,
+        "old_model": o.old_model,
         "fused_sgd": o.fused_sgd, "fp32_eager": bool(a.fp32_eager), "threads": torch.get_num_threads(),
         "device": str(s.device), "iters": iters, "warmup": warmup,
         **stats,
         "images_per_s": o.batch / stats["median_s"],
+        # CPU seconds of this process (all threads) per iteration: less sensitive to other load than wall time
+        "cpu_s_median": statistics.median(cpu),
         "warmup_times_s": [round(t, 3) for t in warm_times],
         "peak_rss_mb": round(common.peak_rss_mb(), 1),
         "build_s": round(s.build_s, 2),
         "final_loss": float(loss) if loss is not None else None,
     }
-    if o.compile and warm_times:
+    if compiled and warm_times:
         out["compile_s_approx"] = round(warm_times[0] - stats["median_s"], 2)
     if s.device.type == "cuda":
         out["cuda_max_memory_allocated_mb"] = round(torch.cuda.max_memory_allocated(s.device) / 2**20, 1)
@@ -258,7 +266,7 @@ def _human(r: dict) -> str:
         f"channels_last={r['channels_last']} compile={r['compile']} old_model={r['old_model']} "
         f"fused_sgd={r['fused_sgd']} threads={r['threads']}",
         f"  median {r['median_s']:.3f} s  (min {r['min_s']:.3f}, max {r['max_s']:.3f}, n={r['iters']})  "
-        f"{r['images_per_s']:.2f} img/s  peak RSS {r['peak_rss_mb']:.0f} MB",
+        f"{r['images_per_s']:.2f} img/s  peak RSS {r['peak_rss_mb']:.0f} MB  cpu {r['cpu_s_median']:.2f} s/iter",
     ]
     if "flops_per_iter" in r:
         lines.append(f"  {r['flops_per_iter'] / 1e12:.3f} TFLOP/iter, {r['achieved_tflops']:.3f} TFLOP/s")

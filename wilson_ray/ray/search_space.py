@@ -294,9 +294,9 @@ def load_search_space(path: str | Path, extra: dict[str, Any] | None = None) -> 
             beside = path.parent / cf
             cf = beside if beside.is_file() or not cf.is_file() else cf
         config_file = str(cf.resolve())
-    overrides = dict(base.get("set") or {})
     if not isinstance(base.get("set") or {}, dict):
         raise UserError(f"{src}: base.set is {base.get('set')!r}, expected a mapping of dotted key to value")
+    overrides = dict(base.get("set") or {})
     if "task" in data:
         overrides["data.task"] = str(data["task"])
     if "overlap" in data:

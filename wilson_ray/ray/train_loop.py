@@ -114,7 +114,7 @@ class RayReportCallback:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         if self.tracker is not None:
-            self.tracker.sync()
+            self.tracker.request()
 
 
 def write_final_artifacts(record, result, cfg, step: int) -> None:
@@ -139,7 +139,8 @@ def write_final_artifacts(record, result, cfg, step: int) -> None:
             "per_class_iou": result.per_class_iou, "epochs": result.epochs, "step": result.step,
             "checkpoint": str(result.checkpoint) if result.checkpoint else None}
     atomic_write_text(final / "final.json", json.dumps(data, indent=1, default=lambda v: None))
-    record.set_outcome("completed")
+    if (record.outcome() or {}).get("outcome") != "stopped_early":  # ASHA's stop raced the last epoch
+        record.set_outcome("completed")
 
 
 def _new_classes(cfg, step: int, names: list[str]) -> list[str]:
@@ -191,7 +192,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     from wilson_ray.config import config_from_dict
-    from wilson_ray.tracking.mlflow_tracker import TrackingInfo, TrialRecord, TrialTracker
+    from wilson_ray.tracking.mlflow_tracker import BackgroundSync, TrackingInfo, TrialRecord, TrialTracker
 
     rank = ray.train.get_context().get_world_rank()
     record = TrialRecord(config["trial_dir"])
@@ -208,8 +209,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         cfg.run.device = str(ray.train.torch.get_device())
     tracker = None
     if rank == 0 and config.get("tracking"):
-        tracker = TrialTracker(TrackingInfo.from_dict(config["tracking"]), record)
-        tracker.sync()
+        tracker = BackgroundSync(TrialTracker(TrackingInfo.from_dict(config["tracking"]), record))
+        tracker.request()  # find or create the run while the model and data load
     callback = RayReportCallback(
         rank, cfg.optim(step).epochs, record=record if rank == 0 else None, tracker=tracker,
         final_artifacts=(lambda result: write_final_artifacts(record, result, cfg, step)) if rank == 0 else None,
@@ -239,10 +240,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # attempt stops at once. Crashes and collective errors (RuntimeError, OSError) stay retryable.
             record.mark_failed(f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
             if tracker is not None:
-                tracker.sync(force=True)
+                tracker.close(timeout=30)
             raise
     if tracker is not None:
-        tracker.sync(force=True)
+        tracker.close()
 
 
 def build_trainer(*, cfg_dict: dict[str, Any], step: int, trial_id: str, trial_dir: str | Path,

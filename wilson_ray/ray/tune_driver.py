@@ -1,6 +1,6 @@
 """Ray Tune sweeps: Optuna (TPE) + ASHA over one incremental step, each trial a ``TorchTrainer`` run.
 
-Train V2 pattern (stack.md): a Tune *function* trainable (``trial_function``, 0 CPUs) gets the trial's config,
+Train V2 pattern (stack.md): a Tune *function* trainable (``trial``, 0 CPUs) gets the trial's config,
 makes sure the earlier steps' checkpoint is in the step cache, and runs a ``TorchTrainer`` named after the trial
 id with ``TuneReportCallback``, so Tune sees every epoch and a restored trial finds its own checkpoints.
 
@@ -98,7 +98,7 @@ def trial_config(settings: dict[str, Any], values: dict[str, Any]):
     return config_from_dict(trial_config_dict(settings, values), source=f"sweep {settings['name']}")
 
 
-def trial_function(config: dict[str, Any], settings: dict[str, Any]) -> None:
+def trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
     """Tune function trainable: one trial = one TorchTrainer run of ``settings['step']``."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -119,6 +119,8 @@ def trial_function(config: dict[str, Any], settings: dict[str, Any]) -> None:
         raise TrialFailed(reason)
     if (record.outcome() or {}).get("outcome") == "completed" and record.final():
         return  # finished in an earlier run whose end Tune never saw; Tune keeps its last reported result
+    if (record.outcome() or {}).get("outcome") not in (None, "running"):
+        record.set_outcome("running")  # a resumed errored trial: its MLflow run is RUNNING again
     init = settings.get("init_checkpoint")
     if init is None and settings["step"] > 0:
         # The swept keys change the earlier steps (e.g. step >= 2): train/read them in the cache (file lock:
@@ -135,11 +137,10 @@ def trial_function(config: dict[str, Any], settings: dict[str, Any]) -> None:
     )
     try:
         trainer.fit()
-    except Exception as err:  # noqa: BLE001 - Train's errors wrap the worker's
-        reason = record.failure() or _one_line(err)
-        record.set_outcome("failed", reason)
-        _sync(settings, record)
-        if record.failure():
+    except Exception:  # Train's errors wrap the worker's; Tune retries or reports it (TrialOutcomeCallback)
+        reason = record.failure()
+        if reason is not None:
+            _sync(settings, record)
             raise TrialFailed(reason) from None
         raise
     reason = record.failure()
@@ -180,8 +181,10 @@ class TrialOutcomeCallback(tune.Callback):
         if rec.trial() is None:
             return
         epoch = float((trial.last_result or {}).get("epoch", 0) or 0)
-        if (rec.outcome() or {}).get("outcome") not in ("completed", "failed"):
-            if epoch < self.settings["epochs"]:
+        if rec.failure() is None:
+            if rec.final() is not None:
+                rec.set_outcome("completed")
+            elif epoch < self.settings["epochs"]:
                 rec.set_outcome("stopped_early", f"ASHA stopped it after epoch {int(epoch)}")
             else:
                 rec.set_outcome("completed")
@@ -248,10 +251,13 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
     if address or os.environ.get("RAY_ADDRESS"):
         try:
             ray.init(address=address or None, log_to_driver=True)
-        except (ConnectionError, RuntimeError, ValueError) as err:
+        except Exception as err:  # noqa: BLE001 - ConnectionError, auth errors, bad addresses ...
+            text = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            hint = (" (the cluster uses token authentication: export RAY_AUTH_MODE=token)"
+                    if "auth" in (text + type(err).__name__).lower() else "")
             raise UserError(f"--address: cannot connect to the Ray cluster at {address or os.environ['RAY_ADDRESS']} "
-                            f"({str(err).splitlines()[0][:160]}), expected a running cluster (scripts/start_head.sh) "
-                            "or no --address for a local one") from None
+                            f"({type(err).__name__}: {text}){hint}, expected a running cluster "
+                            "(scripts/start_head.sh) or no --address for a local one") from None
         return False
     ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
              log_to_driver=True)
@@ -413,7 +419,7 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
 
 def _tuner(space: SearchSpace, settings: dict[str, Any], sweep_path: Path, storage: Path, name: str,
            num_samples: int, concurrency: int, opts: SweepOptions):
-    trainable = tune.with_resources(tune.with_parameters(trial_function, settings=settings), DRIVER_RESOURCES)
+    trainable = tune.with_resources(tune.with_parameters(trial, settings=settings), DRIVER_RESOURCES)
     if tune.Tuner.can_restore(str(sweep_path)):
         tuner = tune.Tuner.restore(str(sweep_path), trainable=trainable, resume_errored=True)
         return tuner, True
@@ -444,7 +450,7 @@ def _tuner(space: SearchSpace, settings: dict[str, Any], sweep_path: Path, stora
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
                                     max_concurrent_trials=concurrency,
-                                    reuse_actors=os.environ.get("WILSON_RAY_REUSE_ACTORS", "1") == "1",
+                                    reuse_actors=os.environ.get("WILSON_RAY_REUSE_ACTORS", "0") == "1",
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=str(storage), verbose=opts.verbose,
@@ -475,6 +481,8 @@ def _finish(space: SearchSpace, settings: dict[str, Any], storage: Path, name: s
     sweep_path = Path(settings["sweep_dir"])
     _backfill_from_tune(sweep_path, settings)
     if tracking is not None:
+        if tracking.parent_run_id is None:  # MLflow was down when the sweep started
+            tracking.parent_run_id = SweepRun(tracking).open()
         for rec in R.records(storage, name):
             TrialTracker(tracking, rec).sync(force=True)
     rows = R.trial_rows(storage, name)

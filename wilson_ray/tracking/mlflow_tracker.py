@@ -15,11 +15,14 @@ atomically. ``TrialTracker.sync()`` uploads whatever MLflow does not have yet an
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
 import re
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,9 +56,9 @@ def check_tracking_uri(uri: str, flag: str = "--tracking-uri") -> str:
     if not isinstance(uri, str) or not uri.strip():
         raise UserError(f"{flag}: empty, expected e.g. sqlite:///runs/mlflow.db or http://127.0.0.1:5000")
     uri = uri.strip()
+    if uri == "databricks":
+        return uri
     scheme = urlparse(uri).scheme.split("+")[0].lower()
-    if scheme == "" and not uri.startswith(("/", ".")):
-        scheme = uri.split(":", 1)[0] if ":" in uri else ""
     if scheme not in KNOWN_SCHEMES and not (scheme == "" and uri.startswith(("/", "."))):
         raise UserError(f"{flag}: {uri!r} has unknown scheme {scheme!r}, expected one of "
                         f"{', '.join(s + ':' for s in KNOWN_SCHEMES)}")
@@ -426,46 +429,72 @@ class TrialTracker:
         self.run_id = run_id
         return run_id
 
-    def sync(self, force: bool = False) -> bool:
-        """Upload what MLflow lacks (run, params, epochs, final artifacts, outcome). False when offline."""
+    def sync(self, force: bool = False, lock_timeout: float = 120.0) -> bool:
+        """Upload what MLflow lacks (run, params, epochs, final artifacts, outcome). False when offline.
+
+        Several processes may sync the same trial (its rank-0 worker, the sweep driver at the trial's end and
+        at the sweep's end): a file lock in the record serialises them and each sync re-reads what the run
+        already holds, so nothing is logged twice.
+        """
         trial = self.record.trial()
         if trial is None:
             return True  # nothing to track yet
         if not force and not self.conn.may_try():
             return False
-        try:
-            client = self.conn.ensure()
-            run_id = self._run(client, trial)
-            run = None
-            if not self._params_done or self._logged_epochs is None:
+        with self._locked(lock_timeout) as locked:
+            if not locked:
+                return False
+            try:
+                client = self.conn.ensure()
+                run_id = self._run(client, trial)
                 run = client.get_run(run_id)
-                if self.info.parent_run_id and run.data.tags.get(TAG_PARENT) != self.info.parent_run_id:
-                    client.set_tag(run_id, TAG_PARENT, self.info.parent_run_id)
-                params = {**{f"config.{k}": v for k, v in _flatten(trial.get("config") or {}).items()},
-                          "step": trial.get("step"), "trial_id": trial["trial_id"]}
-                have = run.data.params
-                _log_params(client, run_id, [(k, v) for k, v in _params(params).items() if k not in have])
-                for k, v in (trial.get("params") or {}).items():
-                    tag = f"wilson_ray.param.{k}"
-                    if run.data.tags.get(tag) != str(v):
-                        client.set_tag(run_id, tag, str(v))
-                self._params_done = True
+                if not self._params_done:
+                    if self.info.parent_run_id and run.data.tags.get(TAG_PARENT) != self.info.parent_run_id:
+                        client.set_tag(run_id, TAG_PARENT, self.info.parent_run_id)
+                    params = {**{f"config.{k}": v for k, v in _flatten(trial.get("config") or {}).items()},
+                              "step": trial.get("step"), "trial_id": trial["trial_id"]}
+                    have = run.data.params
+                    _log_params(client, run_id, [(k, v) for k, v in _params(params).items() if k not in have])
+                    for k, v in (trial.get("params") or {}).items():
+                        tag = f"wilson_ray.param.{k}"
+                        if run.data.tags.get(tag) != str(v):
+                            client.set_tag(run_id, tag, str(v))
+                    self._params_done = True
+                    outcome = (self.record.outcome() or {}).get("outcome")
+                    if outcome in (None, "running") and run.info.status != "RUNNING":
+                        client.update_run(run_id, status="RUNNING")  # a restored trial continues its run
                 self._logged_epochs = {int(m.step) for m in client.get_metric_history(run_id, "epoch")}
                 self._final_done = run.data.tags.get(TAG_FINAL) == "1"
                 self._outcome_done = run.data.tags.get(TAG_OUTCOME)
-                outcome = (self.record.outcome() or {}).get("outcome")
-                if outcome is None and run.info.status != "RUNNING":
-                    client.update_run(run_id, status="RUNNING")  # a restored trial continues its run
-            self._sync_epochs(client, run_id)
-            self._sync_final(client, run_id)
-            self._sync_outcome(client, run_id)
-            if self.conn.recovered():
-                _default_warn(f"MLflow at {self.info.uri} is reachable again; trial "
-                              f"{trial['trial_id']} is up to date")
-            return True
-        except Exception as err:  # noqa: BLE001 - any store/network failure means "offline"
-            self.conn.failed(err)
-            return False
+                self._sync_epochs(client, run_id)
+                self._sync_final(client, run_id)
+                self._sync_outcome(client, run_id)
+                if self.conn.recovered():
+                    _default_warn(f"MLflow at {self.info.uri} is reachable again; trial "
+                                  f"{trial['trial_id']} is up to date")
+                return True
+            except Exception as err:  # noqa: BLE001 - any store/network failure means "offline"
+                self.conn.failed(err)
+                return False
+
+    @contextlib.contextmanager
+    def _locked(self, timeout: float):
+        self.record.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.record.dir / ".mlflow_sync.lock", "a+") as fh:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(0.05)
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def _sync_epochs(self, client, run_id: str) -> None:
         from mlflow.entities import Metric
@@ -522,6 +551,40 @@ class TrialTracker:
         else:
             client.set_terminated(run_id, status=status)
         self._outcome_done = outcome
+
+
+class BackgroundSync:
+    """Runs ``tracker.sync()`` on a daemon thread so a slow or hung tracking server never stalls training;
+    ``request()`` after each epoch (requests coalesce), ``close()`` at the end makes a last forced sync."""
+
+    def __init__(self, tracker: TrialTracker):
+        self.tracker = tracker
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="wilson-ray-mlflow", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            closing = self._closing
+            try:
+                self.tracker.sync(force=closing)
+            except Exception as err:  # noqa: BLE001 - never kill training from the tracking thread
+                self.tracker.conn.failed(err)
+            if closing:
+                return
+
+    def close(self, timeout: float = 60.0) -> bool:
+        """Last sync (forced); True when the thread finished within ``timeout``."""
+        self._closing = True
+        self._wake.set()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The one-command demo: synthetic data -> step 0 (once, cached) -> an Optuna + ASHA sweep of WILSON step 1
+# (8 trials x 2 Ray Train workers) -> MLflow -> the best trial and the command that opens the MLflow UI.
+#
+#   scripts/demo.sh [extra `wilson-ray sweep` flags]
+#
+# Environment: DATA (default data/synthetic), STORAGE (default runs/sweeps), TRIALS (default 8).
+# Re-running it resumes the sweep (or, when it finished, prints its results again).
+set -euo pipefail
+
+DATA="${DATA:-data/synthetic}"
+STORAGE="${STORAGE:-runs/sweeps}"
+TRIALS="${TRIALS:-8}"
+
+if [[ ! -f "$DATA/splits/val.txt" ]]; then
+  wilson-ray data synth --out "$DATA"
+fi
+exec wilson-ray sweep --space search_spaces/demo.yaml --data-root "$DATA" --storage "$STORAGE" \
+  --num-samples "$TRIALS" --workers-per-trial 2 "$@"

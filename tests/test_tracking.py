@@ -1,0 +1,204 @@
+"""MLflow tracking on a sqlite store: parent/child runs, per-epoch metrics, artifacts, a restored trial continuing
+its own run, and an unreachable store that warns once while the record keeps everything (issue 5, fault 3)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wilson_ray.errors import UserError
+from wilson_ray.tracking import plots
+from wilson_ray.tracking.mlflow_tracker import (
+    SweepRun,
+    TrackingInfo,
+    TrialRecord,
+    TrialTracker,
+    check_tracking_uri,
+    default_artifact_location,
+    default_tracking_uri,
+    sweep_runs,
+)
+
+CLASSES = ["background", "a", "b", "c"]
+
+
+def info_for(tmp_path: Path, uri: str | None = None) -> TrackingInfo:
+    return TrackingInfo(uri=uri or default_tracking_uri(tmp_path), experiment="sw", sweep="sw",
+                        artifact_location=default_artifact_location(tmp_path, "sw"))
+
+
+def epoch_metrics(epoch: int) -> dict:
+    m = {"epoch": epoch, "lr": 0.01 / epoch, "images_per_s": 10.0, "loss/cls": 1.0 / epoch, "loss/total": 2.0 / epoch}
+    if epoch % 2 == 0:
+        m.update({"miou_old": 10.0 * epoch, "miou_new": 5.0 * epoch, "miou_all": 8.0 * epoch,
+                  "iou/background": 80.0, "iou/a": 1.0})
+    return m
+
+
+def make_record(tmp_path: Path, trial_id: str = "t0001", epochs: int = 2) -> TrialRecord:
+    rec = TrialRecord(tmp_path / "trials" / trial_id)
+    rec.write_trial(trial_id, f"trial_{trial_id}", {"method.alpha": 0.3}, {"method": {"name": "wilson", "alpha": 0.3},
+                    "data": {"task": "15-5"}}, 1, "sw")
+    for e in range(1, epochs + 1):
+        rec.record_epoch(e, epoch_metrics(e))
+    return rec
+
+
+def finish_record(rec: TrialRecord) -> None:
+    final = rec.dir / "final"
+    cm = np.array([[5, 1, 0, 0], [0, 3, 1, 0], [0, 0, 2, 0], [1, 0, 0, 4]])
+    per_class = {n: float(v) for n, v in zip(CLASSES, [80.0, 50.0, 40.0, 30.0])}
+    plots.write_confusion(cm, CLASSES, final)
+    plots.confusion_png(cm, CLASSES, final / "confusion.png")
+    plots.write_per_class(per_class, final)
+    plots.iou_bar_png(per_class, final / "iou_bar.png", new_classes=["c"])
+    (final / "final.json").write_text('{"metrics": {"miou_all": 16.0, "miou_old": 20.0, "miou_new": 10.0}, '
+                                      '"per_class_iou": {"background": 80.0, "a": 50.0}, "epochs": 2, "step": 1}')
+    rec.set_outcome("completed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(120)
+def test_parent_child_metrics_artifacts(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    info = info_for(tmp_path)
+    parent = SweepRun(info)
+    parent_id = parent.open(params={"config.method.name": "wilson"}, tags={"x": "y"})
+    assert parent_id is not None and info.parent_run_id == parent_id
+    rec = make_record(tmp_path)
+    finish_record(rec)
+    tracker = TrialTracker(info, rec)
+    assert tracker.sync()
+
+    runs = sweep_runs(info.uri, "sw")
+    assert [r.data.tags.get("wilson_ray.role") for r in runs] == ["sweep", "trial"]
+    child = runs[1]
+    assert child.data.tags["mlflow.parentRunId"] == parent_id
+    assert child.data.tags["wilson_ray.trial_id"] == "t0001"
+    assert child.info.status == "FINISHED" and child.data.tags["wilson_ray.outcome"] == "completed"
+    assert child.data.params["config.method.alpha"] == "0.3"
+    client = MlflowClient(info.uri)
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "loss/total")] == [1, 2]
+    assert [(m.step, m.value) for m in client.get_metric_history(child.info.run_id, "miou_all")] == [(2, 16.0)]
+    assert child.data.metrics["final/miou_all"] == 16.0 and child.data.metrics["final_iou/a"] == 50.0
+    arts = {a.path for a in client.list_artifacts(child.info.run_id, "final")}
+    assert {"final/confusion.png", "final/confusion.csv", "final/confusion.npy", "final/iou_bar.png",
+            "final/per_class_iou.json"} <= arts
+    # artifacts live under the storage folder we chose, not the working directory
+    assert Path(child.info.artifact_uri.replace("file://", "")).is_relative_to(tmp_path / "mlartifacts")
+
+    # a second sync is a no-op (no duplicated epochs); the parent closes with the summary
+    assert tracker.sync(force=True)
+    assert len(client.get_metric_history(child.info.run_id, "loss/total")) == 2
+    best = tmp_path / "best.yaml"
+    best.write_text("method: {name: wilson}\n")
+    assert parent.finish({"best_miou_all": 16.0}, [best])
+    parent_run = client.get_run(parent_id)
+    assert parent_run.info.status == "FINISHED" and parent_run.data.metrics["best_miou_all"] == 16.0
+    assert "best.yaml" in {a.path for a in client.list_artifacts(parent_id)}
+    # re-opening the sweep finds the same parent run
+    assert SweepRun(info_for(tmp_path)).open() == parent_id
+
+
+@pytest.mark.timeout(120)
+def test_restored_trial_continues_its_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    info = info_for(tmp_path)
+    SweepRun(info).open()
+    rec = make_record(tmp_path, epochs=2)
+    assert TrialTracker(info, rec).sync()
+    first = rec.run_id()
+    # the trial is restored elsewhere: a new tracker, and even the cached run id is gone -> found by tag
+    (rec.dir / "mlflow_run.json").unlink()
+    rec.record_epoch(2, epoch_metrics(2))  # epoch 2 re-run after a crash: never logged twice
+    rec.record_epoch(3, epoch_metrics(3))
+    assert TrialTracker(info, rec).sync()
+    assert rec.run_id() == first
+    runs = [r for r in sweep_runs(info.uri, "sw") if r.data.tags.get("wilson_ray.role") == "trial"]
+    assert len(runs) == 1 and runs[0].info.status == "RUNNING"
+    steps = [m.step for m in MlflowClient(info.uri).get_metric_history(first, "epoch")]
+    assert steps == [1, 2, 3]
+
+
+@pytest.mark.timeout(120)
+def test_unreachable_store_warns_once_and_backfills(tmp_path):
+    warnings: list[str] = []
+    down = info_for(tmp_path, f"http://127.0.0.1:{free_port()}")
+    rec = make_record(tmp_path, epochs=0)
+    tracker = TrialTracker(down, rec, warn=warnings.append)
+    for e in range(1, 4):
+        rec.record_epoch(e, epoch_metrics(e))  # training goes on ...
+        assert tracker.sync(force=True) is False  # ... MLflow is down
+    assert len(warnings) == 1 and "unreachable" in warnings[0] and down.uri in warnings[0]
+    assert sorted(rec.epochs()) == [1, 2, 3]  # nothing lost: the record has every epoch
+
+    # the store "comes back": the next sync (another process, or the end of the sweep) backfills every epoch
+    from mlflow.tracking import MlflowClient
+
+    up = info_for(tmp_path)
+    assert TrialTracker(up, rec, warn=warnings.append).sync()
+    run_id = rec.run_id()
+    assert [m.step for m in MlflowClient(up.uri).get_metric_history(run_id, "loss/total")] == [1, 2, 3]
+    assert len(warnings) == 1
+
+
+@pytest.mark.timeout(120)
+def test_same_tracker_recovers_when_store_is_back(tmp_path):
+    """The rank-0 worker's tracker keeps retrying: once the store answers, the backlog goes up, no new warning."""
+    warnings: list[str] = []
+    info = info_for(tmp_path, f"http://127.0.0.1:{free_port()}")
+    rec = make_record(tmp_path, epochs=2)
+    tracker = TrialTracker(info, rec, warn=warnings.append)
+    assert tracker.sync(force=True) is False
+    assert tracker.sync() is False  # within the retry pause: no attempt, no new warning
+    info.uri = default_tracking_uri(tmp_path)  # the "server" is back (same object the connection uses)
+    tracker.conn.client = None
+    assert tracker.sync(force=True) is True
+    assert len(warnings) == 1 and sorted(rec.epochs()) == [1, 2]
+
+
+def test_failed_outcome_sets_reason(tmp_path):
+    info = info_for(tmp_path)
+    rec = make_record(tmp_path, epochs=1)
+    rec.mark_failed("NonFiniteLossError: non-finite loss at step 1 epoch 2: loss/cls = nan")
+    assert TrialTracker(info, rec).sync()
+    run = sweep_runs(info.uri, "sw")[0]
+    assert run.info.status == "FAILED"
+    assert "NonFiniteLossError" in run.data.tags["wilson_ray.failure_reason"]
+    assert rec.failure().startswith("NonFiniteLossError")
+
+
+@pytest.mark.parametrize("uri", ["sqlite:////tmp/x/mlflow.db", "http://127.0.0.1:5000", "https://mlflow.example.org",
+                                 "postgresql://u@h/db", "postgresql+psycopg2://u@h/db", "databricks"])
+def test_known_tracking_uris(uri):
+    assert check_tracking_uri(uri) == uri
+
+
+@pytest.mark.parametrize("uri", ["ftp://host/x", "s3://bucket/mlflow", "mlflow.db", "sqlite://", "http://", ""])
+def test_unknown_tracking_uris(uri):
+    with pytest.raises(UserError) as err:
+        check_tracking_uri(uri)
+    assert "--tracking-uri" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_plots_write_pngs(tmp_path):
+    cm = np.random.default_rng(0).integers(0, 50, size=(4, 4))
+    assert plots.confusion_png(cm, CLASSES, tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    assert plots.iou_bar_png({"background": 90.0, "a": float("nan")}, tmp_path / "b.png").stat().st_size > 0
+    rows = [{"trial": f"t{i}", "miou_old": i, "miou_new": 2 * i, "miou_all": 3 * i} for i in range(3)]
+    assert plots.sweep_summary_png(rows, "miou_all", tmp_path / "s.png",
+                                   curves={"t1": [(1, 1.0), (2, 2.0)]}).stat().st_size > 0
+    paths = plots.write_confusion(cm, CLASSES, tmp_path)
+    assert np.array_equal(np.load(paths[0]), cm)
+    assert paths[1].read_text().splitlines()[0].endswith("a,b,c")
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
