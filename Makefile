@@ -1,12 +1,12 @@
 # One command each for a new user on a fresh machine (only Python 3.10+ needed):
-#   make demo   set up .venv, generate the synthetic dataset, run the demo
+#   make demo   set up .venv, generate the synthetic dataset, train step 0 once, sweep WILSON step 1 (Ray + MLflow)
 #   make test   set up .venv, run the test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all table clean-demo
+.PHONY: setup demo splits test test-ray table clean-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +19,18 @@ setup: $(STAMP)
 data/synthetic/splits/val.txt: | $(STAMP)
 	$(BIN)/wilson-ray data synth --out data/synthetic
 
-demo: $(STAMP) data/synthetic/splits/val.txt
+demo: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
+
+splits: $(STAMP) data/synthetic/splits/val.txt
 	$(BIN)/wilson-ray data splits --root data/synthetic --task 15-5
 	$(BIN)/wilson-ray data splits --root data/synthetic --task 15-5 --overlap
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not ray"
+
+test-ray: $(STAMP)
+	$(BIN)/python -m pytest -q -m ray
 
 table: $(STAMP) data/synthetic/splits/val.txt
 	$(BIN)/wilson-ray table --preset demo --task 15-5 --out runs/table-15-5

@@ -64,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     p.add_argument("--profile", action="store_true", help="also time the phases of the iteration (eager)")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for the MFU figure (GPU)")
+    p.add_argument("--paired", action="store_true",
+                   help="also build the fp32-eager setup and alternate its iterations with the configured ones in "
+                        "one process: a ratio that survives a noisy machine (peak RSS is then of both)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p.parse_args(argv)
 
@@ -260,6 +263,47 @@ def run(a: argparse.Namespace) -> dict:
     return out
 
 
+def run_paired(a: argparse.Namespace) -> dict:
+    """Alternate fp32-eager and configured iterations; per-pair ratios fp32 / configured."""
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    o = options(a)
+    ref_args = argparse.Namespace(**{**vars(a), "fp32_eager": True, "amp": None, "channels_last": None,
+                                     "compile": None, "old_model": None, "fused_sgd": None, "compile_old": False})
+    r = options(ref_args)
+    iters = a.iters if a.iters is not None else (20 if a.backbone == "small" else 5)
+    warmup = a.warmup if a.warmup is not None else (3 if (o.compile or o.compile_old) else 2)
+    fast_s, ref_s = common.build_setup(o), common.build_setup(r)
+    info = common.machine_info(fast_s.device)
+    for _ in range(warmup):
+        common.iteration(fast_s)
+        common.iteration(ref_s)
+    t_fast, t_ref, c_fast, c_ref = [], [], [], []
+    for i in range(iters):
+        order = [(fast_s, t_fast, c_fast), (ref_s, t_ref, c_ref)]
+        for s, tl, cl in (order if i % 2 == 0 else order[::-1]):
+            common.sync(s.device)
+            t, c = time.perf_counter(), time.process_time()
+            common.iteration(s)
+            common.sync(s.device)
+            tl.append(time.perf_counter() - t)
+            cl.append(time.process_time() - c)
+    ratios = [x / y for x, y in zip(t_ref, t_fast)]
+    out = {
+        "benchmark": "step_paired", "backbone": o.backbone, "size": o.size, "batch": o.batch, "step": o.step,
+        "method": o.method, "threads": torch.get_num_threads(), "iters": iters, "warmup": warmup,
+        "fast": {"amp": o.amp, "channels_last": o.channels_last, "compile": o.compile, "compile_old": o.compile_old,
+                 "old_model": o.old_model, "fused_sgd": o.fused_sgd, **common.summarise(t_fast),
+                 "cpu_s_median": statistics.median(c_fast)},
+        "fp32_eager": {**common.summarise(t_ref), "cpu_s_median": statistics.median(c_ref)},
+        "ratio_median": statistics.median(ratios), "ratios": [round(x, 3) for x in ratios],
+        "cpu_ratio_median": statistics.median(c_ref) / statistics.median(c_fast),
+        "peak_rss_mb_both": round(common.peak_rss_mb(), 1), "loadavg_end": common.load_average(),
+    }
+    out.update(info)
+    return out
+
+
 def _human(r: dict) -> str:
     lines = [
         f"{r['backbone']} {r['batch']}x{r['size']}^2 step {r['step']} {r['method']}  amp={r['amp']} "
@@ -278,6 +322,10 @@ def _human(r: dict) -> str:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    if a.paired:
+        r = run_paired(a)
+        print(json.dumps(r) if a.json else json.dumps(r, indent=1))
+        return 0
     r = run(a)
     print(json.dumps(r) if a.json else _human(r))
     return 0

@@ -256,7 +256,8 @@ def test_killed_worker_resumes_from_its_checkpoint(synth, storage):
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         epochs = storage / name / "trials"
-        wait_for(lambda: any((p / "epochs" / "0001.json").is_file() for p in epochs.glob("*")), 400, proc)
+        # epoch 2 has started once its record exists, so epoch 1's checkpoint is registered: kill mid-training
+        wait_for(lambda: any((p / "epochs" / "0002.json").is_file() for p in epochs.glob("*")), 400, proc)
         ps = subprocess.run(["ps", "-eo", "pid=,pgid=,sid=,args="], capture_output=True, text=True).stdout
         workers = [int(f[0]) for f in (line.split(None, 3) for line in ps.splitlines())
                    if len(f) == 4 and int(f[2]) == proc.pid and f[0] == f[1] and f[3].startswith("ray::RayTrainWorker")]

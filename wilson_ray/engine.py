@@ -337,7 +337,8 @@ def train_step(
         method.on_model_ready(model)
     localizer = method.build_localizer(model.backbone.out_channels, cfg.model.norm) if step > 0 else None
     module = Trainable(model, localizer)
-    if world > 1:
+    if world > 1 and device.type == "cuda":
+        # PyTorch's SyncBatchNorm is CUDA-only; CPU (gloo) workers keep per-worker BatchNorm statistics.
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     module.to(device)
     if old_model is not None:

@@ -226,6 +226,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             folder = Path(stack.enter_context(checkpoint.as_directory()))
             meta = json.loads((folder / STATE_META).read_text())
             if int(meta["epoch"]) >= cfg.optim(step).epochs and record.final():
+                if tracker is not None:
+                    tracker.close()
                 return  # the step was complete; only the end of the last attempt was lost
             resume = folder / meta["state_file"]
             if rank == 0:

@@ -118,7 +118,10 @@ def trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
         _sync(settings, record)
         raise TrialFailed(reason)
     if (record.outcome() or {}).get("outcome") == "completed" and record.final():
-        return  # finished in an earlier run whose end Tune never saw; Tune keeps its last reported result
+        # Finished in an earlier run whose end Tune never saw (the driver died in between): report the final
+        # result again instead of training again.
+        tune.report(_final_result(record))
+        return
     if (record.outcome() or {}).get("outcome") not in (None, "running"):
         record.set_outcome("running")  # a resumed errored trial: its MLflow run is RUNNING again
     init = settings.get("init_checkpoint")
@@ -147,6 +150,17 @@ def trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
     if reason is not None:
         _sync(settings, record)
         raise TrialFailed(reason)
+
+
+def _final_result(record: TrialRecord) -> dict[str, float]:
+    from wilson_ray.ray.train_loop import ray_metrics
+
+    final = record.final() or {}
+    epochs = record.epochs()
+    last = epochs[max(epochs)] if epochs else {}
+    metrics = {**last, **(final.get("metrics") or {})}
+    metrics["epoch"] = float(final.get("epochs") or metrics.get("epoch") or 0)
+    return ray_metrics(metrics, {})
 
 
 def _one_line(err: BaseException) -> str:
