@@ -115,6 +115,10 @@ class StepOptions:
     compile_old: bool = False  # torch.compile of the old model only, with inductor freezing (weights as constants)
     old_model: str = "frozen"  # engine (Method.old_outputs under no_grad) | inference | frozen (BN folded, bf16)
     fused_sgd: bool = True
+    # Proposed changes outside the engine, measured here (see BENCHMARKS.md "Recommended changes"):
+    valid_taps: bool = True  # ASPP dilated convs as per-tap GEMMs over valid pixels (wilson_ray.fast.use_valid_taps_)
+    cl_grads: bool = True  # loss gradients made channels_last before they enter the network (fast.ChannelsLastGradients)
+    zbar_amp: bool = False  # the localizer's target pass z̄ under the ambient autocast, not fp32 (methods/wilson.py)
     device: str = "cpu"
     seed: int = 0
 
@@ -252,12 +256,16 @@ def build_setup(o: StepOptions, init: Callable | None = realistic_init_) -> Step
         if old_model is not None:
             old_model.to(memory_format=torch.channels_last)
     notes = []
+    if o.valid_taps:
+        n = fast.use_valid_taps_(model) + (fast.use_valid_taps_(old_model) if old_model is not None else 0)
+        notes.append(f"{n} dilated convolutions as valid-tap GEMMs")
     old_run = old_model
     if old_model is not None and o.old_model != "engine":
         if o.old_model == "inference":
             old_run = fast.FrozenOldModel(old_model, dtype=None, fold_bn=False)
         elif o.old_model == "frozen":
-            old_run = fast.freeze_old_model(old_model, cfg.run.amp)
+            old_run = fast.freeze_old_model(old_model, cfg.run.amp,
+                                            inference_mode=not (cfg.run.compile or o.compile_old))
             notes.append(f"old model: {old_run.folded} BatchNorms folded into convs, weights "
                          f"{'bf16' if old_run.dtype is not None else 'fp32'}, inference_mode")
         else:
@@ -266,8 +274,11 @@ def build_setup(o: StepOptions, init: Callable | None = realistic_init_) -> Step
             old_run.to(memory_format=torch.channels_last)
     net: nn.Module = module
     eager_ctx = Context(net=module, module=module, old_model=old_run)
+    if o.cl_grads and cfg.run.channels_last:
+        net = fast.ChannelsLastGradients(module)
+        eager_ctx = Context(net=net, module=module, old_model=old_run)
     if cfg.run.compile:
-        net = torch.compile(module)
+        net = torch.compile(net)
     if old_run is not None and (cfg.run.compile or o.compile_old):
         if o.compile_old:
             import torch._inductor.config as inductor_config
@@ -294,6 +305,30 @@ def build_setup(o: StepOptions, init: Callable | None = realistic_init_) -> Step
                      scaler, batch, epoch, time.perf_counter() - t0, notes)
 
 
+def wilson_losses_zbar_amp(self, ctx: Context, batch: Batch, epoch: int):
+    """``Wilson.losses`` with one change (proposed): the eval-mode localizer pass that gives the targets z̄ runs
+    under the ambient autocast (bf16) instead of in fp32, then is cast to fp32 for the target computation."""
+    from wilson_ray import losses as L
+
+    pseudo = epoch >= self.p.pseudo_epochs
+    out = ctx.net(batch.images, logits=pseudo, upsample=False, localizer=True)
+    f, z = out["features"], out["localizer"]
+    s_old, f_old = self.old_outputs(ctx, batch.images)
+    terms = self.localizer_losses(z, s_old, batch.labels)
+    terms["enc"] = self.p.lambda_enc * L.encoder_distillation_loss(f, f_old)
+    if pseudo:
+        localizer = ctx.module.localizer
+        with torch.no_grad():
+            was_training = localizer.training
+            localizer.eval()
+            z_bar = localizer(f.detach()).float()  # the change: no `autocast(enabled=False)` / `f.float()`
+            localizer.train(was_training)
+            q_hat, weight = self.targets(z_bar, batch.labels, s_old.float())
+        terms["seg"] = self.p.lambda_seg * L.segmentation_loss(out["logits"], q_hat, weight)
+        terms.update(self.self_supervision(z, z_bar, batch))
+    return terms
+
+
 def losses(s: StepSetup, ctx: Context | None = None) -> dict[str, torch.Tensor]:
     """The loss terms of the benchmark batch, under the engine's autocast, as ``engine.train_step`` computes them."""
     ctx = ctx or s.ctx
@@ -305,6 +340,8 @@ def losses(s: StepSetup, ctx: Context | None = None) -> dict[str, torch.Tensor]:
     with engine.autocast_context(s.device, s.cfg.run.amp):
         if s.opts.step == 0:
             return s.method.step0_losses(ctx, batch)
+        if s.opts.zbar_amp and s.method.name == "wilson":
+            return wilson_losses_zbar_amp(s.method, ctx, batch, s.epoch)
         return s.method.losses(ctx, batch, s.epoch)
 
 

@@ -57,6 +57,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="engine: Method.old_outputs under no_grad (the engine today); inference: inference_mode; "
                         "frozen: BN folded + weights in the amp dtype + inference_mode")
     p.add_argument("--fused-sgd", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--valid-taps", action=argparse.BooleanOptionalAction, default=None,
+                   help="ASPP dilated convs as per-tap GEMMs over valid pixels (wilson_ray.fast.use_valid_taps_)")
+    p.add_argument("--cl-grads", action=argparse.BooleanOptionalAction, default=None,
+                   help="loss gradients made channels_last before they enter the network (fast.ChannelsLastGradients)")
+    p.add_argument("--zbar-amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="the localizer's target pass under autocast instead of fp32 (proposed wilson.py change)")
     p.add_argument("--iters", type=int, default=None, help="timed iterations (default 5, 20 for small)")
     p.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default 2, 3 with compile)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (0: leave torch's default)")
@@ -73,9 +79,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def options(a: argparse.Namespace) -> common.StepOptions:
     if a.fp32_eager:
-        base = dict(amp="none", channels_last=False, compile=False, old_model="engine", fused_sgd=False)
+        base = dict(amp="none", channels_last=False, compile=False, old_model="engine", fused_sgd=False,
+                    valid_taps=False, cl_grads=False, zbar_amp=False)
     else:
-        base = dict(amp="bf16", channels_last=True, compile=False, old_model="frozen", fused_sgd=True)
+        base = dict(amp="bf16", channels_last=True, compile=False, old_model="frozen", fused_sgd=True,
+                    valid_taps=True, cl_grads=True, zbar_amp=False)
     for k in base:
         v = getattr(a, k)
         if v is not None:
@@ -92,9 +100,19 @@ def count_flops(s: common.StepSetup) -> int:
     """FLOPs of one eager iteration (FlopCounterMode counts matmuls/convolutions, forward and backward)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-        common.iteration(s, s.eager_ctx)
-    common.sync(s.device)
+    from wilson_ray import fast
+
+    # Nominal FLOPs: valid-tap convolutions are counted as the plain convolutions they replace.
+    mods = [m for m in (s.module, s.eager_ctx.old_model) if m is not None]
+    switched = [fast.use_plain_convs_(m) for m in mods]
+    try:
+        with FlopCounterMode(display=False) as counter:
+            common.iteration(s, s.eager_ctx)
+        common.sync(s.device)
+    finally:
+        for m, n in zip(mods, switched):
+            if n:
+                fast.use_valid_taps_(m)
     return int(counter.get_total_flops())
 
 
@@ -228,7 +246,8 @@ def run(a: argparse.Namespace) -> dict:
         "backbone": o.backbone, "size": o.size, "batch": o.batch, "step": o.step, "method": o.method,
         "amp": o.amp, "channels_last": o.channels_last, "compile": o.compile, "compile_old": o.compile_old,
         "old_model": o.old_model,
-        "fused_sgd": o.fused_sgd, "fp32_eager": bool(a.fp32_eager), "threads": torch.get_num_threads(),
+        "fused_sgd": o.fused_sgd, "valid_taps": o.valid_taps, "cl_grads": o.cl_grads, "zbar_amp": o.zbar_amp,
+        "fp32_eager": bool(a.fp32_eager), "threads": torch.get_num_threads(),
         "device": str(s.device), "iters": iters, "warmup": warmup,
         **stats,
         "images_per_s": o.batch / stats["median_s"],
@@ -269,7 +288,8 @@ def run_paired(a: argparse.Namespace) -> dict:
         torch.set_num_threads(a.threads)
     o = options(a)
     ref_args = argparse.Namespace(**{**vars(a), "fp32_eager": True, "amp": None, "channels_last": None,
-                                     "compile": None, "old_model": None, "fused_sgd": None, "compile_old": False})
+                                     "compile": None, "old_model": None, "fused_sgd": None, "compile_old": False,
+                                     "valid_taps": None, "cl_grads": None, "zbar_amp": None})
     r = options(ref_args)
     iters = a.iters if a.iters is not None else (20 if a.backbone == "small" else 5)
     warmup = a.warmup if a.warmup is not None else (3 if (o.compile or o.compile_old) else 2)
@@ -293,7 +313,8 @@ def run_paired(a: argparse.Namespace) -> dict:
         "benchmark": "step_paired", "backbone": o.backbone, "size": o.size, "batch": o.batch, "step": o.step,
         "method": o.method, "threads": torch.get_num_threads(), "iters": iters, "warmup": warmup,
         "fast": {"amp": o.amp, "channels_last": o.channels_last, "compile": o.compile, "compile_old": o.compile_old,
-                 "old_model": o.old_model, "fused_sgd": o.fused_sgd, **common.summarise(t_fast),
+                 "old_model": o.old_model, "fused_sgd": o.fused_sgd, "valid_taps": o.valid_taps,
+                 "cl_grads": o.cl_grads, "zbar_amp": o.zbar_amp, **common.summarise(t_fast),
                  "cpu_s_median": statistics.median(c_fast)},
         "fp32_eager": {**common.summarise(t_ref), "cpu_s_median": statistics.median(c_ref)},
         "ratio_median": statistics.median(ratios), "ratios": [round(x, 3) for x in ratios],
@@ -308,7 +329,8 @@ def _human(r: dict) -> str:
     lines = [
         f"{r['backbone']} {r['batch']}x{r['size']}^2 step {r['step']} {r['method']}  amp={r['amp']} "
         f"channels_last={r['channels_last']} compile={r['compile']} old_model={r['old_model']} "
-        f"fused_sgd={r['fused_sgd']} threads={r['threads']}",
+        f"fused_sgd={r['fused_sgd']} valid_taps={r['valid_taps']} cl_grads={r['cl_grads']} zbar_amp={r['zbar_amp']} "
+        f"threads={r['threads']}",
         f"  median {r['median_s']:.3f} s  (min {r['min_s']:.3f}, max {r['max_s']:.3f}, n={r['iters']})  "
         f"{r['images_per_s']:.2f} img/s  peak RSS {r['peak_rss_mb']:.0f} MB  cpu {r['cpu_s_median']:.2f} s/iter",
     ]
