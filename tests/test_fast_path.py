@@ -1,14 +1,16 @@
 """Numerical safety of the fast path (issue 6): bf16 autocast + channels_last + the frozen old model
-(``wilson_ray.fast.freeze_old_model``: BN folded into convs, bf16 weights, inference_mode) against fp32 eager, on
-one fixed batch of the small backbone.
+(``wilson_ray.fast.freeze_old_model``: BN folded into convs, bf16 weights, inference_mode) + the ASPP's dilated
+convolutions as valid-tap GEMMs (``wilson_ray.fast.use_valid_taps_``) + channels_last loss gradients
+(``wilson_ray.fast.ChannelsLastGradients``) against fp32 eager, on one fixed batch of the small backbone.
 
 The models start from random init with BatchNorm running statistics of the batch (a trained old model's) and a
 localizer primed so that every WILSON step-1 term, ℓ_SSS included, is non-zero (``benchmarks.common``).
 
 Tolerances (also in BENCHMARKS.md), measured margins in brackets (seeds 0-3 of this setup, 96², batch 4):
 
-* structure (fp32 + channels_last + frozen old model, no bf16): every loss term within 1e-4 relative, every
-  parameter group's gradient cosine >= 0.9999 — folding BN and changing memory format are exact up to fp32 rounding;
+* structure (fp32 + channels_last + frozen old model + valid taps + channels_last gradients, no bf16): every loss
+  term within 1e-4 relative, every parameter group's gradient cosine >= 0.9999 — folding BN, computing the dilated
+  convolutions tap by tap and changing memory formats are exact up to fp32 rounding;
 * bf16, step 1: ℓ_CLS, ℓ_LOC, ℓ_SEG within 2e-2 relative [<= 3.5e-3], ℓ_ENC within 5e-2 [<= 1.3e-2: a mean of
   squared differences of two bf16 feature maps], ℓ_SSS within 0.15 [<= 6e-2: its pseudo ground truth is a
   thresholded, piecewise-constant function of the features], total within 1e-2 [<= 1.5e-3];
@@ -42,8 +44,13 @@ SIZE, BATCH, SEED = 96, 4, 0
 
 
 def _opts(step: int, amp: str, channels_last: bool, old_model: str) -> common.StepOptions:
+    """``old_model='engine'`` is the engine's own path (plain convolutions, no layout changes); otherwise every
+    fast-path piece of the benchmark is on: frozen old model, valid-tap ASPP convolutions, channels_last
+    gradients (and bf16 / channels_last as given)."""
+    fast_pieces = old_model != "engine"
     return common.StepOptions(backbone="small", size=SIZE, batch=BATCH, step=step, method="wilson", amp=amp,
-                              channels_last=channels_last, old_model=old_model, fused_sgd=False, seed=SEED)
+                              channels_last=channels_last, old_model=old_model, fused_sgd=False, seed=SEED,
+                              valid_taps=fast_pieces, cl_grads=fast_pieces)
 
 
 def _terms_and_grads(step: int, amp: str, channels_last: bool, old_model: str):
@@ -133,6 +140,40 @@ def test_bf16_fast_path_step0_bce_and_gradients(step0_ref):
     assert _cos(got_g["backbone"], ref_g["backbone"]) >= 0.85
     assert 0.9 <= float(got_g["head"].norm() / ref_g["head"].norm()) <= 1.1
     assert 0.75 <= float(got_g["backbone"].norm() / ref_g["backbone"].norm()) <= 1.25
+
+
+@pytest.mark.parametrize("dilation,size", [(6, 32), (12, 32), (18, 32), (18, 16), (2, 9)])
+def test_valid_taps_conv_matches_conv2d_forward_and_backward(dilation, size):
+    import copy
+
+    from wilson_ray import fast
+
+    torch.manual_seed(dilation)
+    conv = torch.nn.Conv2d(24, 16, 3, padding=dilation, dilation=dilation, bias=True).double()
+    vt = copy.deepcopy(conv)
+    assert fast.use_valid_taps_(vt, min_dilation=1) == 1
+    x = torch.randn(2, 24, size, size, dtype=torch.float64)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = conv(x1), vt(x2)
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(y2, y1, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(vt.weight.grad, conv.weight.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(vt.bias.grad, conv.bias.grad, rtol=1e-10, atol=1e-10)
+    assert fast.use_plain_convs_(vt) == 1 and type(vt) is torch.nn.Conv2d
+
+
+def test_valid_taps_leaves_other_convs_alone():
+    from wilson_ray import fast
+    from wilson_ray.models.segmenter import build_segmenter
+
+    model = build_segmenter("small", [16], head_channels=32, pooling_size=64)
+    params = [id(p) for p in model.parameters()]
+    keys = list(model.state_dict())
+    assert fast.use_valid_taps_(model) == 3  # the ASPP's dilation 6/12/18 branches only
+    assert [id(p) for p in model.parameters()] == params and list(model.state_dict()) == keys
 
 
 def test_frozen_old_model_folds_every_conv_bn_pair():
