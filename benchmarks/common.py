@@ -104,21 +104,18 @@ def sync(device: torch.device) -> None:
 
 @dataclass
 class StepOptions:
+    """The benchmark's settings; every speed switch is the engine's own ``run.*`` field (config.FAST_PATH)."""
     backbone: str = "resnet101"
     size: int = 512
     batch: int = 2
     step: int = 1
     method: str = "wilson"
-    amp: str = "bf16"  # none | bf16 | fp16
-    channels_last: bool = True
-    compile: bool = False  # torch.compile of the trainable and the old model (run.compile)
-    compile_old: bool = False  # torch.compile of the old model only, with inductor freezing (weights as constants)
-    old_model: str = "frozen"  # engine (Method.old_outputs under no_grad) | inference | frozen (BN folded, bf16)
-    fused_sgd: bool = True
-    # Proposed changes outside the engine, measured here (see BENCHMARKS.md "Recommended changes"):
-    valid_taps: bool = True  # ASPP dilated convs as per-tap GEMMs over valid pixels (wilson_ray.fast.use_valid_taps_)
-    cl_grads: bool = True  # loss gradients made channels_last before they enter the network (fast.ChannelsLastGradients)
-    zbar_amp: bool = False  # the localizer's target pass z̄ under the ambient autocast, not fp32 (methods/wilson.py)
+    amp: str = "bf16"  # run.amp: none | bf16 | fp16
+    channels_last: bool = True  # run.channels_last (activations, weights and loss gradients)
+    compile: bool = False  # run.compile: torch.compile of the trainable and the old model
+    frozen_old_model: bool = True  # run.frozen_old_model: BN folded, weights in the amp dtype, inference_mode
+    valid_taps: bool = True  # run.valid_taps: ASPP dilated convs as per-tap GEMMs over valid pixels
+    fused_sgd: bool = True  # run.fused_sgd
     device: str = "cpu"
     seed: int = 0
 
@@ -149,7 +146,8 @@ def make_config(o: StepOptions) -> Config:
     overrides = {
         "model.backbone": o.backbone, "model.pretrained": None, "data.crop_size": o.size,
         "data.batch_size": o.batch, "run.amp": o.amp, "run.channels_last": o.channels_last,
-        "run.compile": o.compile, "run.device": o.device, "run.progress": False, "data.task": TASK,
+        "run.compile": o.compile, "run.frozen_old_model": o.frozen_old_model, "run.valid_taps": o.valid_taps,
+        "run.fused_sgd": o.fused_sgd, "run.device": o.device, "run.progress": False, "data.task": TASK,
     }
     return resolve_config(preset, method=o.method, overrides=overrides, source=f"benchmark ({preset})")
 
@@ -248,53 +246,22 @@ def build_setup(o: StepOptions, init: Callable | None = realistic_init_) -> Step
     if init is not None:
         init(model, old_model, localizer, method, batch)
     batch = Batch(batch.images.to(device), batch.masks.to(device), batch.labels.to(device))
-    module = Trainable(model, localizer).to(device)
-    if old_model is not None:
-        old_model.to(device)
-    if cfg.run.channels_last:
-        module.to(memory_format=torch.channels_last)
-        if old_model is not None:
-            old_model.to(memory_format=torch.channels_last)
+    module = Trainable(model, localizer)
+    # The engine's own placement and fast-path switches; compiled afterwards so eager copies stay for FLOP counting.
+    module, net, old_run = engine.prepare_models(cfg, module, old_model, device, 1, False, compile=False)
     notes = []
     if o.valid_taps:
-        n = fast.use_valid_taps_(model) + (fast.use_valid_taps_(old_model) if old_model is not None else 0)
-        notes.append(f"{n} dilated convolutions as valid-tap GEMMs")
-    old_run = old_model
-    if old_model is not None and o.old_model != "engine":
-        if o.old_model == "inference":
-            old_run = fast.FrozenOldModel(old_model, dtype=None, fold_bn=False)
-        elif o.old_model == "frozen":
-            old_run = fast.freeze_old_model(old_model, cfg.run.amp,
-                                            inference_mode=not (cfg.run.compile or o.compile_old))
-            notes.append(f"old model: {old_run.folded} BatchNorms folded into convs, weights "
-                         f"{'bf16' if old_run.dtype is not None else 'fp32'}, inference_mode")
-        else:
-            raise ValueError(f"--old-model: {o.old_model!r}, expected engine, inference or frozen")
-        if cfg.run.channels_last:
-            old_run.to(memory_format=torch.channels_last)
-    net: nn.Module = module
-    eager_ctx = Context(net=module, module=module, old_model=old_run)
-    if o.cl_grads and cfg.run.channels_last:
-        net = fast.ChannelsLastGradients(module)
-        eager_ctx = Context(net=net, module=module, old_model=old_run)
+        n = sum(type(m) is fast.ValidTapsConv2d for m in module.modules())
+        notes.append(f"{n} dilated convolutions of the new model as valid-tap GEMMs (and of the old model)")
+    if isinstance(old_run, fast.FrozenOldModel):
+        notes.append(f"old model: {old_run.folded} BatchNorms folded into convs, weights "
+                     f"{'bf16' if old_run.dtype is not None else 'fp32'}, inference_mode")
+    eager_ctx = Context(net=net, module=module, old_model=old_run)
     if cfg.run.compile:
-        net = torch.compile(net)
-    if old_run is not None and (cfg.run.compile or o.compile_old):
-        if o.compile_old:
-            import torch._inductor.config as inductor_config
-
-            # Frozen weights become constants: inductor folds them and pre-packs them for oneDNN (inference only).
-            inductor_config.freezing = True
-        old_run = torch.compile(old_run)
+        net, old_run = engine.compile_models(net, old_run)
     ctx = Context(net=net, module=module, old_model=old_run)
-
+    optimizer = engine.make_optimizer(cfg, module, step)
     oc = cfg.optim(step)
-    groups = engine.param_groups(module, cfg, step)
-    if o.fused_sgd:
-        optimizer = fast.sgd(groups, oc.lr, oc.momentum, oc.nesterov, oc.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(groups, lr=oc.lr, momentum=oc.momentum, nesterov=oc.nesterov,
-                                    weight_decay=oc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: engine.lr_factor(it, 10**6, oc.policy,
                                                                                          oc.power, 0))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.run.amp == "fp16")
@@ -303,30 +270,6 @@ def build_setup(o: StepOptions, init: Callable | None = realistic_init_) -> Step
     module.train()
     return StepSetup(o, cfg, task, method, device, module, old_model, ctx, eager_ctx, optimizer, scheduler,
                      scaler, batch, epoch, time.perf_counter() - t0, notes)
-
-
-def wilson_losses_zbar_amp(self, ctx: Context, batch: Batch, epoch: int):
-    """``Wilson.losses`` with one change (proposed): the eval-mode localizer pass that gives the targets z̄ runs
-    under the ambient autocast (bf16) instead of in fp32, then is cast to fp32 for the target computation."""
-    from wilson_ray import losses as L
-
-    pseudo = epoch >= self.p.pseudo_epochs
-    out = ctx.net(batch.images, logits=pseudo, upsample=False, localizer=True)
-    f, z = out["features"], out["localizer"]
-    s_old, f_old = self.old_outputs(ctx, batch.images)
-    terms = self.localizer_losses(z, s_old, batch.labels)
-    terms["enc"] = self.p.lambda_enc * L.encoder_distillation_loss(f, f_old)
-    if pseudo:
-        localizer = ctx.module.localizer
-        with torch.no_grad():
-            was_training = localizer.training
-            localizer.eval()
-            z_bar = localizer(f.detach()).float()  # the change: no `autocast(enabled=False)` / `f.float()`
-            localizer.train(was_training)
-            q_hat, weight = self.targets(z_bar, batch.labels, s_old.float())
-        terms["seg"] = self.p.lambda_seg * L.segmentation_loss(out["logits"], q_hat, weight)
-        terms.update(self.self_supervision(z, z_bar, batch))
-    return terms
 
 
 def losses(s: StepSetup, ctx: Context | None = None) -> dict[str, torch.Tensor]:
@@ -340,8 +283,6 @@ def losses(s: StepSetup, ctx: Context | None = None) -> dict[str, torch.Tensor]:
     with engine.autocast_context(s.device, s.cfg.run.amp):
         if s.opts.step == 0:
             return s.method.step0_losses(ctx, batch)
-        if s.opts.zbar_amp and s.method.name == "wilson":
-            return wilson_losses_zbar_amp(s.method, ctx, batch, s.epoch)
         return s.method.losses(ctx, batch, s.epoch)
 
 

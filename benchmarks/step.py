@@ -7,10 +7,11 @@ is the loop body of ``engine.train_step`` (losses under the engine's autocast, z
 gradients for unused parameters, SGD Nesterov with the engine's 3 parameter groups, scheduler step); a WILSON
 step-1 iteration runs at epoch = pseudo_epochs, so ℓ_SEG, ℓ_CLS, ℓ_LOC, ℓ_SSS (PAMR on) and ℓ_ENC are all active.
 
-Settings. Without ``--fp32-eager`` the fast path is on: bf16 autocast, channels_last, the frozen old model
-(``wilson_ray.fast.freeze_old_model``: BN folded, bf16 weights, inference_mode) and fused SGD; ``--compile``
-adds ``torch.compile`` of the trainable and the old model. ``--fp32-eager`` is the engine's defaults (amp none, no
-channels_last, no compile, old model under no_grad, plain SGD). Every switch can be set on its own on top of either.
+Settings. Without ``--fp32-eager`` the fast path is on (``wilson-ray train --fast``, ``config.FAST_PATH``): bf16
+autocast, channels_last, the frozen old model (BN folded, bf16 weights, inference_mode), valid-tap ASPP
+convolutions and fused SGD; ``--compile`` adds ``torch.compile`` of the trainable and the old model. ``--fp32-eager``
+is the engine's defaults (all off). Every switch can be set on its own on top of either; the models are built and
+switched by ``engine.prepare_models``, exactly as in training.
 
 Output: one JSON object (``--json``) with median/min/max seconds, images/s, peak RSS, FLOPs per iteration
 (``torch.utils.flop_counter.FlopCounterMode`` over one eager iteration: new model forward+backward, old model
@@ -51,18 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the trainable and the old model (run.compile)")
-    p.add_argument("--compile-old", action="store_true",
-                   help="torch.compile only the old model, with inductor freezing (weights as constants)")
-    p.add_argument("--old-model", choices=["engine", "inference", "frozen"], default=None,
-                   help="engine: Method.old_outputs under no_grad (the engine today); inference: inference_mode; "
-                        "frozen: BN folded + weights in the amp dtype + inference_mode")
-    p.add_argument("--fused-sgd", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--valid-taps", action=argparse.BooleanOptionalAction, default=None,
-                   help="ASPP dilated convs as per-tap GEMMs over valid pixels (wilson_ray.fast.use_valid_taps_)")
-    p.add_argument("--cl-grads", action=argparse.BooleanOptionalAction, default=None,
-                   help="loss gradients made channels_last before they enter the network (fast.ChannelsLastGradients)")
-    p.add_argument("--zbar-amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="the localizer's target pass under autocast instead of fp32 (proposed wilson.py change)")
+    p.add_argument("--frozen-old-model", dest="frozen_old_model", action=argparse.BooleanOptionalAction,
+                   default=None, help="run.frozen_old_model: BN folded + weights in the amp dtype + inference_mode")
+    p.add_argument("--fused-sgd", dest="fused_sgd", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--valid-taps", dest="valid_taps", action=argparse.BooleanOptionalAction, default=None,
+                   help="run.valid_taps: ASPP dilated convs as per-tap GEMMs over valid pixels")
     p.add_argument("--iters", type=int, default=None, help="timed iterations (default 5, 20 for small)")
     p.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default 2, 3 with compile)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (0: leave torch's default)")
@@ -77,19 +71,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+SWITCHES = ("amp", "channels_last", "compile", "frozen_old_model", "valid_taps", "fused_sgd")
+
+
+def _switches(o: common.StepOptions) -> dict:
+    return {k: getattr(o, k) for k in SWITCHES}
+
+
 def options(a: argparse.Namespace) -> common.StepOptions:
-    if a.fp32_eager:
-        base = dict(amp="none", channels_last=False, compile=False, old_model="engine", fused_sgd=False,
-                    valid_taps=False, cl_grads=False, zbar_amp=False)
-    else:
-        base = dict(amp="bf16", channels_last=True, compile=False, old_model="frozen", fused_sgd=True,
-                    valid_taps=True, cl_grads=True, zbar_amp=False)
+    fast = not a.fp32_eager  # the fast path = config.FAST_PATH; fp32 eager = the engine's defaults
+    base = dict(amp="bf16" if fast else "none", channels_last=fast, compile=False, frozen_old_model=fast,
+                fused_sgd=fast, valid_taps=fast)
     for k in base:
         v = getattr(a, k)
         if v is not None:
             base[k] = v
     return common.StepOptions(backbone=a.backbone, size=a.size, batch=a.batch, step=a.step, method=a.method,
-                              device=a.device, compile_old=a.compile_old, **base)
+                              device=a.device, **base)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -216,7 +214,7 @@ def run(a: argparse.Namespace) -> dict:
         torch.set_num_threads(a.threads)
     o = options(a)
     iters = a.iters if a.iters is not None else (20 if a.backbone == "small" else 5)
-    compiled = o.compile or o.compile_old
+    compiled = o.compile
     warmup = a.warmup if a.warmup is not None else (3 if compiled else 2)
     s = common.build_setup(o)
     info = common.machine_info(s.device)
@@ -244,9 +242,7 @@ def run(a: argparse.Namespace) -> dict:
     out = {
         "benchmark": "step",
         "backbone": o.backbone, "size": o.size, "batch": o.batch, "step": o.step, "method": o.method,
-        "amp": o.amp, "channels_last": o.channels_last, "compile": o.compile, "compile_old": o.compile_old,
-        "old_model": o.old_model,
-        "fused_sgd": o.fused_sgd, "valid_taps": o.valid_taps, "cl_grads": o.cl_grads, "zbar_amp": o.zbar_amp,
+        **_switches(o),
         "fp32_eager": bool(a.fp32_eager), "threads": torch.get_num_threads(),
         "device": str(s.device), "iters": iters, "warmup": warmup,
         **stats,
@@ -288,11 +284,11 @@ def run_paired(a: argparse.Namespace) -> dict:
         torch.set_num_threads(a.threads)
     o = options(a)
     ref_args = argparse.Namespace(**{**vars(a), "fp32_eager": True, "amp": None, "channels_last": None,
-                                     "compile": None, "old_model": None, "fused_sgd": None, "compile_old": False,
-                                     "valid_taps": None, "cl_grads": None, "zbar_amp": None})
+                                     "compile": None, "frozen_old_model": None, "fused_sgd": None,
+                                     "valid_taps": None})
     r = options(ref_args)
     iters = a.iters if a.iters is not None else (20 if a.backbone == "small" else 5)
-    warmup = a.warmup if a.warmup is not None else (3 if (o.compile or o.compile_old) else 2)
+    warmup = a.warmup if a.warmup is not None else (3 if o.compile else 2)
     fast_s, ref_s = common.build_setup(o), common.build_setup(r)
     info = common.machine_info(fast_s.device)
     for _ in range(warmup):
@@ -312,9 +308,7 @@ def run_paired(a: argparse.Namespace) -> dict:
     out = {
         "benchmark": "step_paired", "backbone": o.backbone, "size": o.size, "batch": o.batch, "step": o.step,
         "method": o.method, "threads": torch.get_num_threads(), "iters": iters, "warmup": warmup,
-        "fast": {"amp": o.amp, "channels_last": o.channels_last, "compile": o.compile, "compile_old": o.compile_old,
-                 "old_model": o.old_model, "fused_sgd": o.fused_sgd, "valid_taps": o.valid_taps,
-                 "cl_grads": o.cl_grads, "zbar_amp": o.zbar_amp, **common.summarise(t_fast),
+        "fast": {**_switches(o), **common.summarise(t_fast),
                  "cpu_s_median": statistics.median(c_fast)},
         "fp32_eager": {**common.summarise(t_ref), "cpu_s_median": statistics.median(c_ref)},
         "ratio_median": statistics.median(ratios), "ratios": [round(x, 3) for x in ratios],
@@ -327,10 +321,8 @@ def run_paired(a: argparse.Namespace) -> dict:
 
 def _human(r: dict) -> str:
     lines = [
-        f"{r['backbone']} {r['batch']}x{r['size']}^2 step {r['step']} {r['method']}  amp={r['amp']} "
-        f"channels_last={r['channels_last']} compile={r['compile']} old_model={r['old_model']} "
-        f"fused_sgd={r['fused_sgd']} valid_taps={r['valid_taps']} cl_grads={r['cl_grads']} zbar_amp={r['zbar_amp']} "
-        f"threads={r['threads']}",
+        f"{r['backbone']} {r['batch']}x{r['size']}^2 step {r['step']} {r['method']}  "
+        + " ".join(f"{k}={r[k]}" for k in SWITCHES) + f" threads={r['threads']}",
         f"  median {r['median_s']:.3f} s  (min {r['min_s']:.3f}, max {r['max_s']:.3f}, n={r['iters']})  "
         f"{r['images_per_s']:.2f} img/s  peak RSS {r['peak_rss_mb']:.0f} MB  cpu {r['cpu_s_median']:.2f} s/iter",
     ]

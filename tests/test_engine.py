@@ -100,3 +100,22 @@ def test_seeded_runs_are_deterministic(synth_root):
     b = train_step(cfg, 0)
     assert a.metrics["loss/total"] == b.metrics["loss/total"]
     assert (a.confusion == b.confusion).all()
+
+
+def test_fast_path_switches_train_both_steps(synth_root, tmp_path):
+    """Every run.* fast-path switch on (config.FAST_PATH): step 0 and a WILSON step 1 train with finite losses,
+    and the checkpoints hold the same keys as the default path's (the switches never rename parameters)."""
+    from wilson_ray.config import FAST_PATH
+
+    fast_cfg = _cfg(synth_root, **FAST_PATH)
+    plain_cfg = _cfg(synth_root)
+    r0 = train_step(fast_cfg, 0, out_dir=tmp_path / "fast")
+    r1 = train_step(fast_cfg, 1, init_checkpoint=r0.checkpoint, out_dir=tmp_path / "fast")
+    p0 = train_step(plain_cfg, 0, out_dir=tmp_path / "plain")
+    for r in (r0, r1):
+        assert torch.isfinite(torch.tensor(r.metrics["loss/total"]))
+        assert 0.0 <= r.metrics["miou_all"] <= 100.0
+    fast_keys = set(load_checkpoint(r0.checkpoint)["model"])
+    assert fast_keys == set(load_checkpoint(p0.checkpoint)["model"])
+    step1 = load_checkpoint(r1.checkpoint)["model"]
+    assert fast_keys < set(step1) and all(v.dtype == torch.float32 for v in step1.values() if v.is_floating_point())

@@ -44,13 +44,13 @@ SIZE, BATCH, SEED = 96, 4, 0
 
 
 def _opts(step: int, amp: str, channels_last: bool, old_model: str) -> common.StepOptions:
-    """``old_model='engine'`` is the engine's own path (plain convolutions, no layout changes); otherwise every
-    fast-path piece of the benchmark is on: frozen old model, valid-tap ASPP convolutions, channels_last
-    gradients (and bf16 / channels_last as given)."""
+    """``old_model='engine'`` is the engine's default path (plain convolutions, old model under no_grad);
+    ``'frozen'`` turns on the engine's other fast-path switches: ``run.frozen_old_model`` and ``run.valid_taps``
+    (bf16 / channels_last — which brings channels_last loss gradients — as given)."""
     fast_pieces = old_model != "engine"
     return common.StepOptions(backbone="small", size=SIZE, batch=BATCH, step=step, method="wilson", amp=amp,
-                              channels_last=channels_last, old_model=old_model, fused_sgd=False, seed=SEED,
-                              valid_taps=fast_pieces, cl_grads=fast_pieces)
+                              channels_last=channels_last, frozen_old_model=fast_pieces, fused_sgd=False,
+                              seed=SEED, valid_taps=fast_pieces)
 
 
 def _terms_and_grads(step: int, amp: str, channels_last: bool, old_model: str):

@@ -66,13 +66,22 @@ class RunConfig:
     seed: int = 42
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     amp: Literal["none", "bf16", "fp16"] = "none"
-    channels_last: bool = False
-    compile: bool = False
+    channels_last: bool = False  # NHWC activations/weights (and loss gradients), oneDNN/cuDNN's fast layout
+    compile: bool = False  # torch.compile of the trainable and the old model
+    # Fast path (issue 6; BENCHMARKS.md measures each): `wilson-ray train --fast` turns all of these on with amp=bf16.
+    frozen_old_model: bool = False  # old model with BN folded into convs, weights in the amp dtype, inference_mode
+    valid_taps: bool = False  # ASPP dilated convs as per-tap GEMMs over valid pixels (CPU: avoids oneDNN's slow path)
+    fused_sgd: bool = False  # torch.optim.SGD(fused=True): one kernel over all parameters
     val_interval: int = 2  # evaluate every N epochs (and always after the last)
     log_interval: int = 10  # iterations between loss logs (the only host syncs)
     progress: bool = True
     max_iters_per_epoch: int | None = None  # cap for smoke tests and benchmarks; None = full epochs
     fail_on_nonfinite: bool = True
+
+
+# `--fast`: every fast-path switch of RunConfig (BENCHMARKS.md measures each and their sum).
+FAST_PATH: dict[str, Any] = {"run.amp": "bf16", "run.channels_last": True, "run.frozen_old_model": True,
+                             "run.valid_taps": True, "run.fused_sgd": True}
 
 
 @dataclass
@@ -181,8 +190,9 @@ def from_dict(cls: type, data: Any, source: str = "config", prefix: str = "") ->
         where = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             near = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean '{near[0]}'?)" if near else f"; known keys: {', '.join(names)}"
-            raise UserError(f"{source}: unknown key '{where}'{hint}")
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            section = f"'{prefix}'" if prefix else "the top level"
+            raise UserError(f"{source}: unknown key '{where}'{hint}; expected a key of {section}: {', '.join(names)}")
         kwargs[key] = _coerce(value, hints[key], where, source)
     return cls(**kwargs)
 

@@ -24,9 +24,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
+from wilson_ray import fast
 from wilson_ray.atomic import atomic_path
 from wilson_ray.config import Config, config_from_dict
-from wilson_ray.errors import UserError
+from wilson_ray.errors import UserError, load_failure_reason
 from wilson_ray.methods import get_method
 from wilson_ray.methods.base import Batch, Context, Method, Trainable
 from wilson_ray.metrics import ConfusionMatrix, miou_table, per_class_iou
@@ -115,8 +116,8 @@ def _torch_load(path: Path, what: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt/pickled files
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise UserError(f"{what} {path}: not a readable weights-only checkpoint ({reason})") from None
+        raise UserError(f"{what} {path}: not a readable weights-only checkpoint ({load_failure_reason(err)}); "
+                        "expected a file written by wilson-ray (pickled objects are refused)") from None
     return obj
 
 
@@ -124,7 +125,8 @@ def load_checkpoint(path: str | Path) -> dict:
     """Load a step checkpoint (weights + config + classes + task/step + metrics) with ``weights_only=True``."""
     ckpt = _torch_load(Path(path), "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"checkpoint {path}: not a wilson-ray checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
+        raise UserError(f"checkpoint {path}: not a wilson-ray checkpoint (no '{CHECKPOINT_FORMAT}' format tag), "
+                        "expected a step checkpoint written by wilson-ray train")
     return ckpt
 
 
@@ -252,6 +254,62 @@ def param_groups(module: Trainable, cfg: Config, step: int) -> list[dict]:
 # Evaluation
 
 
+def prepare_models(cfg: Config, module: Trainable, old_model: nn.Module | None, device: torch.device, world: int,
+                   find_unused: bool, compile: bool | None = None) -> tuple[Trainable, nn.Module, nn.Module | None]:
+    """Place the trainable and the old model on ``device`` and apply the ``run.*`` speed switches.
+
+    Returns ``(module, net, old_model)``: ``module`` is the bare trainable (state dicts, evaluation), ``net`` what
+    the losses call (DDP / channels_last-gradient wrapper / compiled), ``old_model`` the frozen old model as the
+    losses call it. Every switch keeps the parameters' identity, so optimisers and checkpoints are unaffected.
+    ``compile`` overrides ``run.compile`` (benchmarks compile separately to keep eager copies).
+    """
+    compile = cfg.run.compile if compile is None else compile
+    if world > 1 and device.type == "cuda":
+        # PyTorch's SyncBatchNorm is CUDA-only; CPU (gloo) workers keep per-worker BatchNorm statistics.
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    module.to(device)
+    if old_model is not None:
+        old_model.to(device)
+    if cfg.run.valid_taps:
+        fast.use_valid_taps_(module)
+        if old_model is not None:
+            fast.use_valid_taps_(old_model)
+    if old_model is not None and cfg.run.frozen_old_model:
+        # torch.compile traces no_grad, not inference_mode
+        old_model = fast.freeze_old_model(old_model, cfg.run.amp)
+    if cfg.run.channels_last:
+        module.to(memory_format=torch.channels_last)
+        if old_model is not None:
+            old_model.to(memory_format=torch.channels_last)
+    net: nn.Module = module
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=find_unused
+        )
+    if cfg.run.channels_last:
+        # Loss gradients come back NCHW from reductions; converting them once at the network's outputs keeps
+        # every backward convolution of the head on the channels_last kernels.
+        net = fast.ChannelsLastGradients(net)
+    if compile:
+        net, old_model = compile_models(net, old_model)
+    return module, net, old_model
+
+
+def compile_models(net: nn.Module, old_model: nn.Module | None) -> tuple[nn.Module, nn.Module | None]:
+    """``torch.compile`` of the network and the old model (a frozen one runs under no_grad, which dynamo traces,
+    instead of inference_mode)."""
+    if isinstance(old_model, fast.FrozenOldModel):
+        old_model.inference_mode = False
+    return torch.compile(net), (torch.compile(old_model) if old_model is not None else None)
+
+
+def make_optimizer(cfg: Config, module: Trainable, step: int) -> torch.optim.Optimizer:
+    """SGD (Nesterov by default) over the engine's parameter groups (method.md §4); fused when ``run.fused_sgd``."""
+    o = cfg.optim(step)
+    return fast.sgd(param_groups(module, cfg, step), o.lr, o.momentum, o.nesterov, o.weight_decay,
+                    fused=True if cfg.run.fused_sgd else False)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device, amp: str = "none",
              channels_last: bool = False) -> np.ndarray:
@@ -337,26 +395,7 @@ def train_step(
         method.on_model_ready(model)
     localizer = method.build_localizer(model.backbone.out_channels, cfg.model.norm) if step > 0 else None
     module = Trainable(model, localizer)
-    if world > 1 and device.type == "cuda":
-        # PyTorch's SyncBatchNorm is CUDA-only; CPU (gloo) workers keep per-worker BatchNorm statistics.
-        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    module.to(device)
-    if old_model is not None:
-        old_model.to(device)
-    if cfg.run.channels_last:
-        module.to(memory_format=torch.channels_last)
-        if old_model is not None:
-            old_model.to(memory_format=torch.channels_last)
-    net: nn.Module = module
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=method.uses_localizer,
-        )
-    if cfg.run.compile:
-        net = torch.compile(net)
-        if old_model is not None:
-            old_model = torch.compile(old_model)
+    module, net, old_model = prepare_models(cfg, module, old_model, device, world, method.uses_localizer)
     ctx = Context(net=net, module=module, old_model=old_model)
 
     # --- data ----------------------------------------------------------------------------------------------
@@ -372,8 +411,7 @@ def train_step(
 
     # --- optimiser -----------------------------------------------------------------------------------------
     o = cfg.optim(step)
-    optimizer = torch.optim.SGD(param_groups(module, cfg, step), lr=o.lr, momentum=o.momentum,
-                                nesterov=o.nesterov, weight_decay=o.weight_decay)
+    optimizer = make_optimizer(cfg, module, step)
     iters = len(train_loader)
     if cfg.run.max_iters_per_epoch:
         iters = min(iters, cfg.run.max_iters_per_epoch)

@@ -1,4 +1,5 @@
-"""Fast-path helpers for the training iteration (issue 6), kept out of ``engine.py`` until the engine adopts them.
+"""Fast-path helpers for the training iteration (issue 6), switched on by ``run.*`` config fields in
+``engine.prepare_models`` / ``engine.make_optimizer`` (`wilson-ray train --fast` turns them all on).
 
 What each helper is for, and what it changes numerically:
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from wilson_ray.atomic import atomic_write_text
 from wilson_ray.cache import default_cache_dir
-from wilson_ray.config import Config, parse_overrides, resolve_config
+from wilson_ray.config import FAST_PATH, Config, parse_overrides, resolve_config
+from wilson_ray.errors import UserError
 
 PAPER_TABLE_METHODS = ("joint", "finetune", "lwf", "ilt", "mib", "cam", "wilson")
 
@@ -25,6 +26,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="dataset folder (overrides data.root)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], help="mixed precision")
+    p.add_argument("--fast", action="store_true", default=None,
+                   help="the fast path: bf16 autocast, channels_last, frozen bf16 old model, valid-tap ASPP, fused SGD")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set method.alpha=0.7 (repeatable)")
 
@@ -36,6 +39,9 @@ def config_from_args(args: argparse.Namespace, method: str | None = None) -> Con
         value = getattr(args, flag, None)
         if value is not None:
             overrides.setdefault(key, value)
+    if getattr(args, "fast", None):
+        for key, value in FAST_PATH.items():
+            overrides.setdefault(key, value)
     return resolve_config(args.preset, args.config, method or getattr(args, "method", None), overrides)
 
 
@@ -43,11 +49,19 @@ def _cache_dir(args) -> Path:
     return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
 
 
+def parse_steps(text: str) -> list[int]:
+    """``--steps 0,1`` -> [0, 1]; anything but comma-separated integers is a UserError (range: ``check_step``)."""
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise UserError(f"--steps: got {text!r}, expected comma-separated step numbers, e.g. 1 or 0,1") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from wilson_ray.runner import format_table, run_task
 
     cfg = config_from_args(args)
-    steps = [int(s) for s in args.steps.split(",")] if args.steps else None
+    steps = parse_steps(args.steps) if args.steps else None
     rows = run_task(cfg, args.out, _cache_dir(args), steps=steps)
     print(format_table(cfg, rows))
     if args.out:
