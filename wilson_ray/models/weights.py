@@ -12,7 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
-from wilson_ray.errors import UserError
+from wilson_ray.errors import UserError, load_failure_reason
 
 _HUB_HOST = ("download.pytorch.org", 443)
 _CONNECT_TIMEOUT_S = 3.0
@@ -68,9 +68,9 @@ def _read_checkpoint(path: Path, what: str) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a weights file"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
-            f"{what}: could not read {str(path)!r} as a weights-only PyTorch checkpoint ({first}), "
+            f"{what}: could not read {str(path)!r} as a weights-only PyTorch checkpoint "
+            f"({load_failure_reason(err)}), "
             "expected a state dict saved with torch.save"
         ) from err
 
