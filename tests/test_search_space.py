@@ -292,3 +292,48 @@ def test_best_without_sweep_is_a_user_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no sweep 'nope'" in err and err.count("\n") == 1
     assert not (tmp_path / "b.yaml").exists()
+
+
+def test_grid_and_random_samplers_cover_the_space(tmp_path):
+    """search.sampler grid: every point of SearchSpace.grid exactly once (log-spaced for log-uniform, int rounded,
+    choice values as given); random: seeded, inside the bounds."""
+    import optuna
+
+    from wilson_ray.ray.tune_driver import WilsonOptunaSearch, _sampler
+
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    data["search"] = {"sampler": "grid", "grid_points": 3}
+    data["parameters"] = {
+        "method.temperature": {"distribution": "loguniform", "low": 0.25, "high": 4.0},
+        "method.alpha": {"distribution": "uniform", "low": 0.0, "high": 1.0},
+        "method.lambda_enc": {"distribution": "choice", "values": [1.0, 10.0]},
+    }
+    space = load_search_space(write(tmp_path, data))
+    grid = space.grid()
+    assert grid["method.temperature"] == pytest.approx([0.25, 1.0, 4.0])
+    assert grid["method.alpha"] == pytest.approx([0.0, 0.5, 1.0])
+    assert space.grid_size() == 18
+    s = WilsonOptunaSearch(space=space.to_optuna(), metric="miou_all", mode="max", study_name="g",
+                           sampler=_sampler(space, None), storage=optuna.storages.RDBStorage(
+                               f"sqlite:///{tmp_path / 'g.db'}"))
+    seen = set()
+    for i in range(18):
+        point = flatten(s.suggest(f"t{i}"))
+        seen.add((round(point["method.temperature"], 6), point["method.alpha"], point["method.lambda_enc"]))
+        s.on_trial_complete(f"t{i}", {"miou_all": float(i)})
+    assert len(seen) == 18
+
+    data["search"] = {"sampler": "random", "seed": 3}
+    space = load_search_space(write(tmp_path, data))
+    draws = []
+    for name in ("r1", "r2"):
+        r = WilsonOptunaSearch(space=space.to_optuna(), metric="miou_all", mode="max", study_name=name,
+                               sampler=_sampler(space, None), storage=optuna.storages.RDBStorage(
+                                   f"sqlite:///{tmp_path / 'r.db'}"))
+        draws.append(flatten(r.suggest("t0")))
+    assert draws[0] == draws[1]  # seeded
+    assert all(p.contains(draws[0][p.key]) for p in space.params)
+
+    data["search"] = {"sampler": "anneal"}
+    with pytest.raises(UserError, match="search.sampler is 'anneal', expected one of tpe, random, grid"):
+        load_search_space(write(tmp_path, data))

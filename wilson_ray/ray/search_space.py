@@ -12,7 +12,8 @@ one-line ``UserError`` naming the file and the parameter. Layout (see ``search_s
     overlap: false                  # -> data.overlap   (optional)
     step: 1                         # the incremental step every trial trains (earlier steps come from the cache)
     objective: {metric: miou_all, mode: max, multi_objective: false}
-    search: {num_samples: 8, seed: 0, evaluate_defaults: true}
+    search: {num_samples: 8, seed: 0, evaluate_defaults: true, sampler: tpe}   # sampler: tpe | random | grid
+                                    # grid: grid_points per numeric parameter (default 3), num_samples = grid size
     scheduler: {type: asha, grace_period: 1, reduction_factor: 2, max_t: null}
     resources: {workers_per_trial: 2, cpus_per_worker: 1, gpus_per_worker: 0, max_failures: 2,
                 trial_max_failures: 1}
@@ -50,7 +51,8 @@ _TOP_KEYS = ("name", "base", "task", "overlap", "step", "objective", "search", "
              "parameters", "description")
 _BASE_KEYS = ("preset", "config", "method", "set")
 _OBJECTIVE_KEYS = ("metric", "mode", "multi_objective")
-_SEARCH_KEYS = ("num_samples", "seed", "evaluate_defaults")
+_SEARCH_KEYS = ("num_samples", "seed", "evaluate_defaults", "sampler", "grid_points")
+SAMPLERS = ("tpe", "random", "grid")
 _SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor", "max_t")
 _RESOURCE_KEYS = ("workers_per_trial", "cpus_per_worker", "gpus_per_worker", "max_failures", "trial_max_failures")
 _PARAM_KEYS = ("distribution", "low", "high", "values", "step", "log", "default")
@@ -103,6 +105,8 @@ class SearchSpace:
     num_samples: int = 8
     seed: int = 0
     evaluate_defaults: bool = True
+    sampler: str = "tpe"  # Optuna sampler: tpe | random | grid
+    grid_points: int = 3  # grid sampler: points per numeric parameter (low, middle, high; log-spaced if log)
     scheduler: dict[str, Any] | None = field(default_factory=lambda: {"type": "asha"})
     workers_per_trial: int = 1
     cpus_per_worker: float = 1.0
@@ -128,6 +132,28 @@ class SearchSpace:
     def defaults(self) -> dict[str, Any]:
         """The paper's point: every swept key at its default (Optuna ``points_to_evaluate``)."""
         return {p.key: p.default for p in self.params}
+
+    def grid(self) -> dict[str, list[Any]]:
+        """Grid of the ``grid`` sampler: a choice's values; ``grid_points`` evenly spaced numbers over
+        [low, high] (geometrically for log-uniform, rounded and deduplicated for int)."""
+        out: dict[str, list[Any]] = {}
+        n = self.grid_points
+        for p in self.params:
+            if p.distribution == "choice":
+                out[p.key] = list(p.values or [])
+                continue
+            lo, hi = float(p.low), float(p.high)
+            if p.distribution == "loguniform" or p.log:
+                pts = [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)] if n > 1 else [math.sqrt(lo * hi)]
+            else:
+                pts = [lo + (hi - lo) * i / (n - 1) for i in range(n)] if n > 1 else [(lo + hi) / 2]
+            if p.distribution == "int":
+                pts = sorted({int(round(v)) for v in pts})
+            out[p.key] = pts
+        return out
+
+    def grid_size(self) -> int:
+        return math.prod(len(v) for v in self.grid().values())
 
     def metrics(self) -> list[str]:
         """Objective metric(s) for the searcher: one, or old-vs-new mIoU when multi-objective."""
@@ -184,8 +210,9 @@ def _mapping(value: Any, where: str, src: str, allowed: tuple[str, ...]) -> dict
     for key in value:
         if key not in allowed:
             near = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" (did you mean '{near[0]}'?)" if near else f"; expected one of {', '.join(allowed)}"
-            raise UserError(f"{src}: unknown key '{where + '.' if where else ''}{key}'{hint}")
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise UserError(f"{src}: unknown key '{where + '.' if where else ''}{key}'{hint}; "
+                            f"expected one of {', '.join(allowed)}")
     return value
 
 
@@ -272,7 +299,8 @@ def _check_key(p: Param, flat: dict[str, Any], method: str, src: str) -> None:
         near = difflib.get_close_matches(p.key, list(flat), n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
         what = f"of method '{method}'" if p.key.startswith("method.") else "in the config"
-        raise UserError(f"{src}: unknown parameter '{p.key}': not a key {what}{hint}")
+        raise UserError(f"{src}: unknown parameter '{p.key}': not a key {what}{hint}; expected a dotted key of "
+                        "the resolved config, e.g. method.alpha")
 
 
 def load_search_space(path: str | Path, extra: dict[str, Any] | None = None) -> SearchSpace:
@@ -327,6 +355,10 @@ def load_search_space(path: str | Path, extra: dict[str, Any] | None = None) -> 
     space.num_samples = _positive(search.get("num_samples", space.num_samples), "search.num_samples", src)
     space.seed = _number(search.get("seed", space.seed), "search.seed", src, int)
     space.evaluate_defaults = bool(search.get("evaluate_defaults", True))
+    space.sampler = search.get("sampler", space.sampler)
+    if space.sampler not in SAMPLERS:
+        raise UserError(f"{src}: search.sampler is {space.sampler!r}, expected one of {', '.join(SAMPLERS)}")
+    space.grid_points = _positive(search.get("grid_points", space.grid_points), "search.grid_points", src)
 
     if "scheduler" in data and data["scheduler"] is None:
         space.scheduler = None

@@ -360,7 +360,7 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
     workers = opts.workers_per_trial or space.workers_per_trial
     cpus = opts.cpus_per_worker if opts.cpus_per_worker is not None else space.cpus_per_worker
     gpus = opts.gpus_per_worker if opts.gpus_per_worker is not None else space.gpus_per_worker
-    num_samples = opts.num_samples or space.num_samples
+    num_samples = opts.num_samples or (space.grid_size() if space.sampler == "grid" else space.num_samples)
     if workers < 1:
         raise UserError(f"--workers-per-trial: {workers}, expected a positive integer")
     if gpus < 0 or cpus < 0:
@@ -449,7 +449,7 @@ def _tuner(space: SearchSpace, settings: dict[str, Any], sweep_path: Path, stora
     searcher = WilsonOptunaSearch(
         space=space.to_optuna(), metric=metrics if space.multi_objective else metrics[0],
         mode=["max"] * len(metrics) if space.multi_objective else space.mode,
-        points_to_evaluate=[space.defaults()] if space.evaluate_defaults else None,
+        points_to_evaluate=[space.defaults()] if space.evaluate_defaults and space.sampler != "grid" else None,
         sampler=_sampler(space, opts.seed), study_name=name, storage=storage_obj,
     )
     scheduler = None
@@ -481,10 +481,15 @@ def trial_dirname(trial) -> str:
 
 
 def _sampler(space: SearchSpace, seed: int | None):
+    """Optuna sampler of ``search.sampler``: TPE (default), random, or the grid of ``SearchSpace.grid``."""
     import optuna
 
-    return optuna.samplers.TPESampler(seed=space.seed if seed is None else seed,
-                                      n_startup_trials=max(2, min(10, space.num_samples // 3)))
+    seed = space.seed if seed is None else seed
+    if space.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if space.sampler == "grid":
+        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, space.num_samples // 3)))
 
 
 def _finish(space: SearchSpace, settings: dict[str, Any], storage: Path, name: str, tracking: TrackingInfo | None,
