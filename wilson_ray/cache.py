@@ -1,8 +1,9 @@
 """Checkpoint cache of earlier steps: each is trained once per (data, task, setting, model, seed, earlier-step
 config) and reused by every run or sweep trial that needs it.
 
-Concurrency: a per-entry ``fcntl`` lock; the first caller trains, the others wait and then read. Entries are
-written with an atomic rename, so a killed writer leaves no entry, never a truncated one.
+Concurrency: a per-entry ``fcntl`` lock (released by the kernel when its holder dies); the first caller trains,
+the others wait and then read. Entries are written with an atomic rename, so a killed writer leaves no entry, never
+a truncated one; an entry that is not a complete checkpoint anyway (copied in half, damaged) is trained again.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
@@ -68,6 +71,28 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+def valid_entry(path: Path) -> bool:
+    """True if ``path`` is a complete checkpoint file: torch's zip container with its central directory (written
+    last, so a truncated or half-copied file fails) and a pickle record. Cheap: reads the end of the file only."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(name.endswith("/data.pkl") for name in zf.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+def preflight(cfg: Config, step: int) -> None:
+    """Raise the UserError a bad task/step/data layout would cause, before the cache is touched: a run that
+    cannot start writes nothing (no lock, no entry folder) and prints nothing but the error."""
+    from wilson_ray.engine import _build_dataset, _task_of
+
+    task = _task_of(cfg)
+    task.check_step(step)
+    _build_dataset(cfg, task, step, "train")
+    for source in task.eval_data:
+        _build_dataset(cfg, task, step, "val", source)
+
+
 def cached_step(cfg: Config, step: int, cache_dir: str | Path, verbose: bool = True) -> Path:
     """Checkpoint of ``step`` for ``cfg``: read from the cache, or trained (with its earlier steps) and stored."""
     from wilson_ray.engine import train_step
@@ -75,19 +100,31 @@ def cached_step(cfg: Config, step: int, cache_dir: str | Path, verbose: bool = T
     cache_dir = Path(cache_dir)
     key = step_key(cfg, step)
     entry = cache_dir / key / f"step{step}.pt"
-    if entry.is_file():
+    if entry.is_file() and valid_entry(entry):
         return entry
+    preflight(cfg, step)
     init = cached_step(cfg, step - 1, cache_dir, verbose) if step > 0 else None
     with _locked(cache_dir / f"{key}.lock"):
-        if entry.is_file():  # another process trained it while we waited
-            return entry
+        if entry.is_file():
+            if valid_entry(entry):  # another process trained it while we waited
+                return entry
+            print(f"cache: ignoring incomplete entry {entry} (not a complete checkpoint); training it again",
+                  file=sys.stderr)
+            entry.unlink()
         if verbose:
             print(f"cache: training step {step} of task '{cfg.data.task}' once ({entry})", file=sys.stderr)
         entry.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=entry.parent, prefix=".train-") as tmp:
-            run_cfg = copy.deepcopy(cfg)
-            result = train_step(run_cfg, step, init_checkpoint=init, out_dir=tmp)
-            os.replace(result.checkpoint, entry)  # atomic publish: readers see all or nothing
+        for stale in entry.parent.glob(".train-*"):  # left by a killed trainer (we hold the lock: none is live)
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            with tempfile.TemporaryDirectory(dir=entry.parent, prefix=".train-") as tmp:
+                run_cfg = copy.deepcopy(cfg)
+                result = train_step(run_cfg, step, init_checkpoint=init, out_dir=tmp)
+                os.replace(result.checkpoint, entry)  # atomic publish: readers see all or nothing
+        except BaseException:
+            with contextlib.suppress(OSError):
+                entry.parent.rmdir()  # only if empty: a failed first training leaves no entry folder
+            raise
         atomic_write_text(cache_dir / key / "config.json", json.dumps(cfg.to_dict(), indent=1, default=str))
     return entry
 
