@@ -59,6 +59,7 @@ class OptimConfig:
     weight_decay: float = 1e-4
     policy: Literal["poly", "warmup"] = "poly"
     power: float = 0.9
+    max_iters_per_epoch: int | None = None  # cap of this phase's epochs (short sweep trials); None = full epochs
 
 
 @dataclass
@@ -75,7 +76,7 @@ class RunConfig:
     val_interval: int = 2  # evaluate every N epochs (and always after the last)
     log_interval: int = 10  # iterations between loss logs (the only host syncs)
     progress: bool = True
-    max_iters_per_epoch: int | None = None  # cap for smoke tests and benchmarks; None = full epochs
+    max_iters_per_epoch: int | None = None  # cap of every step's epochs (smoke tests); None = full epochs
     fail_on_nonfinite: bool = True
 
 

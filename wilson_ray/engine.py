@@ -413,8 +413,9 @@ def train_step(
     o = cfg.optim(step)
     optimizer = make_optimizer(cfg, module, step)
     iters = len(train_loader)
-    if cfg.run.max_iters_per_epoch:
-        iters = min(iters, cfg.run.max_iters_per_epoch)
+    for cap in (cfg.run.max_iters_per_epoch, o.max_iters_per_epoch):
+        if cap:
+            iters = min(iters, cap)
     max_it = o.epochs * iters
     constant_its = (method.constant_lr_epochs() if step > 0 else 0) * iters
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -1,0 +1,129 @@
+"""Ray overhead: N trials through ``wilson-ray sweep`` against the very same N trials as plain processes.
+
+    python -m benchmarks.ray_overhead --space search_spaces/demo.yaml --data-root data/synthetic --trials 3 --json
+
+1. A copy of the space with no early stopping (every trial runs all its epochs), ``--trials`` samples, and one Ray
+   Train worker per trial holding all ``--cpus`` CPUs, so trials run one after another as plain processes would.
+2. The earlier steps are put in the sweep's step cache first (not timed: both sides reuse it).
+3. ``python -m wilson_ray sweep ...`` (Ray start, Tune, Optuna, Ray Train, per-epoch checkpoints and reports,
+   MLflow tracking on) is timed as one process.
+4. Each finished trial's resolved config is written to YAML and trained again with ``python -m wilson_ray train
+   --config trial.yaml --steps <step>`` (same cache), one process after another; the sum is timed.
+
+Prints one JSON object: both wall times, the per-trial times of the plain runs, and ``ratio`` = sweep / plain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from benchmarks import common
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ray_overhead", description=__doc__.split("\n\n")[0])
+    p.add_argument("--space", default="search_spaces/demo.yaml")
+    p.add_argument("--data-root", default="data/synthetic")
+    p.add_argument("--trials", type=int, default=3)
+    p.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs of the local Ray cluster and of "
+                   "the one worker per trial")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra overrides for every trial (e.g. incremental.epochs=4 for >= 1 min trials)")
+    p.add_argument("--storage", help="folder for the sweep and the configs (default: a temporary folder)")
+    p.add_argument("--no-mlflow", action="store_true", help="sweep without MLflow tracking")
+    p.add_argument("--json", action="store_true")
+    return p.parse_args(argv)
+
+
+def _space_copy(src: Path, dst: Path, trials: int, cpus: int) -> Path:
+    data = yaml.safe_load(src.read_text(encoding="utf-8"))
+    base = data.setdefault("base", {})
+    if base.get("config"):  # relative to the original file
+        base["config"] = str((src.parent / base["config"]).resolve())
+    data["scheduler"] = {"type": "none"}
+    data["search"] = {**(data.get("search") or {}), "num_samples": trials}
+    data["resources"] = {**(data.get("resources") or {}), "workers_per_trial": 1, "cpus_per_worker": cpus,
+                         "gpus_per_worker": 0}
+    data["name"] = "ray-overhead"
+    dst.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return dst
+
+
+def _timed(cmd: list[str], log: Path) -> float:
+    t = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+    elapsed = time.perf_counter() - t
+    if rc != 0:
+        raise SystemExit(f"{' '.join(cmd)} exited with {rc}; see {log}")
+    return elapsed
+
+
+def run(a: argparse.Namespace) -> dict:
+    from wilson_ray.cache import previous_step_checkpoint
+    from wilson_ray.config import parse_overrides
+    from wilson_ray.ray.results import best_config_text, read_sweep, trial_rows
+    from wilson_ray.ray.search_space import load_search_space
+
+    storage = Path(a.storage or tempfile.mkdtemp(prefix="wilson-ray-overhead-")).resolve()
+    storage.mkdir(parents=True, exist_ok=True)
+    data_root = str(Path(a.data_root).resolve())
+    space_path = _space_copy(Path(a.space).resolve(), storage / "space.yaml", a.trials, a.cpus)
+    extra = {**parse_overrides(a.set), "data.root": data_root}
+    space = load_search_space(space_path, extra)
+    cache = storage / "step_cache"
+    t = time.perf_counter()
+    previous_step_checkpoint(space.base_config(extra), space.step, cache)
+    warm_s = time.perf_counter() - t
+    info = common.machine_info()
+
+    py = sys.executable
+    sets = [x for kv in a.set for x in ("--set", kv)]
+    sweep_cmd = [py, "-m", "wilson_ray", "sweep", "--space", str(space_path), "--storage", str(storage),
+                 "--data-root", data_root, "--num-cpus", str(a.cpus), "--quiet", *sets]
+    if a.no_mlflow:
+        sweep_cmd.append("--no-mlflow")
+    sweep_s = _timed(sweep_cmd, storage / "sweep.log")
+
+    rows = [r for r in trial_rows(storage, space.name) if r["outcome"] == "completed"]
+    if len(rows) != a.trials:
+        raise SystemExit(f"{len(rows)} of {a.trials} trials completed; see {storage / 'sweep.log'}")
+    sweep = read_sweep(storage, space.name)
+    plain = []
+    for r in rows:
+        cfg_path = storage / f"plain_{r['trial']}.yaml"
+        cfg_path.write_text(best_config_text(r, sweep), encoding="utf-8")
+        plain.append(_timed([py, "-m", "wilson_ray", "train", "--config", str(cfg_path), "--steps", str(space.step),
+                             "--cache-dir", str(cache)], storage / f"plain_{r['trial']}.log"))
+    plain_s = sum(plain)
+    return {
+        "benchmark": "ray_overhead", "space": a.space, "trials": a.trials, "cpus": a.cpus, "set": a.set,
+        "mlflow": not a.no_mlflow, "epochs_per_trial": [r["epochs"] for r in rows],
+        "sweep_s": round(sweep_s, 2), "plain_s": round(plain_s, 2), "plain_trial_s": [round(x, 2) for x in plain],
+        "ratio": round(sweep_s / plain_s, 4), "cache_warm_s": round(warm_s, 2), "storage": str(storage),
+        **info, "loadavg_end": common.load_average(),
+    }
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    r = run(a)
+    if a.json:
+        print(json.dumps(r))
+    else:
+        print(f"{r['trials']} trials: sweep {r['sweep_s']:.1f} s, plain processes {r['plain_s']:.1f} s "
+              f"({', '.join(f'{x:.1f}' for x in r['plain_trial_s'])}), ratio {r['ratio']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
