@@ -1,8 +1,10 @@
 """Peak memory of a whole command and every process it starts (Ray's raylet, GCS, workers, the MLflow store...).
 
+Linux only (reads /proc).
+
     python -m benchmarks.peak_rss --json -- bash scripts/demo.sh
 
-Samples the summed resident set size of the command's process tree every ``--interval`` seconds (psutil) and
+Samples the summed resident set size of the command's process tree every ``--interval`` seconds (/proc) and
 prints one JSON object: wall seconds, exit code, peak summed RSS, the peak of the largest single process, and the
 process count at the peak. Ray daemons started by the command are children of it (``ray.init`` in the driver), so
 they are counted; a cluster started beforehand (``ray start``) is not.
@@ -12,31 +14,45 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 
-import psutil
-
 from benchmarks import common
 
 
-def tree_rss(root: psutil.Process) -> tuple[int, int, int]:
-    """(summed RSS, largest single RSS, process count) of ``root`` and its descendants, in bytes."""
-    procs = [root]
-    try:
-        procs += root.children(recursive=True)
-    except psutil.Error:
-        pass
-    total, largest, n = 0, 0, 0
-    for p in procs:
-        try:
-            rss = p.memory_info().rss
-        except psutil.Error:
+def _processes() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, RSS bytes) of every live process, from /proc."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
             continue
-        total += rss
-        largest = max(largest, rss)
-        n += 1
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/statm", encoding="utf-8") as f:
+                rss_pages = int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        out[int(entry)] = (int(fields[1]), rss_pages * page)
+    return out
+
+
+def tree_rss(root: int) -> tuple[int, int, int]:
+    """(summed RSS, largest single RSS, process count) of ``root`` and its descendants, in bytes."""
+    procs = _processes()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    total, largest, n, todo = 0, 0, 0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in procs:
+            rss = procs[pid][1]
+            total, largest, n = total + rss, max(largest, rss), n + 1
+        todo.extend(children.get(pid, []))
     return total, largest, n
 
 
@@ -51,10 +67,9 @@ def main(argv=None) -> int:
         p.error("give the command after --")
     t0 = time.perf_counter()
     child = subprocess.Popen(cmd, stdout=sys.stderr)  # the command's output goes to stderr, the result to stdout
-    root = psutil.Process(child.pid)
     peak, peak_single, peak_n = 0, 0, 0
     while child.poll() is None:
-        total, largest, n = tree_rss(root)
+        total, largest, n = tree_rss(child.pid)
         if total > peak:
             peak, peak_n = total, n
         peak_single = max(peak_single, largest)
