@@ -162,31 +162,6 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
             ImportError, AssertionError, NotImplementedError, ZeroDivisionError)
 
 
-def _cpu_sync_batchnorm_guard(cfg) -> None:
-    """PyTorch's DDP refuses SyncBatchNorm on CPU modules ("SyncBatchNorm layers only work with GPU modules").
-    On a CPU worker group keep plain BatchNorm (per-rank statistics, as DDP on CPU allows); on GPUs nothing
-    changes. A no-op when the engine itself only converts on CUDA."""
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return
-    device = str(cfg.run.device)
-    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if on_gpu or getattr(torch.nn.SyncBatchNorm, "_wilson_ray_cpu_guard", False):
-        return
-    original = torch.nn.SyncBatchNorm.convert_sync_batchnorm
-
-    def convert(module, process_group=None):
-        first = next(module.parameters(), None)
-        if first is not None and first.device.type == "cpu":
-            return module
-        return original(module, process_group)
-
-    torch.nn.SyncBatchNorm.convert_sync_batchnorm = staticmethod(convert)
-    torch.nn.SyncBatchNorm._wilson_ray_cpu_guard = True
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point of every Train worker; ``config`` comes from ``build_trainer``'s ``train_loop_config``."""
     import ray.train
@@ -233,7 +208,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if rank == 0:
                 print(f"wilson-ray: resuming trial {config.get('trial_id')} after epoch {meta['epoch']}",
                       file=sys.stderr, flush=True)
-        _cpu_sync_batchnorm_guard(cfg)
         try:
             engine.train_step(cfg, step, init_checkpoint=Path(init) if init else None,
                               out_dir=Path(config["trial_dir"]) / "model", callbacks=[callback], resume_from=resume)
