@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	# the editable package's bytecode: every Ray worker imports it, and with PYTHONDONTWRITEBYTECODE set (as on
+	# the reference machine) each one would compile it from source again
+	$(BIN)/python -m compileall -q wilson_ray
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -283,6 +283,51 @@ def test_killed_worker_resumes_from_its_checkpoint(synth, storage):
     wait_for(lambda: not group_alive(proc.pid), 60)
 
 
+@pytest.mark.faults
+@pytest.mark.timeout(600)
+def test_single_worker_trial_runs_in_its_tune_process_and_resumes_after_a_kill(synth, storage):
+    """``--workers-per-trial 1`` (trainer auto -> direct): the step runs in the Tune trial's process, with no
+    TorchTrainer; that process SIGKILLed mid-training is restarted by Tune's FailureConfig from the trial's last
+    epoch checkpoint, the trial completes, and MLflow holds every epoch exactly once."""
+    name = "direct"
+    cmd = sweep_cmd(synth, storage, name, 1)
+    cmd[cmd.index("--workers-per-trial") + 1] = "1"
+    cmd[cmd.index("incremental.epochs=2")] = "incremental.epochs=4"
+    cmd[cmd.index("run.max_iters_per_epoch=2")] = "run.max_iters_per_epoch=5"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        epochs = storage / name / "trials"
+        wait_for(lambda: any((p / "epochs" / "0002.json").is_file() for p in epochs.glob("*")), 400, proc)
+        ps = subprocess.run(["ps", "-eo", "pid=,pgid=,sid=,args="], capture_output=True, text=True).stdout
+        rows = [line.split(None, 3) for line in ps.splitlines()]
+        assert not any(len(f) == 4 and int(f[2]) == proc.pid and f[3].startswith("ray::RayTrainWorker")
+                       for f in rows), "a single-worker trial started a Ray Train worker group"
+        trials = [int(f[0]) for f in rows if len(f) == 4 and int(f[2]) == proc.pid and f[0] == f[1]
+                  and f[3].startswith("ray::ImplicitFunc")]
+        assert trials, "no Tune trial process found"
+        os.kill(trials[-1], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            kill_session(proc.pid)
+    assert proc.returncode == 0, out[-5000:]
+    assert "in the trial process" in out and "resuming trial" in out
+    assert not (storage / name / "train").exists()  # no TorchTrainer run storage
+    summary = json.loads((storage / name / "summary.json").read_text())
+    (t,) = summary["trials"]
+    assert t["outcome"] == "completed" and t["epochs"] == 4, t
+    runs = [r for r in trial_runs(f"sqlite:///{storage / 'mlflow.db'}", name)
+            if r.data.tags.get("wilson_ray.role") == "trial"]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    from mlflow.tracking import MlflowClient
+
+    steps = [m.step for m in MlflowClient(f"sqlite:///{storage / 'mlflow.db'}").get_metric_history(
+        runs[0].info.run_id, "epoch")]
+    assert steps == [1, 2, 3, 4], steps
+    wait_for(lambda: not group_alive(proc.pid), 60)
+
+
 def start_mlflow(store: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_PORT": str(port), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "mlflow_server.sh"), str(store)],

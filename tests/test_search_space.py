@@ -337,3 +337,18 @@ def test_grid_and_random_samplers_cover_the_space(tmp_path):
     data["search"] = {"sampler": "anneal"}
     with pytest.raises(UserError, match="search.sampler is 'anneal', expected one of tpe, random, grid"):
         load_search_space(write(tmp_path, data))
+
+
+def test_trainer_choice(tmp_path):
+    from wilson_ray.ray.tune_driver import trainer_kind
+
+    assert load_search_space(write(tmp_path, BASE)).trainer == "auto"
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    data["resources"] = {"workers_per_trial": 1, "trainer": "direct"}
+    assert load_search_space(write(tmp_path, data)).trainer == "direct"
+    data["resources"]["trainer"] = "process"
+    expect_error(tmp_path, data, "resources.trainer", "'process'", "auto, torch, direct")
+    # auto: one worker trains in the trial's own process, more use a TorchTrainer
+    assert [trainer_kind("auto", 1), trainer_kind("auto", 2), trainer_kind("torch", 1)] == ["direct", "torch", "torch"]
+    with pytest.raises(UserError, match=r"--trainer direct: .* --workers-per-trial is 4"):
+        trainer_kind("direct", 4)

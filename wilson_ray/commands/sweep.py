@@ -32,6 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("--workers-per-trial", type=int, help="Ray Train workers per trial (default: the space's)")
     p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker, 0 for CPU/gloo (default: the space's)")
     p.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default: the space's, usually 1)")
+    p.add_argument("--trainer", choices=("auto", "torch", "direct"),
+                   help="how a trial trains: torch = a Ray Train TorchTrainer, direct = in the Tune trial's own "
+                        "process (1 worker only), auto = direct for 1 worker per trial (default: the space's, auto)")
     p.add_argument("--storage", default=DEFAULT_STORAGE,
                    help=f"folder for the sweep, its MLflow store and step cache (default: {DEFAULT_STORAGE}; "
                         "use an absolute or shared path on a cluster)")
@@ -88,7 +91,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     opts = SweepOptions(
         space=space, storage=Path(args.storage), name=args.name, num_samples=args.num_samples,
         workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
-        gpus_per_worker=args.gpus_per_worker, tracking_uri=args.tracking_uri, tracking=not args.no_mlflow,
+        gpus_per_worker=args.gpus_per_worker, trainer=args.trainer, tracking_uri=args.tracking_uri,
+        tracking=not args.no_mlflow,
         address=args.address, num_cpus=args.num_cpus, extra=extra, verbose=0 if args.quiet else 1, seed=args.seed,
     )
     outcome = run_sweep(opts)

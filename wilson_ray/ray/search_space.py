@@ -16,7 +16,8 @@ one-line ``UserError`` naming the file and the parameter. Layout (see ``search_s
                                     # grid: grid_points per numeric parameter (default 3), num_samples = grid size
     scheduler: {type: asha, grace_period: 1, reduction_factor: 2, max_t: null}
     resources: {workers_per_trial: 2, cpus_per_worker: 1, gpus_per_worker: 0, max_failures: 2,
-                trial_max_failures: 1}
+                trial_max_failures: 1, trainer: auto}   # trainer: auto | torch | direct
+                                    # auto: a TorchTrainer when workers_per_trial > 1, else the trial's own process
     parameters:
       method.alpha: {distribution: uniform, low: 0.0, high: 1.0}
       method.lambda_cls: {distribution: loguniform, low: 0.1, high: 10.0}
@@ -54,7 +55,9 @@ _OBJECTIVE_KEYS = ("metric", "mode", "multi_objective")
 _SEARCH_KEYS = ("num_samples", "seed", "evaluate_defaults", "sampler", "grid_points")
 SAMPLERS = ("tpe", "random", "grid")
 _SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor", "max_t")
-_RESOURCE_KEYS = ("workers_per_trial", "cpus_per_worker", "gpus_per_worker", "max_failures", "trial_max_failures")
+_RESOURCE_KEYS = ("workers_per_trial", "cpus_per_worker", "gpus_per_worker", "max_failures", "trial_max_failures",
+                  "trainer")
+TRAINERS = ("auto", "torch", "direct")
 _PARAM_KEYS = ("distribution", "low", "high", "values", "step", "log", "default")
 _UNSWEEPABLE = ("method.name", "data.task", "data.root", "data.voc_root", "data.overlap", "run.device")
 
@@ -113,6 +116,7 @@ class SearchSpace:
     gpus_per_worker: float = 0.0
     max_failures: int = 2
     trial_max_failures: int = 1
+    trainer: str = "auto"  # torch: a TorchTrainer per trial; direct: in the trial process (1 worker); auto
     params: list[Param] = field(default_factory=list)
 
     # -- configs ---------------------------------------------------------------------------------------------
@@ -389,6 +393,9 @@ def load_search_space(path: str | Path, extra: dict[str, Any] | None = None) -> 
                                       allow_zero=True)
     space.max_failures = _number(res.get("max_failures", 2), "resources.max_failures", src, int)
     space.trial_max_failures = _number(res.get("trial_max_failures", 1), "resources.trial_max_failures", src, int)
+    space.trainer = res.get("trainer", "auto")
+    if space.trainer not in TRAINERS:
+        raise UserError(f"{src}: resources.trainer is {space.trainer!r}, expected one of {', '.join(TRAINERS)}")
 
     params = data.get("parameters")
     if not isinstance(params, dict) or not params:

@@ -8,6 +8,12 @@ calls ``ray.train.report`` (a barrier); rank 0 attaches the training state writt
 worker group (``FailureConfig(max_failures)``) resumes from ``ray.train.get_checkpoint()``.
 
 ``build_trainer(...)`` makes the ``TorchTrainer`` for one trial (used by the Tune driver, or alone).
+
+``run_direct(config)`` runs the same step in the calling Tune trial's own process instead (single-worker trials,
+``resources.trainer: direct``): the same callback reports through ``ray.tune.report`` and resumes from
+``ray.tune.get_checkpoint()``, so Tune's ``FailureConfig`` restarts a crashed trial from its last epoch.
+A TorchTrainer with one worker adds a controller actor, a worker actor, a placement group and a process
+group to every trial and a report round trip to every epoch, and buys nothing a single process needs.
 """
 
 from __future__ import annotations
@@ -71,8 +77,10 @@ class RayReportCallback:
     scheduler decision on the last result (ASHA stops trials at max_t) cannot cut them off.
     """
 
-    def __init__(self, rank: int, total_epochs: int, record=None, tracker=None, final_artifacts=None):
+    def __init__(self, rank: int, total_epochs: int, record=None, tracker=None, final_artifacts=None,
+                 report=None):
         self.rank = rank
+        self.report = report or _train_report
         self.total_epochs = total_epochs
         self.record = record
         self.tracker = tracker
@@ -106,15 +114,25 @@ class RayReportCallback:
             self._report(m, tmp)
 
     def _report(self, metrics: dict[str, float], tmp: str) -> None:
-        import ray.train
-
         try:
-            checkpoint = ray.train.Checkpoint.from_directory(tmp) if self.rank == 0 else None
-            ray.train.report(metrics, checkpoint=checkpoint)
+            self.report(metrics, tmp if self.rank == 0 else None)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         if self.tracker is not None:
             self.tracker.request()
+
+
+def _train_report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+    import ray.train
+
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
+                     if checkpoint_dir else None)
+
+
+def _tune_report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+    from ray import tune
+
+    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
 
 
 def write_final_artifacts(record, result, cfg, step: int) -> None:
@@ -166,10 +184,32 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point of every Train worker; ``config`` comes from ``build_trainer``'s ``train_loop_config``."""
     import ray.train
 
+    device = None
+    if config.get("use_gpu"):
+        import ray.train.torch
+
+        device = str(ray.train.torch.get_device())
+    run_step(config, ray.train.get_context().get_world_rank(), ray.train.get_checkpoint(), _train_report, device)
+
+
+def run_direct(config: dict[str, Any]) -> None:
+    """One trial's step in the calling Tune function trainable's process (no TorchTrainer); same ``config``."""
+    from ray import tune
+
+    cpus = int(config.get("cpus") or 0)
+    if cpus >= 1:
+        import torch
+
+        torch.set_num_threads(cpus)  # the trial's CPU reservation, as a Train worker would get it
+    run_step(config, 0, tune.get_checkpoint(), _tune_report, None)
+
+
+def run_step(config: dict[str, Any], rank: int, checkpoint, report, device: str | None) -> None:
+    """Train ``config['step']`` with per-epoch ``report(metrics, checkpoint_dir)``, resuming from ``checkpoint``
+    (a Ray ``Checkpoint`` holding ``STATE_META``, or None); rank 0 keeps the trial record and MLflow in sync."""
     from wilson_ray.config import config_from_dict
     from wilson_ray.tracking.mlflow_tracker import BackgroundSync, TrackingInfo, TrialRecord, TrialTracker
 
-    rank = ray.train.get_context().get_world_rank()
     record = TrialRecord(config["trial_dir"])
     failed = record.failure()
     if failed is not None:
@@ -178,10 +218,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return
     cfg = config_from_dict(config["cfg"], source=f"trial {config.get('trial_id', '')}")
     step = int(config["step"])
-    if config.get("use_gpu"):
-        import ray.train.torch
-
-        cfg.run.device = str(ray.train.torch.get_device())
+    if device is not None:
+        cfg.run.device = device
     tracker = None
     if rank == 0 and config.get("tracking"):
         tracker = BackgroundSync(TrialTracker(TrackingInfo.from_dict(config["tracking"]), record))
@@ -189,6 +227,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     callback = RayReportCallback(
         rank, cfg.optim(step).epochs, record=record if rank == 0 else None, tracker=tracker,
         final_artifacts=(lambda result: write_final_artifacts(record, result, cfg, step)) if rank == 0 else None,
+        report=report,
     )
     from wilson_ray import engine
 
@@ -196,7 +235,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     init = config.get("init_checkpoint")
     with contextlib.ExitStack() as stack:
         resume = None
-        checkpoint = ray.train.get_checkpoint()
         if checkpoint is not None:
             folder = Path(stack.enter_context(checkpoint.as_directory()))
             meta = json.loads((folder / STATE_META).read_text())
@@ -222,6 +260,36 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         tracker.close()
 
 
+def loop_config(*, cfg_dict: dict[str, Any], step: int, trial_id: str, trial_dir: str | Path,
+                init_checkpoint: str | Path | None, tracking: dict[str, Any] | None, use_gpu: bool = False,
+                cpus: float = 0) -> dict[str, Any]:
+    """The ``config`` that ``train_loop_per_worker`` / ``run_direct`` receive."""
+    return {"cfg": cfg_dict, "step": step, "trial_id": trial_id, "trial_dir": str(trial_dir),
+            "init_checkpoint": str(init_checkpoint) if init_checkpoint else None, "tracking": tracking,
+            "use_gpu": use_gpu, "cpus": cpus}
+
+
+def _trainer_class():
+    """``TorchTrainer`` without Ray Data's per-run ``DatasetManager`` actor: trials read their data with the
+    engine's DataLoader and pass no ``datasets``, yet Train V2 starts that actor (a process importing Ray Data)
+    for every run. If Ray's private callback list changes, this falls back to the plain TorchTrainer."""
+    from ray.train.torch import TorchTrainer
+
+    try:
+        from ray.train.v2._internal.callbacks import DatasetsCallback
+    except ImportError:
+        return TorchTrainer
+
+    class NoDatasetsTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [cb for cb in callbacks if not isinstance(cb, DatasetsCallback)]
+
+    return NoDatasetsTorchTrainer
+
+
 def build_trainer(*, cfg_dict: dict[str, Any], step: int, trial_id: str, trial_dir: str | Path,
                   storage_path: str | Path, init_checkpoint: str | Path | None, workers: int,
                   cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, max_failures: int = 2,
@@ -229,20 +297,17 @@ def build_trainer(*, cfg_dict: dict[str, Any], step: int, trial_id: str, trial_d
     """The ``TorchTrainer`` of one trial; its run is named after the trial so a restored trial finds its
     checkpoints (Train V2 restores a run from ``storage_path/name``)."""
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     apply_train_env()
     use_gpu = gpus_per_worker > 0
     resources = {"CPU": cpus_per_worker}
     if use_gpu:
         resources["GPU"] = gpus_per_worker
-    return TorchTrainer(
+    return _trainer_class()(
         train_loop_per_worker,
-        train_loop_config={
-            "cfg": cfg_dict, "step": step, "trial_id": trial_id, "trial_dir": str(trial_dir),
-            "init_checkpoint": str(init_checkpoint) if init_checkpoint else None, "tracking": tracking,
-            "use_gpu": use_gpu,
-        },
+        train_loop_config=loop_config(cfg_dict=cfg_dict, step=step, trial_id=trial_id, trial_dir=trial_dir,
+                                      init_checkpoint=init_checkpoint, tracking=tracking, use_gpu=use_gpu),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),

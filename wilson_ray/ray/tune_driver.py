@@ -58,6 +58,7 @@ class SweepOptions:
     gpus_per_worker: float | None = None
     tracking_uri: str | None = None
     tracking: bool = True
+    trainer: str | None = None  # auto | torch | direct (default: the space's resources.trainer)
     address: str | None = None
     num_cpus: int | None = None  # logical CPUs of a local cluster (default: this machine's)
     extra: dict[str, Any] = field(default_factory=dict)  # --set / --data-root overrides
@@ -99,10 +100,11 @@ def trial_config(settings: dict[str, Any], values: dict[str, Any]):
 
 
 def trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
-    """Tune function trainable: one trial = one TorchTrainer run of ``settings['step']``."""
+    """Tune function trainable: one trial = one TorchTrainer run of ``settings['step']``, or with
+    ``settings['trainer'] == 'direct'`` the step itself, in this process (see ``train_loop.run_direct``)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from wilson_ray.ray.train_loop import build_trainer
+    from wilson_ray.ray.train_loop import build_trainer, loop_config, run_direct
 
     ctx = tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
@@ -131,15 +133,19 @@ def trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
         from wilson_ray.cache import previous_step_checkpoint
 
         init = previous_step_checkpoint(trial_config(settings, values), settings["step"], settings["cache_dir"])
-    trainer = build_trainer(
-        cfg_dict=cfg_dict, step=settings["step"], trial_id=trial_id, trial_dir=record.dir,
-        storage_path=Path(settings["sweep_dir"]) / "train", init_checkpoint=init,
-        workers=settings["workers"], cpus_per_worker=settings["cpus_per_worker"],
-        gpus_per_worker=settings["gpus_per_worker"], max_failures=settings["max_failures"],
-        tracking=settings.get("tracking"), callbacks=[TuneReportCallback()],
-    )
     try:
-        trainer.fit()
+        if settings.get("trainer") == "direct":
+            run_direct(loop_config(cfg_dict=cfg_dict, step=settings["step"], trial_id=trial_id,
+                                   trial_dir=record.dir, init_checkpoint=init, tracking=settings.get("tracking"),
+                                   cpus=settings["cpus_per_worker"]))
+        else:
+            build_trainer(
+                cfg_dict=cfg_dict, step=settings["step"], trial_id=trial_id, trial_dir=record.dir,
+                storage_path=Path(settings["sweep_dir"]) / "train", init_checkpoint=init,
+                workers=settings["workers"], cpus_per_worker=settings["cpus_per_worker"],
+                gpus_per_worker=settings["gpus_per_worker"], max_failures=settings["max_failures"],
+                tracking=settings.get("tracking"), callbacks=[TuneReportCallback()],
+            ).fit()
     except Exception:  # Train's errors wrap the worker's; Tune retries or reports it (TrialOutcomeCallback)
         reason = record.failure()
         if reason is not None:
@@ -307,8 +313,19 @@ def check_cluster(workers: int, cpus_per_worker: float, gpus_per_worker: float, 
 # The sweep
 
 
+def trainer_kind(requested: str, workers: int) -> str:
+    """``torch`` (a TorchTrainer per trial) or ``direct`` (the step in the trial's own process): ``auto`` is
+    direct for single-worker trials, where a worker group only adds start-up and per-epoch report cost."""
+    if requested == "direct" and workers > 1:
+        raise UserError(f"--trainer direct: runs a trial in one process, but --workers-per-trial is {workers}; "
+                        "expected --workers-per-trial 1 or --trainer torch/auto")
+    if requested == "auto":
+        return "direct" if workers == 1 else "torch"
+    return requested
+
+
 def _settings(opts: SweepOptions, name: str, sweep_path: Path, base_cfg, tracking: TrackingInfo | None,
-              workers: int, cpus: float, gpus: float) -> dict[str, Any]:
+              workers: int, cpus: float, gpus: float, trainer: str) -> dict[str, Any]:
     space = opts.space
     step = space.step
     epochs_key = "incremental.epochs" if step > 0 else "step0.epochs"
@@ -319,7 +336,7 @@ def _settings(opts: SweepOptions, name: str, sweep_path: Path, base_cfg, trackin
     return {
         "name": name, "sweep_dir": str(sweep_path), "step": step, "base": base_cfg.to_dict(),
         "keys": space.keys, "kinds": {p.key: p.distribution for p in space.params},
-        "workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": gpus,
+        "workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": gpus, "trainer": trainer,
         "max_failures": space.max_failures, "cache_dir": str(Path(opts.storage) / "step_cache"),
         "tracking": tracking.to_dict() if tracking else None, "epochs": epochs,
     }
@@ -365,6 +382,7 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
         raise UserError(f"--workers-per-trial: {workers}, expected a positive integer")
     if gpus < 0 or cpus < 0:
         raise UserError("--gpus-per-worker/--cpus-per-worker: negative, expected >= 0")
+    trainer = trainer_kind(opts.trainer or space.trainer, workers)
 
     extra = dict(opts.extra)
     base_cfg = space.base_config(extra)
@@ -377,6 +395,10 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
                         f"config (fingerprint {previous.get('fingerprint')} vs {fingerprint}); expected the same "
                         "--space/--set/--data-root to resume it, or a new --name")
 
+    if previous is not None and previous.get("trainer", trainer) != trainer:
+        # its trials' checkpoints live where the first run's trainer put them (Train's or Tune's storage)
+        log(f"sweep {name}: resuming with --trainer {previous['trainer']} as it was started (not {trainer})")
+        trainer = previous["trainer"]
     uri = None
     tracking = None
     if opts.tracking:
@@ -393,7 +415,7 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
             "name": name, "fingerprint": fingerprint, "space": str(space.path.resolve()), "step": space.step,
             "metric": space.metric, "mode": space.mode, "multi_objective": space.multi_objective,
             "keys": space.keys, "num_samples": num_samples, "workers_per_trial": workers,
-            "cpus_per_worker": cpus, "gpus_per_worker": gpus, "tracking_uri": uri,
+            "cpus_per_worker": cpus, "gpus_per_worker": gpus, "trainer": trainer, "tracking_uri": uri,
             "cache_dir": str(storage / "step_cache"), "created": (previous or {}).get("created", time.time()),
             "base": base_cfg.to_dict(),
         })
@@ -405,7 +427,7 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
                                 **{f"space.{p.key}": p.describe() for p in space.params}},
                         tags={"wilson_ray.space": str(space.path.resolve())}, files=[space.path])
             tracking.parent_run_id = parent.run_id
-        settings = _settings(opts, name, sweep_path, base_cfg, tracking, workers, cpus, gpus)
+        settings = _settings(opts, name, sweep_path, base_cfg, tracking, workers, cpus, gpus, trainer)
 
         # Earlier steps once, here, with all the driver's cores; trials then only read the cache.
         if space.step > 0:
@@ -419,7 +441,8 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
 
         tuner, restored = _tuner(space, settings, sweep_path, storage, name, num_samples, concurrency, opts)
         log(f"sweep {name}: {'resuming' if restored else 'starting'} {num_samples} trials, {workers} worker(s) "
-            f"per trial, up to {concurrency} at a time; storage {sweep_path}")
+            f"per trial ({'TorchTrainer' if trainer == 'torch' else 'in the trial process'}), up to {concurrency} "
+            f"at a time; storage {sweep_path}")
         interrupted = False
         try:
             tuner.fit()
@@ -433,7 +456,10 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
 
 def _tuner(space: SearchSpace, settings: dict[str, Any], sweep_path: Path, storage: Path, name: str,
            num_samples: int, concurrency: int, opts: SweepOptions):
-    trainable = tune.with_resources(tune.with_parameters(trial, settings=settings), DRIVER_RESOURCES)
+    resources = DRIVER_RESOURCES
+    if settings["trainer"] == "direct":  # the trial process trains: it holds the one worker's reservation
+        resources = {"CPU": settings["cpus_per_worker"], "GPU": settings["gpus_per_worker"]}
+    trainable = tune.with_resources(tune.with_parameters(trial, settings=settings), resources)
     if tune.Tuner.can_restore(str(sweep_path)):
         tuner = tune.Tuner.restore(str(sweep_path), trainable=trainable, resume_errored=True)
         return tuner, True
@@ -464,15 +490,28 @@ def _tuner(space: SearchSpace, settings: dict[str, Any], sweep_path: Path, stora
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
                                     max_concurrent_trials=concurrency,
-                                    reuse_actors=os.environ.get("WILSON_RAY_REUSE_ACTORS", "0") == "1",
+                                    reuse_actors=_reuse_actors(settings),
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=str(storage), verbose=opts.verbose,
-            failure_config=tune.FailureConfig(max_failures=space.trial_max_failures),
+            # direct trials have no Train worker group: worker crashes land here too
+            failure_config=tune.FailureConfig(max_failures=space.trial_max_failures + (
+                settings["max_failures"] if settings["trainer"] == "direct" else 0)),
             callbacks=[TrialOutcomeCallback(settings)],
         ),
     )
     return tuner, False
+
+
+def _reuse_actors(settings: dict[str, Any]) -> bool:
+    """Reuse the trial processes of TorchTrainer trials (each only waits on its trainer; a fresh one costs a
+    process start and the ray.train/torch imports, ~5 s per trial on 2 cores, measured); direct trials train in
+    that process, so each gets a fresh one (no model, allocator or thread state carried between trials).
+    ``WILSON_RAY_REUSE_ACTORS=0|1`` overrides."""
+    env = os.environ.get("WILSON_RAY_REUSE_ACTORS")
+    if env in ("0", "1"):
+        return env == "1"
+    return settings["trainer"] == "torch"
 
 
 def trial_dirname(trial) -> str:
