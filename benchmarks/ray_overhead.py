@@ -2,8 +2,10 @@
 
     python -m benchmarks.ray_overhead --space search_spaces/demo.yaml --data-root data/synthetic --trials 3 --json
 
-1. A copy of the space with no early stopping (every trial runs all its epochs), ``--trials`` samples, and one Ray
-   Train worker per trial holding all ``--cpus`` CPUs, so trials run one after another as plain processes would.
+1. A copy of the space with no early stopping (every trial runs all its epochs), ``--trials`` samples, and one
+   worker per trial holding all ``--cpus`` CPUs, so trials run one after another as plain processes would.
+   ``--trainer direct`` (the sweep's default for one worker) trains in the Tune trial process; ``--trainer torch``
+   runs every trial as a one-worker Ray Train ``TorchTrainer``, the path multi-worker trials take.
 2. The earlier steps are put in the sweep's step cache first (not timed: both sides reuse it).
 3. ``python -m wilson_ray sweep ...`` (Ray start, Tune, Optuna, Ray Train, per-epoch checkpoints and reports,
    MLflow tracking on) is timed as one process.
@@ -40,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="extra overrides for every trial (e.g. incremental.epochs=4 for >= 1 min trials)")
     p.add_argument("--storage", help="folder for the sweep and the configs (default: a temporary folder)")
     p.add_argument("--no-mlflow", action="store_true", help="sweep without MLflow tracking")
+    p.add_argument("--trainer", choices=("direct", "torch"), default="direct",
+                   help="direct: the trial trains in its Tune process (default for 1 worker); torch: a TorchTrainer")
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
 
@@ -68,6 +72,18 @@ def _timed(cmd: list[str], log: Path) -> float:
     return elapsed
 
 
+def _timeline(trial_dir: Path) -> dict:
+    """From the trial record's file times: trial start -> first epoch record, mean gap between epoch records,
+    last epoch record -> outcome (final evaluation, artifacts, MLflow)."""
+    start = (trial_dir / "trial.json").stat().st_mtime
+    epochs = sorted(p.stat().st_mtime for p in (trial_dir / "epochs").glob("*.json"))
+    end = (trial_dir / "outcome.json").stat().st_mtime
+    gaps = [b - a for a, b in zip(epochs, epochs[1:])]
+    return {"trial": trial_dir.name, "start_to_first_epoch_s": round(epochs[0] - start, 1),
+            "epoch_s_mean": round(sum(gaps) / len(gaps), 2) if gaps else None,
+            "last_epoch_to_end_s": round(end - epochs[-1], 1), "total_s": round(end - start, 1)}
+
+
 def run(a: argparse.Namespace) -> dict:
     from wilson_ray.cache import previous_step_checkpoint
     from wilson_ray.config import parse_overrides
@@ -89,7 +105,7 @@ def run(a: argparse.Namespace) -> dict:
     py = sys.executable
     sets = [x for kv in a.set for x in ("--set", kv)]
     sweep_cmd = [py, "-m", "wilson_ray", "sweep", "--space", str(space_path), "--storage", str(storage),
-                 "--data-root", data_root, "--num-cpus", str(a.cpus), "--quiet", *sets]
+                 "--data-root", data_root, "--num-cpus", str(a.cpus), "--trainer", a.trainer, "--quiet", *sets]
     if a.no_mlflow:
         sweep_cmd.append("--no-mlflow")
     sweep_s = _timed(sweep_cmd, storage / "sweep.log")
@@ -105,11 +121,14 @@ def run(a: argparse.Namespace) -> dict:
         plain.append(_timed([py, "-m", "wilson_ray", "train", "--config", str(cfg_path), "--steps", str(space.step),
                              "--cache-dir", str(cache)], storage / f"plain_{r['trial']}.log"))
     plain_s = sum(plain)
+    timeline = [_timeline(storage / space.name / "trials" / r["trial"]) for r in rows]
     return {
         "benchmark": "ray_overhead", "space": a.space, "trials": a.trials, "cpus": a.cpus, "set": a.set,
+        "trainer": a.trainer,
         "mlflow": not a.no_mlflow, "epochs_per_trial": [r["epochs"] for r in rows],
         "sweep_s": round(sweep_s, 2), "plain_s": round(plain_s, 2), "plain_trial_s": [round(x, 2) for x in plain],
         "ratio": round(sweep_s / plain_s, 4), "cache_warm_s": round(warm_s, 2), "storage": str(storage),
+        "sweep_trial_timeline": timeline,
         **info, "loadavg_end": common.load_average(),
     }
 

@@ -490,7 +490,10 @@ def _tuner(space: SearchSpace, settings: dict[str, Any], sweep_path: Path, stora
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
                                     max_concurrent_trials=concurrency,
-                                    reuse_actors=_reuse_actors(settings),
+                                    # a reused trial process keeps running the TorchTrainer of a trial ASHA
+                                    # stopped, whose workers then hold the CPUs the next trial waits for
+                                    # (measured: the demo hung after its first early stop)
+                                    reuse_actors=os.environ.get("WILSON_RAY_REUSE_ACTORS", "0") == "1",
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=str(storage), verbose=opts.verbose,
@@ -501,17 +504,6 @@ def _tuner(space: SearchSpace, settings: dict[str, Any], sweep_path: Path, stora
         ),
     )
     return tuner, False
-
-
-def _reuse_actors(settings: dict[str, Any]) -> bool:
-    """Reuse the trial processes of TorchTrainer trials (each only waits on its trainer; a fresh one costs a
-    process start and the ray.train/torch imports, ~5 s per trial on 2 cores, measured); direct trials train in
-    that process, so each gets a fresh one (no model, allocator or thread state carried between trials).
-    ``WILSON_RAY_REUSE_ACTORS=0|1`` overrides."""
-    env = os.environ.get("WILSON_RAY_REUSE_ACTORS")
-    if env in ("0", "1"):
-        return env == "1"
-    return settings["trainer"] == "torch"
 
 
 def trial_dirname(trial) -> str:
