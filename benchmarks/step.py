@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import gc
 import json
+import resource
 import statistics
 import sys
 import time
@@ -231,6 +232,7 @@ def run(a: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats(s.device)
     times, cpu = [], []
     loss = None
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(iters):
         common.sync(s.device)
         t, c = time.perf_counter(), time.process_time()
@@ -238,6 +240,7 @@ def run(a: argparse.Namespace) -> dict:
         common.sync(s.device)
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / iters
     stats = common.summarise(times)
     out = {
         "benchmark": "step",
@@ -249,6 +252,8 @@ def run(a: argparse.Namespace) -> dict:
         "images_per_s": o.batch / stats["median_s"],
         # CPU seconds of this process (all threads) per iteration: less sensitive to other load than wall time
         "cpu_s_median": statistics.median(cpu),
+        # page faults per iteration: freshly mapped allocator memory the kernel must zero on first touch
+        "minor_faults_per_iter": round(faults),
         "warmup_times_s": [round(t, 3) for t in warm_times],
         "peak_rss_mb": round(common.peak_rss_mb(), 1),
         "build_s": round(s.build_s, 2),
