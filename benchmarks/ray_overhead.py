@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -85,8 +86,8 @@ def _timeline(trial_dir: Path) -> dict:
 
 
 def run(a: argparse.Namespace) -> dict:
-    from wilson_ray.cache import previous_step_checkpoint
-    from wilson_ray.config import parse_overrides
+    from wilson_ray.cache import previous_step_checkpoint, step_key
+    from wilson_ray.config import parse_overrides, resolve_config
     from wilson_ray.ray.results import best_config_text, read_sweep, trial_rows
     from wilson_ray.ray.search_space import load_search_space
 
@@ -118,8 +119,16 @@ def run(a: argparse.Namespace) -> dict:
     for r in rows:
         cfg_path = storage / f"plain_{r['trial']}.yaml"
         cfg_path.write_text(best_config_text(r, sweep), encoding="utf-8")
+        # A cache holding only the earlier step: `train --cache-dir` also caches the step it trains, so a shared
+        # cache that already has this trial's step (the same seeded configs from an earlier run of this
+        # benchmark) would make the plain run a checkpoint load instead of training.
+        plain_cache = storage / f"plain_cache_{r['trial']}"
+        shutil.rmtree(plain_cache, ignore_errors=True)
+        prev = step_key(resolve_config(config_file=cfg_path), space.step - 1)
+        shutil.copytree(cache / prev, plain_cache / prev)
         plain.append(_timed([py, "-m", "wilson_ray", "train", "--config", str(cfg_path), "--steps", str(space.step),
-                             "--cache-dir", str(cache)], storage / f"plain_{r['trial']}.log"))
+                             "--cache-dir", str(plain_cache)], storage / f"plain_{r['trial']}.log"))
+        shutil.rmtree(plain_cache, ignore_errors=True)
     plain_s = sum(plain)
     timeline = [_timeline(storage / space.name / "trials" / r["trial"]) for r in rows]
     return {

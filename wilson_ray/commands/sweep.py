@@ -1,9 +1,9 @@
-"""``wilson-ray sweep`` and ``wilson-ray best``: hyperparameter sweeps on Ray Tune (Optuna + ASHA, every trial a
-multi-worker TorchTrainer run), tracked in MLflow.
+"""``wilson-ray sweep`` and ``wilson-ray best``: hyperparameter sweeps on Ray Tune (Optuna + ASHA; a trial with
+several workers is a TorchTrainer run, a single-worker trial trains in its Tune process), tracked in MLflow.
 
     wilson-ray sweep --space search_spaces/demo.yaml [--num-samples N] [--workers-per-trial K]
                      [--gpus-per-worker G] [--storage PATH] [--tracking-uri URI] [--address auto|URI]
-                     [--name NAME] [--data-root DIR] [--set KEY=VALUE ...]
+                     [--name NAME] [--data-root DIR] [--set KEY=VALUE ...] [--trainer auto|torch|direct]
     wilson-ray best --storage PATH --name NAME [--out best.yaml]
 
 Running the same ``sweep`` command again resumes the sweep (finished trials are kept, running ones resume from
@@ -25,11 +25,13 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "sweep", help="sweep hyperparameters of one incremental step on Ray Tune (Optuna + ASHA), tracked in MLflow",
         description="Sweep a search space (search_spaces/*.yaml): every trial trains one incremental step on "
-                    "--workers-per-trial Ray Train workers; Optuna TPE proposes, ASHA stops weak trials early. "
+                    "--workers-per-trial Ray Train workers (one worker: in the trial's own process, --trainer); "
+                    "Optuna TPE proposes, ASHA stops weak trials early. "
                     "Re-running the same command resumes the sweep.")
     p.add_argument("--space", required=True, help="search-space YAML, e.g. search_spaces/demo.yaml")
     p.add_argument("--num-samples", type=int, help="number of trials (default: the space's search.num_samples)")
-    p.add_argument("--workers-per-trial", type=int, help="Ray Train workers per trial (default: the space's)")
+    p.add_argument("--workers-per-trial", type=int, help="workers per trial: > 1 is a Ray Train TorchTrainer "
+                   "(default: the space's)")
     p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker, 0 for CPU/gloo (default: the space's)")
     p.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default: the space's, usually 1)")
     p.add_argument("--trainer", choices=("auto", "torch", "direct"),
