@@ -19,6 +19,7 @@ group to every trial and a report round trip to every epoch, and buys nothing a 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -269,6 +270,7 @@ def loop_config(*, cfg_dict: dict[str, Any], step: int, trial_id: str, trial_dir
             "use_gpu": use_gpu, "cpus": cpus}
 
 
+@functools.lru_cache(maxsize=1)
 def _trainer_class():
     """``TorchTrainer`` without Ray Data's per-run ``DatasetManager`` actor: trials read their data with the
     engine's DataLoader and pass no ``datasets``, yet Train V2 starts that actor (a process importing Ray Data)

@@ -134,7 +134,7 @@ def trial(config: dict[str, Any], settings: dict[str, Any]) -> None:
 
         init = previous_step_checkpoint(trial_config(settings, values), settings["step"], settings["cache_dir"])
     try:
-        if settings.get("trainer") == "direct":
+        if settings["trainer"] == "direct":
             run_direct(loop_config(cfg_dict=cfg_dict, step=settings["step"], trial_id=trial_id,
                                    trial_dir=record.dir, init_checkpoint=init, tracking=settings.get("tracking"),
                                    cpus=settings["cpus_per_worker"]))
@@ -382,7 +382,7 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
         raise UserError(f"--workers-per-trial: {workers}, expected a positive integer")
     if gpus < 0 or cpus < 0:
         raise UserError("--gpus-per-worker/--cpus-per-worker: negative, expected >= 0")
-    trainer = trainer_kind(opts.trainer or space.trainer, workers)
+    trainer = trainer_kind(opts.trainer or space.trainer, workers)  # bad flags fail before the cluster starts
 
     extra = dict(opts.extra)
     base_cfg = space.base_config(extra)
@@ -398,7 +398,7 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
     if previous is not None and previous.get("trainer", trainer) != trainer:
         # its trials' checkpoints live where the first run's trainer put them (Train's or Tune's storage)
         log(f"sweep {name}: resuming with --trainer {previous['trainer']} as it was started (not {trainer})")
-        trainer = previous["trainer"]
+        trainer = trainer_kind(previous["trainer"], workers)
     uri = None
     tracking = None
     if opts.tracking:
