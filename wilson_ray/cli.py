@@ -13,7 +13,7 @@ from wilson_ray import __version__
 from wilson_ray.errors import UserError
 
 # Sub-command modules; each exposes ``register(subparsers)`` that adds its parser(s) with ``func=handler``.
-COMMAND_MODULES = ("data", "train", "sweep", "weights")
+COMMAND_MODULES = ("data", "train", "sweep")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,16 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wilson-ray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"wilson_ray.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"wilson_ray.commands.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"wilson_ray.commands.{name}").register(sub)
     return parser
-
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()

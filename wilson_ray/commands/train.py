@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 
 from wilson_ray.atomic import atomic_write_text
-from wilson_ray.cache import default_cache_dir
 from wilson_ray.config import FAST_PATH, Config, parse_overrides, resolve_config
 from wilson_ray.errors import UserError
 
@@ -46,6 +45,8 @@ def config_from_args(args: argparse.Namespace, method: str | None = None) -> Con
 
 
 def _cache_dir(args) -> Path:
+    from wilson_ray.cache import default_cache_dir  # imports torch: only for commands that train
+
     return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
 
 
