@@ -27,7 +27,7 @@ def test_method_switch_takes_per_method_block():
     cfg = resolve_config("voc-15-5", method="ilt")
     assert cfg.method.name == "ilt" and cfg.method.params["lambda_enc"] == 100.0
     cfg = resolve_config("demo", method="mib", overrides={"method.kd_weight": 3})
-    assert cfg.method.params == {"kd_weight": 3.0, "kd_temperature": 1.0, "init_balanced": True}
+    assert cfg.method.params == {"kd_weight": 3.0, "kd_alpha": 1.0, "init_balanced": True}
 
 
 @pytest.mark.parametrize(
@@ -74,3 +74,98 @@ def test_fingerprint_changes_with_config():
     b = resolve_config("demo", overrides={"method.alpha": 0.7})
     assert a.fingerprint() != b.fingerprint()
     assert a.fingerprint("data", "model") == b.fingerprint("data", "model")
+
+
+def test_method_args_are_typed_from_yaml_and_round_trip():
+    """The resolved config carries the method's Params instance (not a dict to re-validate later); ``to_dict``
+    gives the YAML layout back, and a mapping given to MethodConfig is validated into the same instance."""
+    from wilson_ray.config import MethodConfig
+    from wilson_ray.methods.mib import MiBParams
+    from wilson_ray.methods.wilson import WilsonParams
+
+    cfg = resolve_config("demo", overrides={"method.alpha": 1, "method.pamr_dilations": [1, 2]})
+    assert isinstance(cfg.method.args, WilsonParams)
+    assert cfg.method.args.alpha == 1.0 and isinstance(cfg.method.args.alpha, float)  # int coerced once, here
+    assert cfg.method.args.pamr_dilations == [1, 2]
+    assert cfg.to_dict()["method"]["alpha"] == 1.0 and cfg.to_dict()["method"]["name"] == "wilson"
+    assert config_from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(TypeError):
+        cfg.method.params["alpha"] = 0.3  # a read-only view: values change through config, not behind it
+    m = MethodConfig("mib", {"kd_weight": 3})
+    assert m.args == MiBParams(kd_weight=3.0) and MethodConfig("mib").args == MiBParams()
+    with pytest.raises(UserError, match="unknown key 'method.kd_wieght'"):
+        MethodConfig("mib", {"kd_wieght": 3})
+
+
+def test_per_method_recipe_overrides_wilsons_incremental_settings():
+    """Issue 11, fidelity fix 2: MiB/LwF/ILT train step >= 1 with MiB's recipe (one LR for all groups, 30
+    epochs, lr 0.001, poly), not WILSON's (40 epochs, head LR x10, warmup); WILSON keeps its own; --set wins."""
+    for preset in ("voc-15-5", "voc-10-10", "coco-voc"):
+        wilson = resolve_config(preset)
+        assert (wilson.incremental.lr_head, wilson.incremental.policy) == (10.0, "warmup")
+        for method in ("mib", "lwf", "ilt"):
+            inc = resolve_config(preset, method=method).incremental
+            assert (inc.epochs, inc.lr, inc.lr_head, inc.policy) == (30, 0.001, 1.0, "poly"), (preset, method)
+            assert inc.lr_localizer == wilson.incremental.lr_localizer  # not in the block: the file's value
+            assert resolve_config(preset, method=method).step0 == wilson.step0  # step 0 is shared
+    cfg = resolve_config("voc-15-5", method="mib", overrides={"incremental.epochs": 4})
+    assert (cfg.incremental.epochs, cfg.incremental.lr_head) == (4, 1.0)
+    assert resolve_config("voc-15-5", method="finetune").incremental.epochs == 40  # no block: the file's
+
+
+def test_per_method_recipe_errors_name_the_block(tmp_path):
+    for text, message in [
+        ("methods:\n  mib: {incremental: {epoch: 3}}\n",
+         "unknown key 'methods.mib.incremental.epoch' (did you mean 'epochs'?)"),
+        ("methods:\n  lwf: {incremental: {lr: -1}}\n",
+         "field 'methods.lwf.incremental.lr' is -1.0, expected a positive"),
+        ("methods:\n  ilt: {step0: {policy: cosine}}\n", "field 'methods.ilt.step0.policy' is 'cosine'"),
+    ]:
+        path = tmp_path / "m.yaml"
+        path.write_text(text)
+        with pytest.raises(UserError) as err:
+            resolve_config(config_file=path)  # checked even though wilson is the selected method
+        assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_removed_run_max_iters_per_epoch_says_what_replaces_it(tmp_path):
+    with pytest.raises(UserError) as err:
+        resolve_config("demo", overrides={"run.max_iters_per_epoch": 2})
+    assert ("run.max_iters_per_epoch was removed; use step0.max_iters_per_epoch / incremental.max_iters_per_epoch"
+            in str(err.value))
+    cfg = resolve_config("demo", overrides={"step0.max_iters_per_epoch": 2, "incremental.max_iters_per_epoch": 3})
+    assert (cfg.step0.max_iters_per_epoch, cfg.incremental.max_iters_per_epoch) == (2, 3)
+    with pytest.raises(UserError, match="field 'step0.max_iters_per_epoch' is 0, expected a positive integer"):
+        resolve_config("demo", overrides={"step0.max_iters_per_epoch": 0})
+
+
+def test_amp_auto_in_fast_path_and_gpu_presets():
+    from wilson_ray.config import FAST_PATH
+
+    assert FAST_PATH["run.amp"] == "auto"
+    assert resolve_config("demo").run.amp == "none" and config_from_dict({}).run.amp == "none"  # plain runs
+    for preset in ("voc-15-5", "voc-10-10", "coco-voc"):
+        assert resolve_config(preset).run.amp == "auto"
+    assert resolve_config("demo", overrides={"run.amp": "auto"}).run.amp == "auto"
+    with pytest.raises(UserError, match="field 'run.amp' is 'fp8', expected 'none' or 'bf16' or 'fp16' or 'auto"):
+        resolve_config("demo", overrides={"run.amp": "fp8"})
+
+
+def test_config_hash_is_the_one_recipe():
+    """One hash for configs (and for any nested dict, e.g. the cache's key parts or a sweep's definition):
+    sha256 of sorted-key JSON, truncated; sections select, drop removes fields that do not shape the result."""
+    import hashlib
+    import json
+
+    from wilson_ray.config import config_hash
+
+    cfg = resolve_config("demo")
+    d = cfg.to_dict()
+    assert config_hash(cfg) == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    assert config_hash(cfg) == config_hash(d) == cfg.fingerprint()
+    assert config_hash(cfg, sections=["data", "model"]) == cfg.fingerprint("data", "model")
+    assert len(config_hash(d, length=20)) == 20
+    other = resolve_config("demo", overrides={"run.progress": False})
+    assert config_hash(other) != config_hash(cfg)
+    assert config_hash(other, drop={"run": ["progress"]}) == config_hash(cfg, drop={"run": ["progress"]})
+    assert config_hash({"b": 1, "a": 2}) == config_hash({"a": 2, "b": 1})

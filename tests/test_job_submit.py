@@ -21,7 +21,8 @@ import pytest
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--set", "incremental.epochs=2", "--set", "run.max_iters_per_epoch=2", "--set", "step0.epochs=2",
+FAST = ["--set", "incremental.epochs=2", "--set", "step0.max_iters_per_epoch=2",
+        "--set", "incremental.max_iters_per_epoch=2", "--set", "step0.epochs=2",
         "--set", "data.batch_size=8", "--set", "data.val_batch_size=16", "--set", "data.num_workers=0"]
 
 

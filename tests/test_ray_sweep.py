@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "search_spaces" / "demo.yaml"
-FAST = ["--set", "incremental.epochs=2", "--set", "run.max_iters_per_epoch=2", "--set", "step0.epochs=2",
+FAST = ["--set", "incremental.epochs=2", "--set", "step0.max_iters_per_epoch=2",
+        "--set", "incremental.max_iters_per_epoch=2", "--set", "step0.epochs=2",
         "--set", "data.batch_size=8", "--set", "data.val_batch_size=16", "--set", "data.num_workers=0"]
 
 
@@ -251,7 +252,8 @@ def test_killed_worker_resumes_from_its_checkpoint(synth, storage):
     name = "workerkill"
     cmd = sweep_cmd(synth, storage, name, 1)
     cmd[cmd.index("incremental.epochs=2")] = "incremental.epochs=4"
-    cmd[cmd.index("run.max_iters_per_epoch=2")] = "run.max_iters_per_epoch=5"
+    cmd[cmd.index("step0.max_iters_per_epoch=2")] = "step0.max_iters_per_epoch=5"
+    cmd[cmd.index("incremental.max_iters_per_epoch=2")] = "incremental.max_iters_per_epoch=5"
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -293,7 +295,8 @@ def test_single_worker_trial_runs_in_its_tune_process_and_resumes_after_a_kill(s
     cmd = sweep_cmd(synth, storage, name, 1)
     cmd[cmd.index("--workers-per-trial") + 1] = "1"
     cmd[cmd.index("incremental.epochs=2")] = "incremental.epochs=4"
-    cmd[cmd.index("run.max_iters_per_epoch=2")] = "run.max_iters_per_epoch=5"
+    cmd[cmd.index("step0.max_iters_per_epoch=2")] = "step0.max_iters_per_epoch=5"
+    cmd[cmd.index("incremental.max_iters_per_epoch=2")] = "incremental.max_iters_per_epoch=5"
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -359,7 +362,8 @@ def test_mlflow_server_restart_loses_no_epoch(synth, storage, tmp_path):
     name = "mlflowdown"
     cmd = sweep_cmd(synth, storage, name, 2, "--tracking-uri", f"http://127.0.0.1:{port}")
     cmd[cmd.index("incremental.epochs=2")] = "incremental.epochs=4"
-    cmd[cmd.index("run.max_iters_per_epoch=2")] = "run.max_iters_per_epoch=5"
+    cmd[cmd.index("step0.max_iters_per_epoch=2")] = "step0.max_iters_per_epoch=5"
+    cmd[cmd.index("incremental.max_iters_per_epoch=2")] = "incremental.max_iters_per_epoch=5"
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

@@ -749,7 +749,7 @@ print(json.dumps({"path": str(cached_step(cfg, 0, cache))}))
 
 
 def _cache_cfg(root: Path) -> dict:
-    return {**TINY, "data.root": str(root), "run.max_iters_per_epoch": 1}
+    return {**TINY, "data.root": str(root), "step0.max_iters_per_epoch": 1, "incremental.max_iters_per_epoch": 1}
 
 
 @pytest.mark.timeout(300)

@@ -61,7 +61,7 @@ def test_demo_space_sweeps_wilson_losses_alpha_temperature():
 def test_mib_space_uses_mib_params():
     space = load_search_space(SPACES / "mib.yaml")
     assert space.base_config().method.name == "mib"
-    assert {"method.kd_weight", "method.kd_temperature"} <= set(space.keys)
+    assert {"method.kd_weight", "method.kd_alpha"} <= set(space.keys)
     assert space.multi_objective and space.metrics() == ["miou_old", "miou_new"]
 
 

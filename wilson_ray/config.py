@@ -66,29 +66,51 @@ class OptimConfig:
 class RunConfig:
     seed: int = 42
     device: str = "auto"  # auto, cpu, cuda, cuda:N
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    # auto: bf16 where the device computes it natively, fp16 on a GPU without bf16, fp32 elsewhere (hardware.py)
+    amp: Literal["none", "bf16", "fp16", "auto"] = "none"
     channels_last: bool = False  # NHWC activations/weights (and loss gradients), oneDNN/cuDNN's fast layout
     compile: bool = False  # torch.compile of the trainable and the old model
-    # Fast path (issue 6; BENCHMARKS.md measures each): `wilson-ray train --fast` turns all of these on with amp=bf16.
+    # Fast path (issue 6; BENCHMARKS.md measures each): `wilson-ray train --fast` turns all of these on with amp=auto.
     frozen_old_model: bool = False  # old model with BN folded into convs, weights in the amp dtype, inference_mode
     valid_taps: bool = False  # ASPP dilated convs as per-tap GEMMs over valid pixels (CPU: avoids oneDNN's slow path)
     fused_sgd: bool = False  # torch.optim.SGD(fused=True): one kernel over all parameters
     val_interval: int = 2  # evaluate every N epochs (and always after the last)
     log_interval: int = 10  # iterations between loss logs (the only host syncs)
     progress: bool = True
-    max_iters_per_epoch: int | None = None  # cap of every step's epochs (smoke tests); None = full epochs
     fail_on_nonfinite: bool = True
 
 
 # `--fast`: every fast-path switch of RunConfig (BENCHMARKS.md measures each and their sum).
-FAST_PATH: dict[str, Any] = {"run.amp": "bf16", "run.channels_last": True, "run.frozen_old_model": True,
+FAST_PATH: dict[str, Any] = {"run.amp": "auto", "run.channels_last": True, "run.frozen_old_model": True,
                              "run.valid_taps": True, "run.fused_sgd": True}
+
+
+# Old keys that were removed, with what replaces them: found in a file or ``--set``, the error says so.
+REMOVED_KEYS: dict[str, str] = {
+    "run.max_iters_per_epoch": "run.max_iters_per_epoch was removed; use step0.max_iters_per_epoch / "
+                               "incremental.max_iters_per_epoch",
+}
+
+# Sections a preset's ``methods.<name>`` block may override for that method (its own optimisation recipe).
+METHOD_OPTIM_SECTIONS = ("step0", "incremental")
 
 
 @dataclass
 class MethodConfig:
+    """The method and its typed parameters: ``args`` is an instance of the method's ``Params`` dataclass (a
+    mapping is validated into one), so a value keeps its type from the YAML to the loss."""
+
     name: str = "wilson"
-    params: dict[str, Any] = field(default_factory=dict)
+    args: Any = None  # the method's Params instance; None = the paper's defaults
+
+    def __post_init__(self) -> None:
+        if self.args is None or isinstance(self.args, dict):
+            self.args = method_args(self.name, self.args or {}, "config")
+
+    @property
+    def params(self) -> typing.Mapping[str, Any]:
+        """Read-only ``{param: value}`` view of ``args`` (as in the YAML files); change values through config."""
+        return types.MappingProxyType(dataclasses.asdict(self.args))
 
 
 @dataclass
@@ -106,7 +128,7 @@ class Config:
         """Plain nested dict; ``method`` is flattened to ``{name, **params}`` as in the YAML files."""
         d = dataclasses.asdict(self)
         m = d.pop("method")
-        d["method"] = {"name": m["name"], **m["params"]}
+        d["method"] = {"name": m["name"], **m["args"]}
         return d
 
     def optim(self, step: int) -> OptimConfig:
@@ -115,43 +137,107 @@ class Config:
 
     def fingerprint(self, *sections: str) -> str:
         """Stable short hash of the given top-level sections (all when none): a cache key."""
-        d = self.to_dict()
-        if sections:
-            d = {k: d[k] for k in sections}
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return config_hash(self, sections=sections or None)
+
+
+def config_hash(obj: Config | dict[str, Any], *, sections: typing.Iterable[str] | None = None,
+                drop: dict[str, typing.Iterable[str]] | None = None, length: int = 16) -> str:
+    """The one config hash: sha256 of the sorted-key JSON of ``obj`` (a ``Config`` is hashed as its ``to_dict``),
+    keeping only the top-level ``sections`` when given and removing ``drop[section]`` fields from each section;
+    the first ``length`` hex digits. Values JSON cannot write are hashed as ``str(value)``."""
+    d = obj.to_dict() if isinstance(obj, Config) else obj
+    if sections is not None:
+        d = {k: d[k] for k in sections}
+    if drop:
+        d = {k: ({f: v for f, v in sec.items() if f not in set(drop[k])} if k in drop and isinstance(sec, dict)
+                 else sec) for k, sec in d.items()}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Validation
+# Validation: one checker for every typed section (config, search space, sweep settings)
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " or ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
+@dataclass(frozen=True)
+class ErrorStyle:
+    """How a validation error names a field and lists choices. The config's wording (``field 'a.b' is 'x',
+    expected 'p' or 'q'``) by default; ``quoted=False`` gives a search-space file's (``a.b is 'x', expected one
+    of p, q``); ``item`` names the entries of a keyed mapping (``parameter 'method.alpha': low is ...``)."""
+
+    quoted: bool = True
+    item: str | None = None  # e.g. "parameter": prefix "k" -> "parameter 'k': field"
+
+    def join(self, prefix: str, key: Any) -> str:
+        if not prefix:
+            return str(key)
+        return f"{self.item} '{prefix}': {key}" if self.item else f"{prefix}.{key}"
+
+    def name(self, where: str) -> str:
+        return f"field '{where}'" if self.quoted else where
+
+    def type_name(self, tp: Any) -> str:
+        origin = typing.get_origin(tp)
+        if origin is Literal:
+            args = typing.get_args(tp)
+            if self.quoted:
+                return " or ".join(repr(a) for a in args)
+            return "one of " + ", ".join(str(a) for a in args)
+        if origin in (typing.Union, types.UnionType):
+            return " or ".join(self.type_name(a) for a in typing.get_args(tp))
+        if tp is type(None):
+            return "null"
+        return getattr(tp, "__name__", str(tp))
+
+    def bad(self, source: str, where: str, value: Any, expected: str) -> UserError:
+        return UserError(f"{source}: {self.name(where)} is {value!r}, expected {expected}")
+
+    def unknown(self, source: str, prefix: str, key: Any, names: list[str]) -> UserError:
+        where = self.join(prefix, key)
+        if where in REMOVED_KEYS:
+            return UserError(f"{source}: {REMOVED_KEYS[where]}")
+        near = difflib.get_close_matches(str(key), names, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        if self.item and prefix:
+            return UserError(f"{source}: {self.item} '{prefix}': unknown field '{key}'{hint}, expected "
+                             f"{', '.join(names)}")
+        if not self.quoted:
+            return UserError(f"{source}: unknown key '{where}'{hint}; expected one of {', '.join(names)}")
+        section = f"'{prefix}'" if prefix else "the top level"
+        return UserError(f"{source}: unknown key '{where}'{hint}; expected a key of {section}: {', '.join(names)}")
+
+    def not_mapping(self, source: str, prefix: str, data: Any) -> UserError:
+        if self.quoted:
+            return UserError(f"{source}: section '{prefix or '<top>'}' is {type(data).__name__}, expected a mapping")
+        if not prefix:
+            return UserError(f"{source}: expected a YAML mapping at the top level, found {type(data).__name__}")
+        return UserError(f"{source}: '{prefix}' is {data!r}, expected a mapping")
 
 
-def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
+CONFIG_STYLE = ErrorStyle()
+
+
+def _coerce(value: Any, tp: Any, where: str, source: str, style: ErrorStyle = CONFIG_STYLE) -> Any:
     """Check ``value`` against the annotation ``tp``; ints are accepted for floats, lists for tuples."""
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        sections = [a for a in args if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(sections) == 1:
+            return from_dict(sections[0], value, source, where, style)  # its own, precise error
+        for arg in args:
             try:
-                return _coerce(value, arg, where, source)
+                return _coerce(value, arg, where, source, style)
             except UserError:
                 continue
-        raise UserError(f"{source}: field '{where}' is {value!r}, expected {_type_name(tp)}")
+        raise style.bad(source, where, value, style.type_name(tp))
     if origin is Literal:
         if value in typing.get_args(tp) and not isinstance(value, bool):
             return value
-        raise UserError(f"{source}: field '{where}' is {value!r}, expected {_type_name(tp)}")
+        raise style.bad(source, where, value, style.type_name(tp))
     if tp is type(None):
         if value is None:
             return None
@@ -170,40 +256,37 @@ def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
     elif origin in (list, tuple):
         if isinstance(value, (list, tuple)):
             (arg, *_) = typing.get_args(tp) or (Any,)
-            items = [_coerce(v, arg, f"{where}[{i}]", source) for i, v in enumerate(value)]
+            items = [_coerce(v, arg, f"{where}[{i}]", source, style) for i, v in enumerate(value)]
             return tuple(items) if origin is tuple else items
     elif origin is dict:
         if isinstance(value, dict):
             return dict(value)
     elif dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, source, where)
-    raise UserError(f"{source}: field '{where}' is {value!r}, expected {_type_name(tp)}")
+        return from_dict(tp, value, source, where, style)
+    raise style.bad(source, where, value, style.type_name(tp))
 
 
-def from_dict(cls: type, data: Any, source: str = "config", prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types with the field's name."""
+def from_dict(cls: type, data: Any, source: str = "config", prefix: str = "",
+              style: ErrorStyle = CONFIG_STYLE) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys (with a did-you-mean) and wrong types with
+    the field's name; ``style`` words the errors (config or search-space file)."""
     if not isinstance(data, dict):
-        raise UserError(f"{source}: section '{prefix or '<top>'}' is {type(data).__name__}, expected a mapping")
+        raise style.not_mapping(source, prefix, data)
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
     kwargs = {}
     for key, value in data.items():
-        where = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            near = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean '{near[0]}'?)" if near else ""
-            section = f"'{prefix}'" if prefix else "the top level"
-            raise UserError(f"{source}: unknown key '{where}'{hint}; expected a key of {section}: {', '.join(names)}")
-        kwargs[key] = _coerce(value, hints[key], where, source)
+            raise style.unknown(source, prefix, key, names)
+        kwargs[key] = _coerce(value, hints[key], style.join(prefix, key), source, style)
     return cls(**kwargs)
 
 
-def _method_params(name: str, params: dict[str, Any], source: str) -> dict[str, Any]:
-    """Validate a method's parameters against its ``Params`` dataclass; returns the full resolved dict."""
+def method_args(name: str, params: dict[str, Any], source: str = "config", prefix: str = "method") -> Any:
+    """The method's ``Params`` dataclass built from ``params`` (unknown or mistyped keys: one-line errors)."""
     from wilson_ray.methods import get_method  # local import: methods import losses/models, not config
 
-    method = get_method(name)
-    return dataclasses.asdict(from_dict(method.Params, params, source, "method"))
+    return from_dict(get_method(name).Params, params, source, prefix)
 
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
@@ -220,34 +303,42 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
     if not isinstance(name, str):
         raise UserError(f"{source}: field 'method.name' is {name!r}, expected a method name")
     cfg = from_dict(Config, data, source)
-    cfg.method = MethodConfig(name=name, params=_method_params(name, method, source))
+    cfg.method = MethodConfig(name=name, args=method_args(name, method, source))
     _check_values(cfg, source)
     return cfg
+
+
+def _optim_checks(o: OptimConfig, sec: str) -> list[tuple[str, Any, bool, str]]:
+    return [
+        (f"{sec}.epochs", o.epochs, o.epochs > 0, "a positive integer"),
+        (f"{sec}.lr", o.lr, o.lr > 0, "a positive number"),
+        (f"{sec}.lr_head", o.lr_head, o.lr_head > 0, "a positive number"),
+        (f"{sec}.lr_localizer", o.lr_localizer, o.lr_localizer > 0, "a positive number"),
+        (f"{sec}.weight_decay", o.weight_decay, o.weight_decay >= 0, "a number >= 0"),
+        (f"{sec}.max_iters_per_epoch", o.max_iters_per_epoch,
+         o.max_iters_per_epoch is None or o.max_iters_per_epoch > 0, "a positive integer or null"),
+    ]
+
+
+def _raise_first(checks: list[tuple[str, Any, bool, str]], source: str) -> None:
+    for where, value, ok, expected in checks:
+        if not ok:
+            raise CONFIG_STYLE.bad(source, where, value, expected)
 
 
 def _check_values(cfg: Config, source: str) -> None:
     """Range checks a type annotation cannot express."""
     checks = [
-        ("data.crop_size", cfg.data.crop_size > 0, "a positive integer"),
-        ("data.batch_size", cfg.data.batch_size > 0, "a positive integer"),
-        ("data.val_batch_size", cfg.data.val_batch_size > 0, "a positive integer"),
-        ("data.num_workers", cfg.data.num_workers >= 0, "an integer >= 0"),
-        ("run.val_interval", cfg.run.val_interval > 0, "a positive integer"),
-        ("run.log_interval", cfg.run.log_interval > 0, "a positive integer"),
+        ("data.crop_size", cfg.data.crop_size, cfg.data.crop_size > 0, "a positive integer"),
+        ("data.batch_size", cfg.data.batch_size, cfg.data.batch_size > 0, "a positive integer"),
+        ("data.val_batch_size", cfg.data.val_batch_size, cfg.data.val_batch_size > 0, "a positive integer"),
+        ("data.num_workers", cfg.data.num_workers, cfg.data.num_workers >= 0, "an integer >= 0"),
+        ("run.val_interval", cfg.run.val_interval, cfg.run.val_interval > 0, "a positive integer"),
+        ("run.log_interval", cfg.run.log_interval, cfg.run.log_interval > 0, "a positive integer"),
     ]
     for sec in ("step0", "incremental"):
-        o = getattr(cfg, sec)
-        checks += [
-            (f"{sec}.epochs", o.epochs > 0, "a positive integer"),
-            (f"{sec}.lr", o.lr > 0, "a positive number"),
-            (f"{sec}.lr_head", o.lr_head > 0, "a positive number"),
-            (f"{sec}.lr_localizer", o.lr_localizer > 0, "a positive number"),
-            (f"{sec}.weight_decay", o.weight_decay >= 0, "a number >= 0"),
-        ]
-    for where, ok, expected in checks:
-        if not ok:
-            section, key = where.split(".")
-            raise UserError(f"{source}: field '{where}' is {getattr(getattr(cfg, section), key)!r}, expected {expected}")
+        checks += _optim_checks(getattr(cfg, sec), sec)
+    _raise_first(checks, source)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -320,8 +411,10 @@ def resolve_config(
     """Resolve preset/config file + ``--method`` + dotted overrides into a validated ``Config``.
 
     A preset may hold ``methods: {name: {params}}`` with per-method best arguments (as Mammoth's best-args YAML);
-    the selected method takes its block from there. ``method`` switches the method and drops another method's
-    parameters.
+    the selected method takes its block from there. A block may also hold ``step0:`` / ``incremental:`` mappings:
+    the method's own optimisation recipe, laid over the file's sections of the same name (e.g. MiB's one learning
+    rate for all groups and 30 epochs where the file's ``incremental`` is WILSON's). ``overrides`` win over both.
+    ``method`` switches the method and drops another method's parameters.
     """
     if preset and config_file:
         raise UserError("--preset and --config: got both, expected one of them")
@@ -335,18 +428,29 @@ def resolve_config(
     per_method = data.pop("methods", {}) or {}
     if not isinstance(per_method, dict):
         raise UserError(f"{src}: field 'methods' is {per_method!r}, expected a mapping of method name to params")
-    for other, other_params in per_method.items():  # every block is checked, even those not selected now
-        if not isinstance(other_params, dict):
-            raise UserError(f"{src}: field 'methods.{other}' is {other_params!r}, expected a mapping of params")
-        _method_params(str(other), other_params, src)
+    blocks: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for other, block in per_method.items():  # every block is checked, even those not selected now
+        if not isinstance(block, dict):
+            raise UserError(f"{src}: field 'methods.{other}' is {block!r}, expected a mapping of params")
+        recipe = {k: v for k, v in block.items() if k in METHOD_OPTIM_SECTIONS}
+        params = {k: v for k, v in block.items() if k not in METHOD_OPTIM_SECTIONS}
+        method_args(str(other), params, src)
+        for sec, sub in recipe.items():
+            where = f"methods.{other}.{sec}"
+            _raise_first(_optim_checks(from_dict(OptimConfig, sub, src, where), where), src)
+        blocks[str(other)] = params, recipe
     block = data.get("method") or {}
     if isinstance(block, str):
         block = {"name": block}
     name = method or block.get("name", MethodConfig.name)
-    params = dict(per_method.get(name) or {})
+    params, recipe = blocks.get(name, ({}, {}))
+    params = dict(params)
     if block.get("name", name) == name:
         params.update({k: v for k, v in block.items() if k != "name"})
     data["method"] = {"name": name, **params}
+    for sec, sub in recipe.items():
+        base = data.get(sec)
+        data[sec] = {**(base if isinstance(base, dict) else {}), **sub}
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     return config_from_dict(data, source or src)

@@ -32,34 +32,122 @@ paper's defaults (the base config's values, or an explicit ``default:``) are the
 
 from __future__ import annotations
 
-import copy
 import difflib
-import hashlib
-import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-from wilson_ray.config import Config, read_yaml, resolve_config
+from wilson_ray.config import REMOVED_KEYS, Config, ErrorStyle, config_hash, from_dict, read_yaml, resolve_config
 from wilson_ray.errors import UserError
 
-DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
-METRICS = ("miou_all", "miou_old", "miou_new", "miou_all_mib", "iou_background", "loss/total")
+Metric = Literal["miou_all", "miou_old", "miou_new", "miou_all_mib", "iou_background", "loss/total"]
+Distribution = Literal["uniform", "loguniform", "int", "choice"]
+Sampler = Literal["tpe", "random", "grid"]
+Trainer = Literal["auto", "torch", "direct"]
+METRICS = get_args(Metric)
+DISTRIBUTIONS = get_args(Distribution)
+SAMPLERS = get_args(Sampler)
+TRAINERS = get_args(Trainer)
 MULTI_OBJECTIVE = ("miou_old", "miou_new")
-
-_TOP_KEYS = ("name", "base", "task", "overlap", "step", "objective", "search", "scheduler", "resources",
-             "parameters", "description")
-_BASE_KEYS = ("preset", "config", "method", "set")
-_OBJECTIVE_KEYS = ("metric", "mode", "multi_objective")
-_SEARCH_KEYS = ("num_samples", "seed", "evaluate_defaults", "sampler", "grid_points")
-SAMPLERS = ("tpe", "random", "grid")
-_SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor", "max_t")
-_RESOURCE_KEYS = ("workers_per_trial", "cpus_per_worker", "gpus_per_worker", "max_failures", "trial_max_failures",
-                  "trainer")
-TRAINERS = ("auto", "torch", "direct")
-_PARAM_KEYS = ("distribution", "low", "high", "values", "step", "log", "default")
 _UNSWEEPABLE = ("method.name", "data.task", "data.root", "data.voc_root", "data.overlap", "run.device")
+
+# A search-space file words its errors ``objective.metric is 'x', expected one of ...`` (no "field '...'"), and a
+# parameter's ``parameter 'method.alpha': low is ...``; the checking itself is config.from_dict's.
+FILE_STYLE = ErrorStyle(quoted=False)
+PARAM_STYLE = ErrorStyle(quoted=False, item="parameter")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The file's sections, as typed dataclasses (validated by config.from_dict)
+
+
+@dataclass
+class Base:
+    """``base:`` the fixed part of every trial, resolved like ``wilson-ray train``."""
+
+    preset: str | None = None
+    config: str | None = None  # a config YAML, relative to the space file
+    method: str | None = None
+    set: dict[str, Any] | None = None  # dotted overrides, exactly like --set
+
+
+@dataclass
+class Objective:
+    metric: Metric = "miou_all"
+    mode: Literal["min", "max"] | None = None  # None: min for a loss, max otherwise
+    multi_objective: bool = False  # Optuna on (miou_old, miou_new) jointly; ASHA keeps ``metric``
+
+
+@dataclass
+class Search:
+    num_samples: int = 8
+    seed: int = 0
+    evaluate_defaults: bool = True  # the paper's point is the first trial (Optuna points_to_evaluate)
+    sampler: Sampler = "tpe"
+    grid_points: int = 3  # grid sampler: points per numeric parameter (low, middle, high; log-spaced if log)
+
+
+@dataclass
+class Scheduler:
+    """ASHA's settings (``scheduler: null`` or ``type: none`` means no early stopping)."""
+
+    type: Literal["asha", "none", "fifo"] | None = "asha"
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+    max_t: int | None = None  # None: the trial's epochs
+
+    # Transitional read access as the mapping it used to be (``space.scheduler["grace_period"]``), for callers
+    # not yet reading the attributes.
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+
+@dataclass
+class Resources:
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_failures: int = 2  # Train: worker crashes a trial survives
+    trial_max_failures: int = 1  # Tune: trial-driver crashes
+    trainer: Trainer = "auto"  # torch: a TorchTrainer per trial; direct: in the trial process (1 worker); auto
+
+
+@dataclass
+class ParamSpec:
+    """One entry of ``parameters:`` as written (a list is shorthand for ``distribution: choice``)."""
+
+    distribution: Any = None  # checked by hand: its error names the parameter and suggests the nearest
+    low: int | float | None = None
+    high: int | float | None = None
+    values: list[Any] | None = None
+    step: int | float | None = None
+    log: bool = False
+    default: Any = None
+
+
+@dataclass
+class SpaceFile:
+    """A search-space YAML file's top level."""
+
+    name: str | None = None
+    description: str | None = None
+    base: Base = field(default_factory=Base)
+    task: str | None = None  # -> data.task
+    overlap: bool | None = None  # -> data.overlap
+    step: int | None = None  # required; checked by hand for its message
+    objective: Objective = field(default_factory=Objective)
+    search: Search = field(default_factory=Search)
+    scheduler: Scheduler | None = field(default_factory=Scheduler)
+    resources: Resources = field(default_factory=Resources)
+    parameters: Any = None  # {dotted key: ParamSpec mapping or list}; checked below for its message
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The validated space
 
 
 @dataclass
@@ -76,12 +164,14 @@ class Param:
     default: Any = None
 
     def describe(self) -> str:
+        """``uniform[0.0, 1.0]`` / ``choice[...]``: the distribution in one short string."""
         if self.distribution == "choice":
             return f"choice{self.values}"
         q = f", step {self.step}" if self.step else ""
         return f"{self.distribution}[{self.low}, {self.high}{q}]"
 
     def contains(self, value: Any) -> bool:
+        """True if ``value`` can be drawn from this distribution."""
         if self.distribution == "choice":
             return value in (self.values or [])
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -102,22 +192,27 @@ class SearchSpace:
     method: str | None
     overrides: dict[str, Any]
     step: int
-    metric: str = "miou_all"
-    mode: str = "max"
-    multi_objective: bool = False
-    num_samples: int = 8
-    seed: int = 0
-    evaluate_defaults: bool = True
-    sampler: str = "tpe"  # Optuna sampler: tpe | random | grid
-    grid_points: int = 3  # grid sampler: points per numeric parameter (low, middle, high; log-spaced if log)
-    scheduler: dict[str, Any] | None = field(default_factory=lambda: {"type": "asha"})
-    workers_per_trial: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    max_failures: int = 2
-    trial_max_failures: int = 1
-    trainer: str = "auto"  # torch: a TorchTrainer per trial; direct: in the trial process (1 worker); auto
+    objective: Objective = field(default_factory=Objective)
+    search: Search = field(default_factory=Search)
+    scheduler: Scheduler | None = field(default_factory=Scheduler)  # None: no early stopping
+    resources: Resources = field(default_factory=Resources)
     params: list[Param] = field(default_factory=list)
+
+    # -- the sections' fields, read flat ----------------------------------------------------------------------
+    metric = property(lambda self: self.objective.metric)
+    mode = property(lambda self: self.objective.mode)
+    multi_objective = property(lambda self: self.objective.multi_objective)
+    num_samples = property(lambda self: self.search.num_samples)
+    seed = property(lambda self: self.search.seed)
+    evaluate_defaults = property(lambda self: self.search.evaluate_defaults)
+    sampler = property(lambda self: self.search.sampler)
+    grid_points = property(lambda self: self.search.grid_points)
+    workers_per_trial = property(lambda self: self.resources.workers_per_trial)
+    cpus_per_worker = property(lambda self: self.resources.cpus_per_worker)
+    gpus_per_worker = property(lambda self: self.resources.gpus_per_worker)
+    max_failures = property(lambda self: self.resources.max_failures)
+    trial_max_failures = property(lambda self: self.resources.trial_max_failures)
+    trainer = property(lambda self: self.resources.trainer)
 
     # -- configs ---------------------------------------------------------------------------------------------
     def resolve(self, values: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Config:
@@ -127,6 +222,7 @@ class SearchSpace:
                               source=f"search space {self.path}")
 
     def base_config(self, extra: dict[str, Any] | None = None) -> Config:
+        """The config every trial starts from (no swept value applied)."""
         return self.resolve(None, extra)
 
     @property
@@ -141,7 +237,7 @@ class SearchSpace:
         """Grid of the ``grid`` sampler: a choice's values; ``grid_points`` evenly spaced numbers over
         [low, high] (geometrically for log-uniform, rounded and deduplicated for int)."""
         out: dict[str, list[Any]] = {}
-        n = self.grid_points
+        n = self.search.grid_points
         for p in self.params:
             if p.distribution == "choice":
                 out[p.key] = list(p.values or [])
@@ -157,21 +253,21 @@ class SearchSpace:
         return out
 
     def grid_size(self) -> int:
+        """Number of points of ``grid()``."""
         return math.prod(len(v) for v in self.grid().values())
 
     def metrics(self) -> list[str]:
         """Objective metric(s) for the searcher: one, or old-vs-new mIoU when multi-objective."""
-        return list(MULTI_OBJECTIVE) if self.multi_objective else [self.metric]
+        return list(MULTI_OBJECTIVE) if self.objective.multi_objective else [self.objective.metric]
 
     def fingerprint(self, extra: dict[str, Any] | None = None) -> str:
         """Hash of what defines the sweep's trials (base config, parameters, step, objective)."""
-        payload = {
+        return config_hash({
             "base": self.base_config(extra).to_dict(),
             "params": [vars(p) for p in self.params],
             "step": self.step,
-            "objective": [self.metric, self.mode, self.multi_objective],
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            "objective": [self.objective.metric, self.objective.mode, self.objective.multi_objective],
+        })
 
     def to_optuna(self) -> dict[str, Any]:
         """Optuna distributions keyed by dotted config key (for ``OptunaSearch(space=...)``)."""
@@ -206,21 +302,8 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _mapping(value: Any, where: str, src: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise UserError(f"{src}: '{where}' is {value!r}, expected a mapping")
-    for key in value:
-        if key not in allowed:
-            near = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" (did you mean '{near[0]}'?)" if near else ""
-            raise UserError(f"{src}: unknown key '{where + '.' if where else ''}{key}'{hint}; "
-                            f"expected one of {', '.join(allowed)}")
-    return value
-
-
 def _number(value: Any, where: str, src: str, kind: type = float) -> Any:
+    """A finite number (an integral one for ``kind`` int, returned as int); bounds keep their YAML type."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
             kind is int and not float(value).is_integer()) or not math.isfinite(value):
         expected = "an integer" if kind is int else "a finite number"
@@ -228,11 +311,10 @@ def _number(value: Any, where: str, src: str, kind: type = float) -> Any:
     return int(value) if kind is int else value
 
 
-def _positive(value: Any, where: str, src: str, kind: type = int, allow_zero: bool = False) -> Any:
-    value = _number(value, where, src, kind)
-    if value < 0 or (value == 0 and not allow_zero):
-        raise UserError(f"{src}: {where} is {value!r}, expected {'>= 0' if allow_zero else 'a positive number'}")
-    return value
+def _ranges(src: str, checks: list[tuple[str, Any, bool, str]]) -> None:
+    for where, value, ok, expected in checks:
+        if not ok:
+            raise FILE_STYLE.bad(src, where, value, expected)
 
 
 def _parse_param(key: Any, spec: Any, src: str) -> Param:
@@ -243,19 +325,17 @@ def _parse_param(key: Any, spec: Any, src: str) -> Param:
         spec = {"distribution": "choice", "values": spec}
     if not isinstance(spec, dict):
         raise UserError(f"{src}: {where} is {spec!r}, expected a mapping with 'distribution' and bounds")
-    for k in spec:
-        if k not in _PARAM_KEYS:
-            raise UserError(f"{src}: {where}: unknown field '{k}', expected {', '.join(_PARAM_KEYS)}")
-    dist = spec.get("distribution")
+    s: ParamSpec = from_dict(ParamSpec, spec, src, key, PARAM_STYLE)
+    dist = s.distribution
     if dist not in DISTRIBUTIONS:
         near = difflib.get_close_matches(str(dist), DISTRIBUTIONS, n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
         raise UserError(f"{src}: {where}: distribution {dist!r} is unknown{hint}, expected one of "
                         f"{', '.join(DISTRIBUTIONS)}")
-    p = Param(key=key, distribution=dist, log=bool(spec.get("log", False)), default=spec.get("default"))
+    p = Param(key=key, distribution=dist, log=s.log, default=s.default)
     if dist == "choice":
-        values = spec.get("values")
-        if not isinstance(values, list) or not values:
+        values = s.values
+        if not values:
             raise UserError(f"{src}: {where}: 'values' is {values!r}, expected a non-empty list")
         for v in values:
             if v is not None and not isinstance(v, (bool, int, float, str)):
@@ -270,11 +350,11 @@ def _parse_param(key: Any, spec: Any, src: str) -> Param:
     if "values" in spec:
         raise UserError(f"{src}: {where}: 'values' is only for distribution: choice, expected low/high")
     for k in ("low", "high"):
-        if k not in spec:
+        if spec.get(k) is None:
             raise UserError(f"{src}: {where}: missing '{k}', expected {dist} bounds low and high")
     kind = int if dist == "int" else float
-    low = _number(spec["low"], f"{where}: low", src, kind)
-    high = _number(spec["high"], f"{where}: high", src, kind)
+    low = _number(s.low, f"{where}: low", src, kind)
+    high = _number(s.high, f"{where}: high", src, kind)
     if low > high:
         raise UserError(f"{src}: {where}: low {low} > high {high}, expected low <= high")
     if dist == "loguniform" and low <= 0:
@@ -283,10 +363,12 @@ def _parse_param(key: Any, spec: Any, src: str) -> Param:
         raise UserError(f"{src}: {where}: log int low is {low}, expected low > 0")
     if p.log and dist != "int":
         raise UserError(f"{src}: {where}: 'log' is for distribution: int, use distribution: loguniform")
-    if spec.get("step") is not None:
+    if s.step is not None:
         if dist == "loguniform":
             raise UserError(f"{src}: {where}: 'step' is not supported by loguniform, expected uniform or int")
-        p.step = _positive(spec["step"], f"{where}: step", src, kind)
+        p.step = _number(s.step, f"{where}: step", src, kind)
+        if p.step <= 0:
+            raise UserError(f"{src}: {where}: step is {p.step!r}, expected a positive number")
     p.low, p.high = low, high
     return p
 
@@ -295,6 +377,8 @@ def _check_key(p: Param, flat: dict[str, Any], method: str, src: str) -> None:
     if p.key in _UNSWEEPABLE:
         raise UserError(f"{src}: parameter '{p.key}' cannot be swept (it changes what a trial is), expected a "
                         f"hyperparameter such as method.alpha; run one sweep per {p.key.split('.')[-1]}")
+    if p.key in REMOVED_KEYS:
+        raise UserError(f"{src}: parameter '{p.key}': {REMOVED_KEYS[p.key]}")
     if p.key not in flat:
         sections = {k for k in flat if k.startswith(p.key + ".")}
         if sections:
@@ -307,102 +391,75 @@ def _check_key(p: Param, flat: dict[str, Any], method: str, src: str) -> None:
                         "the resolved config, e.g. method.alpha")
 
 
-def load_search_space(path: str | Path, extra: dict[str, Any] | None = None) -> SearchSpace:
-    """Read and validate a search-space YAML; ``extra`` are CLI overrides (``--set``, ``--data-root``)."""
-    path = Path(path)
-    data = read_yaml(path, "search space")
+def parse_space(data: Any, path: Path) -> SearchSpace:
+    """Validate a search space's YAML mapping (``path`` names it in errors and anchors ``base.config``); the
+    sections are typed by ``config.from_dict``, then the cross-field rules below. Not yet checked against the
+    resolved config: ``load_search_space`` does that."""
     src = f"search space {path}"
-    if not isinstance(data, dict):
-        raise UserError(f"{src}: expected a YAML mapping at the top level, found {type(data).__name__}")
-    _mapping(data, "", src, _TOP_KEYS)
-
-    base = _mapping(data.get("base"), "base", src, _BASE_KEYS)
-    preset, config_file = base.get("preset"), base.get("config")
-    if preset is not None and config_file is not None:
+    if isinstance(data, dict):
+        # An empty section (``objective:`` with nothing under it) means its defaults; ``scheduler: null`` is none.
+        data = {k: ({} if v is None and k in ("base", "objective", "search", "resources") else v)
+                for k, v in data.items()}
+    f: SpaceFile = from_dict(SpaceFile, data, src, "", FILE_STYLE)
+    base = f.base
+    if base.preset is not None and base.config is not None:
         raise UserError(f"{src}: base has both 'preset' and 'config', expected one of them")
+    config_file = base.config
     if config_file is not None:
-        cf = Path(str(config_file)).expanduser()
+        cf = Path(config_file).expanduser()
         if not cf.is_absolute():
             beside = path.parent / cf
             cf = beside if beside.is_file() or not cf.is_file() else cf
         config_file = str(cf.resolve())
-    if not isinstance(base.get("set") or {}, dict):
-        raise UserError(f"{src}: base.set is {base.get('set')!r}, expected a mapping of dotted key to value")
-    overrides = dict(base.get("set") or {})
-    if "task" in data:
-        overrides["data.task"] = str(data["task"])
+    overrides = dict(base.set or {})
+    if f.task is not None:
+        overrides["data.task"] = f.task
     if "overlap" in data:
-        overrides["data.overlap"] = data["overlap"]
-    method = base.get("method")
-    if method is not None and not isinstance(method, str):
-        raise UserError(f"{src}: base.method is {method!r}, expected a method name")
-
-    if "step" not in data:
+        overrides["data.overlap"] = f.overlap
+    if f.step is None:
         raise UserError(f"{src}: missing 'step', expected the incremental step to sweep (e.g. step: 1)")
-    step = _positive(data["step"], "step", src, int, allow_zero=True)
 
-    space = SearchSpace(path=path, name=str(data.get("name") or path.stem), preset=preset, config_file=config_file,
-                        method=method, overrides=overrides, step=step)
-    if not space.name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise UserError(f"{src}: name {space.name!r} has characters other than letters, digits, '-', '_', '.'")
+    name = f.name or path.stem
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise UserError(f"{src}: name {name!r} has characters other than letters, digits, '-', '_', '.'")
+    obj = f.objective
+    if obj.mode is None:
+        obj.mode = "min" if obj.metric.startswith("loss") else "max"
+    sched = f.scheduler
+    if sched is not None and sched.type in (None, "none", "fifo"):
+        sched = None
+    checks = [
+        ("step", f.step, f.step >= 0, ">= 0"),
+        ("search.num_samples", f.search.num_samples, f.search.num_samples > 0, "a positive number"),
+        ("search.grid_points", f.search.grid_points, f.search.grid_points > 0, "a positive number"),
+        ("resources.workers_per_trial", f.resources.workers_per_trial, f.resources.workers_per_trial > 0,
+         "a positive number"),
+    ]
+    for res in ("cpus_per_worker", "gpus_per_worker"):
+        v = getattr(f.resources, res)
+        checks.append((f"resources.{res}", v, math.isfinite(v) and v >= 0, ">= 0"))
+    if sched is not None:
+        checks += [
+            ("scheduler.grace_period", sched.grace_period, sched.grace_period > 0, "a positive number"),
+            ("scheduler.max_t", sched.max_t, sched.max_t is None or sched.max_t > 0, "a positive number"),
+            ("scheduler.reduction_factor", sched.reduction_factor,
+             math.isfinite(sched.reduction_factor) and sched.reduction_factor > 1, "a number > 1"),
+        ]
+    _ranges(src, checks)
+    if not isinstance(f.parameters, dict) or not f.parameters:
+        raise UserError(f"{src}: 'parameters' is {f.parameters!r}, expected a mapping of config key to "
+                        "distribution")
+    return SearchSpace(path=path, name=name, preset=base.preset, config_file=config_file, method=base.method,
+                       overrides=overrides, step=f.step, objective=obj, search=f.search, scheduler=sched,
+                       resources=f.resources,
+                       params=[_parse_param(k, v, src) for k, v in f.parameters.items()])
 
-    obj = _mapping(data.get("objective"), "objective", src, _OBJECTIVE_KEYS)
-    space.metric = obj.get("metric", space.metric)
-    if space.metric not in METRICS:
-        raise UserError(f"{src}: objective.metric is {space.metric!r}, expected one of {', '.join(METRICS)}")
-    space.mode = obj.get("mode", "min" if space.metric.startswith("loss") else "max")
-    if space.mode not in ("min", "max"):
-        raise UserError(f"{src}: objective.mode is {space.mode!r}, expected min or max")
-    space.multi_objective = bool(obj.get("multi_objective", False))
 
-    search = _mapping(data.get("search"), "search", src, _SEARCH_KEYS)
-    space.num_samples = _positive(search.get("num_samples", space.num_samples), "search.num_samples", src)
-    space.seed = _number(search.get("seed", space.seed), "search.seed", src, int)
-    space.evaluate_defaults = bool(search.get("evaluate_defaults", True))
-    space.sampler = search.get("sampler", space.sampler)
-    if space.sampler not in SAMPLERS:
-        raise UserError(f"{src}: search.sampler is {space.sampler!r}, expected one of {', '.join(SAMPLERS)}")
-    space.grid_points = _positive(search.get("grid_points", space.grid_points), "search.grid_points", src)
-
-    if "scheduler" in data and data["scheduler"] is None:
-        space.scheduler = None
-    else:
-        sched = _mapping(data.get("scheduler"), "scheduler", src, _SCHEDULER_KEYS)
-        kind = sched.get("type", "asha")
-        if kind in (None, "none", "fifo"):
-            space.scheduler = None
-        elif kind != "asha":
-            raise UserError(f"{src}: scheduler.type is {kind!r}, expected asha or none")
-        else:
-            space.scheduler = {
-                "type": "asha",
-                "grace_period": _positive(sched.get("grace_period", 1), "scheduler.grace_period", src),
-                "reduction_factor": _number(sched.get("reduction_factor", 2), "scheduler.reduction_factor", src),
-                "max_t": (_positive(sched["max_t"], "scheduler.max_t", src) if sched.get("max_t") is not None
-                          else None),
-            }
-            if space.scheduler["reduction_factor"] <= 1:
-                raise UserError(f"{src}: scheduler.reduction_factor is {space.scheduler['reduction_factor']}, "
-                                "expected a number > 1")
-
-    res = _mapping(data.get("resources"), "resources", src, _RESOURCE_KEYS)
-    space.workers_per_trial = _positive(res.get("workers_per_trial", 1), "resources.workers_per_trial", src)
-    space.cpus_per_worker = _positive(res.get("cpus_per_worker", 1), "resources.cpus_per_worker", src, float,
-                                      allow_zero=True)
-    space.gpus_per_worker = _positive(res.get("gpus_per_worker", 0), "resources.gpus_per_worker", src, float,
-                                      allow_zero=True)
-    space.max_failures = _number(res.get("max_failures", 2), "resources.max_failures", src, int)
-    space.trial_max_failures = _number(res.get("trial_max_failures", 1), "resources.trial_max_failures", src, int)
-    space.trainer = res.get("trainer", "auto")
-    if space.trainer not in TRAINERS:
-        raise UserError(f"{src}: resources.trainer is {space.trainer!r}, expected one of {', '.join(TRAINERS)}")
-
-    params = data.get("parameters")
-    if not isinstance(params, dict) or not params:
-        raise UserError(f"{src}: 'parameters' is {params!r}, expected a mapping of config key to distribution")
-    space.params = [_parse_param(k, v, src) for k, v in params.items()]
-
-    # -- against the resolved config ----------------------------------------------------------------------------
+def load_search_space(path: str | Path, extra: dict[str, Any] | None = None) -> SearchSpace:
+    """Read and validate a search-space YAML; ``extra`` are CLI overrides (``--set``, ``--data-root``)."""
+    path = Path(path)
+    src = f"search space {path}"
+    space = parse_space(read_yaml(path, "search space"), path)
     try:
         base_cfg = space.base_config(extra)
     except UserError as err:
@@ -416,18 +473,16 @@ def load_search_space(path: str | Path, extra: dict[str, Any] | None = None) -> 
         if isinstance(p.default, bool) and p.distribution != "choice":
             raise UserError(f"{src}: parameter '{p.key}' is a boolean, expected distribution: choice")
         if not p.contains(p.default):
-            if space.evaluate_defaults:
+            if space.search.evaluate_defaults:
                 raise UserError(f"{src}: parameter '{p.key}': default {p.default!r} is outside {p.describe()}, "
                                 "expected the range to include it (or set 'default:' / evaluate_defaults: false)")
         if p.distribution == "int" and isinstance(p.default, float) and p.default.is_integer():
             p.default = int(p.default)
-    _check_values(space, extra, src)
-    if space.step > 0 and base_cfg.optim(space.step) is None:  # pragma: no cover - defensive
-        raise UserError(f"{src}: step {space.step}: no optimiser settings")
+    _check_corners(space, extra, src)
     return space
 
 
-def _check_values(space: SearchSpace, extra: dict[str, Any] | None, src: str) -> None:
+def _check_corners(space: SearchSpace, extra: dict[str, Any] | None, src: str) -> None:
     """Resolve the config at the corners of the space so a bound of the wrong type/range fails now, naming it."""
     probes: list[tuple[str, dict[str, Any]]] = []
     ranged = [p for p in space.params if p.distribution != "choice"]
@@ -447,7 +502,8 @@ def _check_values(space: SearchSpace, extra: dict[str, Any] | None, src: str) ->
 
 
 def trial_overrides(space: SearchSpace, config: dict[str, Any]) -> dict[str, Any]:
-    """The swept values out of a Tune trial config (keys are the dotted config keys)."""
+    """The swept values out of a Tune trial config (keys are the dotted config keys; an int parameter's value,
+    which Tune may hand over as a float, as an int)."""
     out = {}
     for p in space.params:
         if p.key not in config:
@@ -455,10 +511,3 @@ def trial_overrides(space: SearchSpace, config: dict[str, Any]) -> dict[str, Any
         v = config[p.key]
         out[p.key] = int(v) if p.distribution == "int" else v
     return out
-
-
-def copy_space(space: SearchSpace, **changes: Any) -> SearchSpace:
-    new = copy.deepcopy(space)
-    for k, v in changes.items():
-        setattr(new, k, v)
-    return new
