@@ -191,10 +191,10 @@ def test_frozen_old_model_folds_every_conv_bn_pair():
     model.eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        logits, body = model(x, upsample=False)
+        logits, body = model(x, upsample=False)[:2]
     frozen = fast.freeze_old_model(model, "none")
     assert frozen.folded == 12  # stem + 2 per BasicBlock x 4 + 3 downsample shortcuts
-    f_logits, f_body = frozen(x, upsample=False)
+    f_logits, f_body = frozen(x, upsample=False)[:2]
     assert not f_logits.is_inference() and not f_logits.requires_grad
     torch.testing.assert_close(f_logits, logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(f_body, body, rtol=1e-4, atol=1e-4)

@@ -48,12 +48,12 @@ def step_key(cfg: Config, step: int) -> str:
     d = cfg.to_dict()
     for section, fields in _NEUTRAL.items():
         d[section] = {k: v for k, v in d[section].items() if k not in fields}
-    joint = get_method(cfg.method.name).joint
+    shared_step0 = get_method(cfg.method.name).shares_step0
     parts = {
         "data": d["data"], "stamp": _data_stamp(cfg.data.root) + (_data_stamp(cfg.data.voc_root) if cfg.data.voc_root else []),
         "model": d["model"], "step0": d["step0"], "run": d["run"], "step": step,
-        # Step 0 is the same BCE step for every method; only the joint bound trains differently.
-        "method": d["method"] if (step > 0 or joint) else None,
+        # Step 0 is the same BCE step for every method that shares it (the joint bound trains differently).
+        "method": d["method"] if (step > 0 or not shared_step0) else None,
         "incremental": d["incremental"] if step > 0 else None,
         "previous": step_key(cfg, step - 1) if step > 0 else None,
     }
@@ -84,13 +84,13 @@ def valid_entry(path: Path) -> bool:
 def preflight(cfg: Config, step: int) -> None:
     """Raise the UserError a bad task/step/data layout would cause, before the cache is touched: a run that
     cannot start writes nothing (no lock, no entry folder) and prints nothing but the error."""
-    from wilson_ray.engine import _build_dataset, _task_of
+    from wilson_ray.step_setup import build_step_dataset, task_of
 
-    task = _task_of(cfg)
+    task = task_of(cfg).train
     task.check_step(step)
-    _build_dataset(cfg, task, step, "train")
+    build_step_dataset(cfg, task, step, "train")
     for source in task.eval_data:
-        _build_dataset(cfg, task, step, "val", source)
+        build_step_dataset(cfg, task, step, "val", source)
 
 
 def cached_step(cfg: Config, step: int, cache_dir: str | Path, verbose: bool = True) -> Path:

@@ -1,5 +1,5 @@
 """Fast-path helpers for the training iteration (issue 6), switched on by ``run.*`` config fields in
-``engine.prepare_models`` / ``engine.make_optimizer`` (`wilson-ray train --fast` turns them all on).
+``step_setup.prepare_models`` / ``step_setup.make_optimizer`` (`wilson-ray train --fast` turns them all on).
 
 What each helper is for, and what it changes numerically:
 
@@ -27,6 +27,8 @@ import copy
 
 import torch
 from torch import nn
+
+from wilson_ray.models.segmenter import ModelOutput
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -101,10 +103,10 @@ class FrozenOldModel(nn.Module):
             if self.dtype is not None:
                 # Own dtype, no autocast: the weights are already cast, inputs follow.
                 with torch.autocast(x.device.type, enabled=False):
-                    logits, body = self.model(x.to(self.dtype), upsample=upsample)
+                    out = self.model(x.to(self.dtype), upsample=upsample)
             else:
-                logits, body = self.model(x, upsample=upsample)
-        return logits.clone(), body.clone()
+                out = self.model(x, upsample=upsample)
+        return ModelOutput(out.logits.clone(), out.features.clone())
 
 
 def freeze_old_model(model: nn.Module, amp: str = "none", fold_bn: bool = True,
@@ -158,7 +160,7 @@ def channels_last_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 class ChannelsLastGradients(nn.Module):
-    """Wraps a module returning a dict of tensors (``Trainable``): every 4-D output gets
+    """Wraps a module returning a ``ModelOutput`` (``Trainable``): every tensor output gets
     :func:`channels_last_grad`. Attribute access falls through to the wrapped module."""
 
     def __init__(self, module: nn.Module):
@@ -167,7 +169,7 @@ class ChannelsLastGradients(nn.Module):
 
     def forward(self, *args, **kwargs):
         out = self.inner(*args, **kwargs)
-        return {k: channels_last_grad(v) for k, v in out.items()}
+        return ModelOutput(*(None if v is None else channels_last_grad(v) for v in out))
 
 
 # ---------------------------------------------------------------------------------------------------------------

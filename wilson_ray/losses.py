@@ -144,16 +144,18 @@ def unbiased_ce_loss(s: torch.Tensor, target: torch.Tensor, num_old: int) -> tor
     return nll.mean()
 
 
-def unbiased_kd_loss(s: torch.Tensor, s_old: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def unbiased_kd_loss(s: torch.Tensor, s_old: torch.Tensor, temperature: float = 1.0,
+                     alpha: float = 1.0) -> torch.Tensor:
     """MiB unbiased knowledge distillation (method.md §3.10).
 
-    Teacher q = softmax(s_old / T) over the C_old old channels; student log-probabilities over all C channels
+    Teacher q = softmax(α · s_old / T) over the C_old old channels; student log-probabilities over all C channels
     of s / T, with background's taken as logsumexp over {background} ∪ new channels. Per pixel
-    −(1/C_old)[q_b log p̃_b + Σ_old fg q_c log p_c], mean over pixels. T = 1 reproduces MiB (α_KD = 1).
+    −(1/C_old)[q_b log p̃_b + Σ_old fg q_c log p_c], mean over pixels. MiB's own form is T = 1 with its ``alpha``
+    scaling the teacher's logits only; T = α = 1 reproduces MiB's published runs.
     """
     c_old = s_old.shape[1]
     s = s.float() / temperature
-    q = torch.softmax(s_old.detach().float() / temperature, dim=1)
+    q = torch.softmax(alpha * s_old.detach().float() / temperature, dim=1)
     den = torch.logsumexp(s, dim=1, keepdim=True)
     log_bkg = torch.logsumexp(torch.cat([s[:, :1], s[:, c_old:]], dim=1), dim=1, keepdim=True) - den
     log_p = torch.cat([log_bkg, s[:, 1:c_old] - den], dim=1)

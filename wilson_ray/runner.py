@@ -12,9 +12,11 @@ from typing import Sequence
 from wilson_ray.atomic import atomic_write_text
 from wilson_ray.cache import cached_step
 from wilson_ray.config import Config, dump_config
-from wilson_ray.engine import Callback, StepResult, _task_of, load_checkpoint, train_step
+from wilson_ray.checkpoint import load_checkpoint
+from wilson_ray.engine import Callback, StepResult, train_step
 from wilson_ray.methods import get_method
 from wilson_ray.protocol import get_task
+from wilson_ray.step_setup import task_of
 
 
 @dataclass
@@ -42,15 +44,16 @@ def run_task(cfg: Config, out_dir: str | Path | None, cache_dir: str | Path, ste
     """Train every step of ``cfg.data.task`` (or ``steps``) with ``cfg.method``.
 
     Step 0 comes from the step cache (trained once per config, shared by all methods); later steps are trained
-    into ``out_dir`` (or a cache entry when ``out_dir`` is None). The joint method is one step over all classes.
+    into ``out_dir`` (or a cache entry when ``out_dir`` is None). A method that does not share step 0 (the joint
+    bound: one step over all classes) trains its own.
     """
-    task = _task_of(cfg)
+    task = task_of(cfg).train
     steps = list(range(task.num_steps)) if steps is None else list(steps)
     out = Path(out_dir) if out_dir else None
     rows: list[StepRow] = []
     for step in steps:
         task.check_step(step)
-        if step == 0 and reuse_step0 and not get_method(cfg.method.name).joint:
+        if step == 0 and reuse_step0 and get_method(cfg.method.name).shares_step0:
             ckpt = cached_step(cfg, 0, cache_dir)
             if out is not None:
                 out.mkdir(parents=True, exist_ok=True)
@@ -94,12 +97,13 @@ def write_results(path: Path, cfg: Config, rows: list[StepRow]) -> None:
 def format_table(cfg: Config, rows: list[StepRow]) -> str:
     """Plain-text table of old / new / all mIoU per step (paper convention; MiB's "all" beside it)."""
     task = get_task(cfg.data.task)
+    view = task_of(cfg)
     head = f"{'step':>4}  {'classes':<22} {'old':>6} {'new':>6} {'all':>6} {'all(MiB)':>9}"
     lines = [f"task {task.name} ({'overlap' if cfg.data.overlap else 'disjoint'}), method {cfg.method.name}", head]
     fmt = lambda v: "     -" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:6.2f}"  # noqa: E731
     for r in rows:
-        if get_method(cfg.method.name).joint:
-            classes = "all (joint)"
+        if view.report is not None:  # trained on the flattened task: one step over every class
+            classes = f"all ({cfg.method.name})"
         else:
             ids = task.new_ids(r.step) if r.step > 0 else task.steps[0][1:]
             classes = f"{len(ids)} ({task.spec.class_names[ids[0]]}..)" if ids else "-"

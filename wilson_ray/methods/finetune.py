@@ -18,5 +18,5 @@ class Finetune(Method):
 
     def losses(self, ctx: Context, batch: Batch, epoch: int):
         """CE over all C channels; old-class pixels are background in the step's masks."""
-        s = ctx.net(batch.images, logits=True, upsample=True)["logits"]
+        s = ctx.net(batch.images, logits=True, upsample=True).logits
         return {"ce": cross_entropy_new_step(s, batch.masks)}

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from wilson_ray import losses
 from wilson_ray.methods.base import Batch, Context
 from wilson_ray.methods.lwf import LwF
+from wilson_ray.models.segmenter import ModelOutput
 
 
 @dataclass
@@ -20,9 +21,9 @@ class ILT(LwF):
     name = "ilt"
     Params = ILTParams
 
-    def distillation(self, ctx: Context, batch: Batch, out: dict) -> dict:
-        s_old, f_old = self.old_outputs(ctx, batch.images, upsample=True)
+    def distillation(self, ctx: Context, batch: Batch, out: ModelOutput) -> dict:
+        old = self.old_outputs(ctx, batch.images, upsample=True)
         return {
-            "kd": self.p.kd_weight * losses.kd_loss(out["logits"], s_old, self.p.kd_temperature),
-            "enc": self.p.lambda_enc * losses.encoder_distillation_loss(out["features"], f_old),
+            "kd": self.p.kd_weight * losses.kd_loss(out.logits, old.logits, self.p.kd_temperature),
+            "enc": self.p.lambda_enc * losses.encoder_distillation_loss(out.features, old.features),
         }

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wilson_ray.methods.base import Batch, Context, Method
+from wilson_ray.methods.base import Batch, Context, Method, TaskView
+from wilson_ray.protocol import Task
 
 
 @dataclass
@@ -15,7 +16,12 @@ class JointParams:
 class Joint(Method):
     name = "joint"
     Params = JointParams
-    joint = True
+    shares_step0 = False  # its one step trains every class: not the shared step-0 checkpoint
+
+    @classmethod
+    def task_view(cls, task: Task) -> TaskView:
+        """Trains the flattened task (one step, all classes) and reports in the source task's old/new columns."""
+        return TaskView(task.flattened(), task)
 
     def losses(self, ctx: Context, batch: Batch, epoch: int):
         """Joint training is a single step 0 over the flattened task: the step-0 BCE."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from wilson_ray import losses
 from wilson_ray.methods.base import Batch, Context, Method, cross_entropy_new_step
+from wilson_ray.models.segmenter import ModelOutput
 
 
 @dataclass
@@ -18,11 +19,11 @@ class LwF(Method):
     name = "lwf"
     Params = LwFParams
 
-    def distillation(self, ctx: Context, batch: Batch, out: dict) -> dict:
-        s_old, _ = self.old_outputs(ctx, batch.images, upsample=True)
-        return {"kd": self.p.kd_weight * losses.kd_loss(out["logits"], s_old, self.p.kd_temperature)}
+    def distillation(self, ctx: Context, batch: Batch, out: ModelOutput) -> dict:
+        old = self.old_outputs(ctx, batch.images, upsample=True)
+        return {"kd": self.p.kd_weight * losses.kd_loss(out.logits, old.logits, self.p.kd_temperature)}
 
     def losses(self, ctx: Context, batch: Batch, epoch: int):
         """CE + kd_weight · plain KD on the old channels, at image resolution."""
         out = ctx.net(batch.images, logits=True, upsample=True)
-        return {"ce": cross_entropy_new_step(out["logits"], batch.masks), **self.distillation(ctx, batch, out)}
+        return {"ce": cross_entropy_new_step(out.logits, batch.masks), **self.distillation(ctx, batch, out)}

@@ -11,7 +11,9 @@ from wilson_ray.methods.base import Batch, Context, Method
 @dataclass
 class MiBParams:
     kd_weight: float = 10.0  # loss_kd (MiB; 100 for 15-1, MiB issue #22)
-    kd_temperature: float = 1.0  # 1 reproduces MiB (α_KD = 1)
+    # MiB's α of the unbiased KD (`--alpha`, UnbiasedKnowledgeDistillationLoss): the old model's logits are
+    # multiplied by α before their softmax; the student is not scaled. 1 reproduces MiB's published runs.
+    kd_alpha: float = 1.0
     init_balanced: bool = True
 
 
@@ -25,9 +27,9 @@ class MiB(Method):
 
     def losses(self, ctx: Context, batch: Batch, epoch: int):
         """Unbiased CE on the new step's masks + kd_weight · unbiased KD against the old model."""
-        s = ctx.net(batch.images, logits=True, upsample=True)["logits"]
-        s_old, _ = self.old_outputs(ctx, batch.images, upsample=True)
+        s = ctx.net(batch.images, logits=True, upsample=True).logits
+        s_old = self.old_outputs(ctx, batch.images, upsample=True).logits
         return {
             "unce": losses.unbiased_ce_loss(s, batch.masks, self.num_old),
-            "unkd": self.p.kd_weight * losses.unbiased_kd_loss(s, s_old, self.p.kd_temperature),
+            "unkd": self.p.kd_weight * losses.unbiased_kd_loss(s, s_old, alpha=self.p.kd_alpha),
         }

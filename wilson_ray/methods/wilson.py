@@ -1,7 +1,8 @@
 """WILSON (Cermelli et al., CVPR 2022): learn new classes from image-level labels (method.md §3.2–§3.9).
 
 Per iteration at step t >= 1: the new model (features f, logits s), the frozen old model (f_old, s_old), the
-localizer twice on f (train mode: z, with gradient into the encoder; eval mode: z̄, detached targets), and PAMR.
+localizer twice on f (first eval mode: z̄, detached targets with the running BN statistics from before this batch;
+then train mode: z, with gradient into the encoder), and PAMR.
 Epochs < pseudo_epochs: L = ℓ_CLS + ℓ_LOC + ℓ_ENC (localizer pre-training; head and classifiers get a zero
 gradient). Later: L = ℓ_SEG + ℓ_CLS + ℓ_LOC + ℓ_SSS + ℓ_ENC. All weights default to 1 (§3.9).
 """
@@ -88,21 +89,19 @@ class Wilson(Method):
 
     # ----------------------------------------------------------------------------------------------------------
     def losses(self, ctx: Context, batch: Batch, epoch: int):
+        """The terms of one batch. Order as in the reference: features f and logits s; z̄ from the eval-mode
+        localizer on f.detach() (BatchNorm running statistics from before this batch, §3.5); then the train-mode
+        localizer z on f, which updates those statistics and sends ℓ_CLS/ℓ_LOC/ℓ_SSS gradients into f."""
         pseudo = epoch >= self.p.pseudo_epochs
-        out = ctx.net(batch.images, logits=pseudo, upsample=False, localizer=True)
-        f, z = out["features"], out["localizer"]
-        s_old, f_old = self.old_outputs(ctx, batch.images)
+        out = ctx.net(batch.images, logits=pseudo, upsample=False, localizer=True, localizer_eval=pseudo)
+        f, z, z_bar = out.features, out.localizer, out.localizer_eval
+        old = self.old_outputs(ctx, batch.images)
+        s_old, f_old = old.logits, old.features
         terms = self.localizer_losses(z, s_old, batch.labels)
         terms["enc"] = self.p.lambda_enc * losses.encoder_distillation_loss(f, f_old)
         if pseudo:
-            # z̄: a second, eval-mode (running BN stats), detached localizer pass gives the targets (§3.5).
-            localizer = ctx.module.localizer
             with torch.no_grad(), torch.autocast(f.device.type, enabled=False):
-                was_training = localizer.training
-                localizer.eval()
-                z_bar = localizer(f.detach().float())
-                localizer.train(was_training)
                 q_hat, weight = self.targets(z_bar, batch.labels, s_old.float())
-            terms["seg"] = self.p.lambda_seg * losses.segmentation_loss(out["logits"], q_hat, weight)
+            terms["seg"] = self.p.lambda_seg * losses.segmentation_loss(out.logits, q_hat, weight)
             terms.update(self.self_supervision(z, z_bar, batch))
         return terms

@@ -3,12 +3,13 @@
 from wilson_ray.models.backbone import ResNetBody, build_backbone
 from wilson_ray.models.head import DeepLabV3Head
 from wilson_ray.models.localizer import Localizer
-from wilson_ray.models.segmenter import Segmenter, build_segmenter
+from wilson_ray.models.segmenter import ModelOutput, Segmenter, build_segmenter
 from wilson_ray.models.weights import convert_iabn_checkpoint, load_backbone_weights
 
 __all__ = [
     "DeepLabV3Head",
     "Localizer",
+    "ModelOutput",
     "ResNetBody",
     "Segmenter",
     "build_backbone",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,18 @@ from torch import nn
 from wilson_ray.errors import UserError
 from wilson_ray.models.backbone import build_backbone
 from wilson_ray.models.head import DeepLabV3Head
+
+
+class ModelOutput(NamedTuple):
+    """What every model of the toolkit returns (segmenter, trainable, frozen old model): ``logits`` [B,C,h,w]
+    (None when not asked for), body ``features`` and, for methods with a localizer, its train-mode logits z
+    (``localizer``) and its eval-mode logits z̄ on the detached features (``localizer_eval``, no gradient). A
+    NamedTuple so that DDP, torch.compile and autograd see through it."""
+
+    logits: torch.Tensor | None
+    features: torch.Tensor
+    localizer: torch.Tensor | None = None
+    localizer_eval: torch.Tensor | None = None
 
 
 class Segmenter(nn.Module):
@@ -38,15 +51,15 @@ class Segmenter(nn.Module):
         """Total number of output channels (background + all classes seen so far)."""
         return sum(self.classes_per_step)
 
-    def forward(self, x: torch.Tensor, upsample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (logits, body features). Logits are bilinearly upsampled (align_corners=False) to the input
+    def forward(self, x: torch.Tensor, upsample: bool = True) -> ModelOutput:
+        """Return ``ModelOutput(logits, features)``. Logits are bilinearly upsampled (align_corners=False) to the input
         size when ``upsample``, else left at feature resolution as every step ≥ 1 loss needs (§2.6)."""
         body = self.backbone(x)
         pre_logits = self.head(body)
         logits = torch.cat([cls(pre_logits) for cls in self.classifiers], dim=1)
         if upsample:
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return logits, body
+        return ModelOutput(logits, body)
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Encoder parameters (their own learning rate, §4)."""

@@ -12,7 +12,8 @@ import torch
 import torchvision
 from torch import nn
 
-from wilson_ray.errors import UserError, load_failure_reason
+from wilson_ray.checkpoint import read_weights_only
+from wilson_ray.errors import UserError
 
 _HUB_HOST = ("download.pytorch.org", 443)
 _CONNECT_TIMEOUT_S = 3.0
@@ -33,6 +34,7 @@ _IABN_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 # Classifier: not part of the body. bn_out: the final BN+act of pre-activation nets (WRN-38); a post-activation
 # ResNet has no place for it.
 _IABN_DROPPED = re.compile(r"^(classifier\.|bn_out\.)")
+IABN_PREFIX = "iabn:"  # model.pretrained "iabn:<path>": a Mapillary InPlace-ABN checkpoint
 
 
 def _hub_weights(arch: str) -> torchvision.models.WeightsEnum:
@@ -63,16 +65,8 @@ def _online(host: tuple[str, int] = _HUB_HOST, timeout: float = _CONNECT_TIMEOUT
 
 
 def _read_checkpoint(path: Path, what: str) -> object:
-    if not path.is_file():
-        raise UserError(f"{what}: file {str(path)!r} not found, expected a PyTorch checkpoint file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a weights file"
-        raise UserError(
-            f"{what}: could not read {str(path)!r} as a weights-only PyTorch checkpoint "
-            f"({load_failure_reason(err)}), "
-            "expected a state dict saved with torch.save"
-        ) from err
+    return read_weights_only(path, what, expected="a PyTorch checkpoint file",
+                             unreadable_expected="a state dict saved with torch.save")
 
 
 def _as_state_dict(obj: object, path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -184,6 +178,8 @@ def load_backbone_weights(backbone: nn.Module, source: str | None) -> None:
 
     ``source``: ``None``/``"none"`` keeps the random init; ``"torchvision"`` uses torchvision's
     IMAGENET1K_V2 ResNet weights from the hub cache, downloading only if the host answers within 3 s;
+    ``"iabn:<path>"`` a Mapillary InPlace-ABN checkpoint (``module.`` prefix, BN parameters and running
+    statistics in the fused ``bn`` modules), converted with :func:`convert_iabn_checkpoint`'s mapping;
     otherwise a path to a torchvision-format ResNet state dict (``fc.*`` dropped, strict on the rest) or to a
     Mapillary InPlace-ABN checkpoint (converted with :func:`convert_iabn_checkpoint`'s mapping).
     """
@@ -191,6 +187,16 @@ def load_backbone_weights(backbone: nn.Module, source: str | None) -> None:
         return
     if source == "torchvision":
         _load_into(backbone, _torchvision_state(getattr(backbone, "arch", "?")), "torchvision ImageNet weights")
+        return
+    if str(source).startswith(IABN_PREFIX):
+        path = Path(str(source)[len(IABN_PREFIX):]).expanduser()
+        state = _as_state_dict(_read_checkpoint(path, "model.pretrained"), path, "model.pretrained")
+        if not _is_iabn_layout(state):
+            raise UserError(
+                f"model.pretrained: {str(path)!r} (given as {IABN_PREFIX}) has keys like {list(state)[:3]}, "
+                "expected the InPlace-ABN layout ('module.mod1.conv1.weight', ...)"
+            )
+        _load_into(backbone, _iabn_to_torchvision(state, f"model.pretrained {str(path)!r}"), repr(str(path)))
         return
     path = Path(source).expanduser()
     state = _as_state_dict(_read_checkpoint(path, "model.pretrained"), path, "model.pretrained")

@@ -131,22 +131,23 @@ def overlays_png(checkpoint: str | Path, path: str | Path, n: int = 4, data_root
                  device: str = "cpu") -> Path | None:
     """Image | ground truth | prediction for the first ``n`` val images of the checkpoint's task and step.
 
-    Loads the model with ``weights_only=True`` (``engine.model_from_checkpoint``) and the val set of the
+    Loads the model with ``weights_only=True`` (``checkpoint.model_from_checkpoint``) and the val set of the
     checkpoint's config. Returns None when the val set is empty.
     """
     import torch
 
     from wilson_ray.config import config_from_dict
     from wilson_ray.data.transforms import denormalise
-    from wilson_ray.engine import _build_dataset, _task_of, model_from_checkpoint
+    from wilson_ray.checkpoint import model_from_checkpoint
+    from wilson_ray.step_setup import build_step_dataset, task_of
 
     model, ckpt = model_from_checkpoint(checkpoint)
     cfg = config_from_dict(ckpt["config"], f"checkpoint {checkpoint}")
     if data_root:
         cfg.data.root = data_root
     step = int(ckpt["step"])
-    task = _task_of(cfg)
-    dataset = _build_dataset(cfg, task, step, "val")
+    task = task_of(cfg).train
+    dataset = build_step_dataset(cfg, task, step, "val")
     count = min(n, len(dataset))
     if count == 0:
         return None
@@ -156,7 +157,7 @@ def overlays_png(checkpoint: str | Path, path: str | Path, n: int = 4, data_root
     with torch.no_grad():
         for i in range(count):
             image, mask, _ = dataset[i]
-            logits, _ = model(image.unsqueeze(0).to(device), upsample=True)
+            logits = model(image.unsqueeze(0).to(device), upsample=True).logits
             pred = logits.argmax(1)[0].cpu().numpy().astype(np.int64)
             img = (denormalise(image).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
             rows.append((img, colorize(mask.numpy().astype(np.int64), k), colorize(pred, k)))
