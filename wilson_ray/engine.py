@@ -253,7 +253,8 @@ def train_step(
         torch.cuda.set_device(device)
     amp = resolve_amp(cfg.run.amp, device)
     seed_everything(cfg.run.seed + step * 1000 + rank)
-    method = method_cls.for_step(method_cls.Params(**cfg.method.params), task, step, no_mask=cfg.data.no_mask)
+    # cfg.method.args is the method's typed Params instance, validated once by the config (no re-parsing here).
+    method = method_cls.for_step(cfg.method.args, task, step, no_mask=cfg.data.no_mask)
     if rank == 0:
         for msg in method.warnings():
             print(f"warning: {msg}", file=sys.stderr)
