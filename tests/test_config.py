@@ -95,6 +95,8 @@ def test_method_args_are_typed_from_yaml_and_round_trip():
     assert m.args == MiBParams(kd_weight=3.0) and MethodConfig("mib").args == MiBParams()
     with pytest.raises(UserError, match="unknown key 'method.kd_wieght'"):
         MethodConfig("mib", {"kd_wieght": 3})
+    with pytest.raises(TypeError, match="args of method 'mib' is a WilsonParams"):
+        MethodConfig("mib", WilsonParams())
 
 
 def test_per_method_recipe_overrides_wilsons_incremental_settings():

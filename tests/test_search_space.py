@@ -352,3 +352,76 @@ def test_trainer_choice(tmp_path):
     assert [trainer_kind("auto", 1), trainer_kind("auto", 2), trainer_kind("torch", 1)] == ["direct", "torch", "torch"]
     with pytest.raises(UserError, match=r"--trainer direct: .* --workers-per-trial is 4"):
         trainer_kind("direct", 4)
+
+
+def test_sections_are_typed_dataclasses(tmp_path):
+    """The file's sections come out as the dataclasses config.from_dict validated (no hand-read dicts)."""
+    from wilson_ray.ray.search_space import Objective, Resources, Scheduler, Search
+
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    data.update(objective={"metric": "loss/total"}, search={"num_samples": 5, "sampler": "random"},
+                scheduler={"grace_period": 2, "max_t": 6}, resources={"cpus_per_worker": 2, "trainer": "direct"})
+    space = load_search_space(write(tmp_path, data))
+    assert space.objective == Objective(metric="loss/total", mode="min")  # a loss is minimised unless told
+    assert space.search == Search(num_samples=5, sampler="random")
+    assert space.scheduler == Scheduler(grace_period=2, max_t=6, reduction_factor=2.0)
+    assert space.resources == Resources(cpus_per_worker=2.0, trainer="direct")
+    assert isinstance(space.resources.cpus_per_worker, float)
+    assert (space.metric, space.num_samples, space.trainer) == ("loss/total", 5, "direct")  # flat reads
+    assert space.scheduler["grace_period"] == 2 and space.scheduler.get("max_t") == 6
+    for off in (None, {"type": "none"}, {"type": "fifo"}):
+        data["scheduler"] = off
+        assert load_search_space(write(tmp_path, data)).scheduler is None
+    data["objective"] = None  # an empty section: its defaults
+    assert load_search_space(write(tmp_path, data)).objective == Objective(metric="miou_all", mode="max")
+
+
+@pytest.mark.parametrize("section, fragments", [
+    ({"search": {"num_sample": 3}},
+     ["unknown key 'search.num_sample' (did you mean 'num_samples'?); expected one of num_samples, seed"]),
+    ({"search": {"num_samples": "many"}}, ["search.num_samples is 'many', expected an integer"]),
+    ({"search": {"num_samples": 0}}, ["search.num_samples is 0, expected a positive number"]),
+    ({"objective": 5}, ["'objective' is 5, expected a mapping"]),
+    ({"scheduler": {"type": "hyperband"}}, ["scheduler.type is 'hyperband', expected one of asha, none, fifo"]),
+    ({"scheduler": {"max_t": 0}}, ["scheduler.max_t is 0, expected a positive number"]),
+    ({"resources": {"cpus_per_worker": -1}}, ["resources.cpus_per_worker is -1.0, expected >= 0"]),
+    ({"step": -1}, ["step is -1, expected >= 0"]),
+    ({"base": {"preset": "demo", "sett": {}}}, ["unknown key 'base.sett' (did you mean 'set'?)"]),
+])
+def test_section_errors_name_the_field(tmp_path, section, fragments):
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    data.update(section)
+    expect_error(tmp_path, data, *fragments)
+
+
+def test_parameter_fields_are_checked_like_config_fields(tmp_path):
+    expect_error(tmp_path, with_param("method.alpha", {"distribution": "uniform", "lo": 0, "high": 1}),
+                 "parameter 'method.alpha': unknown field 'lo' (did you mean 'low'?), expected distribution, low")
+    expect_error(tmp_path, with_param("method.alpha", {"distribution": "uniform", "low": "a", "high": 1}),
+                 "parameter 'method.alpha': low is 'a', expected a number")
+    expect_error(tmp_path, with_param("method.alpha", {"distribution": "uniform", "low": 0, "high": 1, "log": 1}),
+                 "parameter 'method.alpha': log is 1, expected true or false")
+
+
+def test_removed_key_is_named_in_a_space(tmp_path):
+    msg = "run.max_iters_per_epoch was removed; use step0.max_iters_per_epoch / incremental.max_iters_per_epoch"
+    expect_error(tmp_path, with_param("run.max_iters_per_epoch", {"distribution": "int", "low": 1, "high": 3}), msg)
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    data["base"]["set"] = {"run.max_iters_per_epoch": 3}
+    expect_error(tmp_path, data, msg)
+
+
+def test_fingerprint_follows_what_defines_the_trials(tmp_path):
+    """Same trials -> same fingerprint (resources and sampler do not change a trial); another bound, another
+    base value or another objective -> another one."""
+    first = load_search_space(write(tmp_path, BASE)).fingerprint()
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    data["resources"] = {"workers_per_trial": 3}
+    data["search"] = {"sampler": "random"}
+    assert load_search_space(write(tmp_path, data)).fingerprint() == first
+    for change in (lambda d: d["parameters"]["method.alpha"].update(high=0.9),
+                   lambda d: d["base"].update(set={"incremental.epochs": 3}),
+                   lambda d: d.update(objective={"metric": "miou_new"})):
+        data = yaml.safe_load(yaml.safe_dump(BASE))
+        change(data)
+        assert load_search_space(write(tmp_path, data)).fingerprint() != first

@@ -106,6 +106,11 @@ class MethodConfig:
     def __post_init__(self) -> None:
         if self.args is None or isinstance(self.args, dict):
             self.args = method_args(self.name, self.args or {}, "config")
+            return
+        from wilson_ray.methods import get_method
+
+        if not isinstance(self.args, get_method(self.name).Params):
+            raise TypeError(f"MethodConfig: args of method {self.name!r} is a {type(self.args).__name__}")
 
     @property
     def params(self) -> typing.Mapping[str, Any]:
@@ -183,9 +188,14 @@ class ErrorStyle:
                 return " or ".join(repr(a) for a in args)
             return "one of " + ", ".join(str(a) for a in args)
         if origin in (typing.Union, types.UnionType):
-            return " or ".join(self.type_name(a) for a in typing.get_args(tp))
+            args = typing.get_args(tp)
+            if float in args:  # an int is accepted for a float: "a number" says both
+                args = tuple(a for a in args if a is not int)
+            return " or ".join(self.type_name(a) for a in args)
         if tp is type(None):
             return "null"
+        if not self.quoted and (origin or tp) in _PLAIN_TYPE_NAMES:
+            return _PLAIN_TYPE_NAMES[origin or tp]
         return getattr(tp, "__name__", str(tp))
 
     def bad(self, source: str, where: str, value: Any, expected: str) -> UserError:
@@ -214,6 +224,8 @@ class ErrorStyle:
 
 
 CONFIG_STYLE = ErrorStyle()
+_PLAIN_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping",
+                     list: "a list"}
 
 
 def _coerce(value: Any, tp: Any, where: str, source: str, style: ErrorStyle = CONFIG_STYLE) -> Any:

@@ -1,7 +1,9 @@
 """Search spaces as YAML: the fixed base of a sweep plus one distribution per swept config key.
 
 Pure Python (no ray import): ``load_search_space`` validates a file in a plain process and every error is a
-one-line ``UserError`` naming the file and the parameter. Layout (see ``search_spaces/demo.yaml``)::
+one-line ``UserError`` naming the file and the parameter. The file's sections are dataclasses (``SpaceFile``,
+``Base``, ``Objective``, ``Search``, ``Scheduler``, ``Resources``, ``ParamSpec``) checked by the same
+``config.from_dict`` as a config file, once, here; the sweep reads them typed. Layout (see ``search_spaces/demo.yaml``)::
 
     name: demo-wilson-15-5          # default sweep name (``--name`` overrides)
     base:                           # the fixed part: what ``wilson-ray train`` would resolve
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
