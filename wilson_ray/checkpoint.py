@@ -111,12 +111,16 @@ def save_training_state(path: Path, step: int, epoch: int, parts: dict[str, Any]
     return Path(path)
 
 
-def load_training_state(path: str | Path, step: int, parts: dict[str, Any]) -> int:
+def load_training_state(path: str | Path, step: int, parts: dict[str, Any], optional: tuple[str, ...] = ("method",)
+                        ) -> int:
     """Restore ``parts`` (as in ``save_training_state``) from a step-``step`` training state; returns its epoch.
-    A part missing from the file (a state written before it existed) keeps its current state."""
+    An ``optional`` part missing from the file (written before methods carried state) keeps its current state."""
     state = read_weights_only(Path(path), "training state")
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or state.get("step") != step:
-        raise UserError(f"training state {path}: not a step-{step} wilson-ray training state")
+    missing = [name for name in parts if name not in optional and name not in (state or {})] \
+        if isinstance(state, dict) else []
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or state.get("step") != step or missing:
+        raise UserError(f"training state {path}: not a step-{step} wilson-ray training state"
+                        + (f" (no {', '.join(missing)})" if missing else ""))
     for name, part in parts.items():
         if name in state:
             part.load_state_dict(state[name])
