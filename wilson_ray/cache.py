@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from wilson_ray.atomic import atomic_write_text
-from wilson_ray.config import Config
+from wilson_ray.config import Config, config_hash
 from wilson_ray.methods import get_method
 
 # Fields that do not change the trained weights, so they are left out of the key.
@@ -57,7 +56,7 @@ def step_key(cfg: Config, step: int) -> str:
         "incremental": d["incremental"] if step > 0 else None,
         "previous": step_key(cfg, step - 1) if step > 0 else None,
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return config_hash(parts, length=20)
 
 
 @contextlib.contextmanager

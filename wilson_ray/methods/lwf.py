@@ -1,4 +1,11 @@
-"""LwF (as in MiB's tables): cross-entropy on the new step plus plain output distillation (method.md §3.10)."""
+"""LwF (as in MiB's tables): cross-entropy on the new step plus plain output distillation (method.md §3.10).
+
+Training recipe (VOC/COCO presets, ``methods.lwf.incremental``): MiB's published one — 30 epochs on VOC, one
+learning rate for all parameter groups (``lr_head`` 1), lr 0.01 at step 0 and 0.001 after, poly 0.9, SGD Nesterov 0.9,
+weight decay 1e-4, batch 24, crop 512 (MiB's README, fcdl94/MiB, which runs LwF with these flags; method.md §3.10).
+WILSON's 40 epochs with head lr ×10 belong to WILSON only. COCO uses the same values: the WILSON paper ran these
+baselines with MiB's code, whose COCO flags are not published.
+"""
 
 from __future__ import annotations
 
