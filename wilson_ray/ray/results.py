@@ -4,7 +4,7 @@ Layout of ``<storage>/<name>/`` (the Tune experiment folder)::
 
     sweep.json              what the sweep is: search-space fingerprint, objective, step, swept keys, base config
     optuna.db               the Optuna study (``optuna-dashboard sqlite:///.../optuna.db``)
-    trials/<trial_id>/      one ``TrialRecord`` per trial (see ``tracking.mlflow_tracker``)
+    trials/<trial_id>/      one ``TrialRecord`` per trial (see ``wilson_ray.sweep_record``)
     train/<trial_id>/       the trial's Ray Train run (epoch checkpoints)
     best.yaml               the best trial's full resolved config (``wilson-ray train --config best.yaml``)
     summary.json/.csv/.png  the trials table and the sweep plot
@@ -21,7 +21,7 @@ from typing import Any
 
 from wilson_ray.atomic import atomic_write_text
 from wilson_ray.errors import UserError
-from wilson_ray.tracking.mlflow_tracker import TrialRecord
+from wilson_ray.sweep_record import TrialRecord
 
 SWEEP_FILE = "sweep.json"
 

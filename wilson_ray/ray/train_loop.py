@@ -19,7 +19,6 @@ group to every trial and a report round trip to every epoch, and buys nothing a 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import os
@@ -29,6 +28,8 @@ import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
+
+from wilson_ray.ray.kill_points import kill_point
 
 STATE_META = "wilson_ray_state.json"
 MIOU_KEYS = ("miou_old", "miou_new", "miou_all", "miou_all_mib", "iou_background")
@@ -102,6 +103,8 @@ class RayReportCallback:
             self._pending = (m, tmp)
             return
         self._report(m, tmp)
+        if self.rank == 0:
+            kill_point("mid_epoch")
 
     def on_step_end(self, result) -> None:
         if self.rank == 0 and self.final_artifacts is not None:
@@ -209,7 +212,8 @@ def run_step(config: dict[str, Any], rank: int, checkpoint, report, device: str 
     """Train ``config['step']`` with per-epoch ``report(metrics, checkpoint_dir)``, resuming from ``checkpoint``
     (a Ray ``Checkpoint`` holding ``STATE_META``, or None); rank 0 keeps the trial record and MLflow in sync."""
     from wilson_ray.config import config_from_dict
-    from wilson_ray.tracking.mlflow_tracker import BackgroundSync, TrackingInfo, TrialRecord, TrialTracker
+    from wilson_ray.sweep_record import TrialRecord
+    from wilson_ray.tracking.mlflow_tracker import BackgroundSync, TrackingInfo, TrialTracker
 
     record = TrialRecord(config["trial_dir"])
     failed = record.failure()
@@ -247,6 +251,8 @@ def run_step(config: dict[str, Any], rank: int, checkpoint, report, device: str 
             if rank == 0:
                 print(f"wilson-ray: resuming trial {config.get('trial_id')} after epoch {meta['epoch']}",
                       file=sys.stderr, flush=True)
+        if rank == 0:
+            kill_point("first_report")
         try:
             engine.train_step(cfg, step, init_checkpoint=Path(init) if init else None,
                               out_dir=Path(config["trial_dir"]) / "model", callbacks=[callback], resume_from=resume)
@@ -270,28 +276,6 @@ def loop_config(*, cfg_dict: dict[str, Any], step: int, trial_id: str, trial_dir
             "use_gpu": use_gpu, "cpus": cpus}
 
 
-@functools.lru_cache(maxsize=1)
-def _trainer_class():
-    """``TorchTrainer`` without Ray Data's per-run ``DatasetManager`` actor: trials read their data with the
-    engine's DataLoader and pass no ``datasets``, yet Train V2 starts that actor (a process importing Ray Data)
-    for every run. If Ray's private callback list changes, this falls back to the plain TorchTrainer."""
-    from ray.train.torch import TorchTrainer
-
-    try:
-        from ray.train.v2._internal.callbacks import DatasetsCallback
-    except ImportError:
-        return TorchTrainer
-
-    class NoDatasetsTorchTrainer(TorchTrainer):
-        def _create_default_callbacks(self):
-            callbacks = super()._create_default_callbacks()
-            if self.datasets:
-                return callbacks
-            return [cb for cb in callbacks if not isinstance(cb, DatasetsCallback)]
-
-    return NoDatasetsTorchTrainer
-
-
 def build_trainer(*, cfg_dict: dict[str, Any], step: int, trial_id: str, trial_dir: str | Path,
                   storage_path: str | Path, init_checkpoint: str | Path | None, workers: int,
                   cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, max_failures: int = 2,
@@ -301,12 +285,14 @@ def build_trainer(*, cfg_dict: dict[str, Any], step: int, trial_id: str, trial_d
     import ray.train
     from ray.train.torch import TorchConfig
 
+    from wilson_ray.ray.compat import trainer_class
+
     apply_train_env()
     use_gpu = gpus_per_worker > 0
     resources = {"CPU": cpus_per_worker}
     if use_gpu:
         resources["GPU"] = gpus_per_worker
-    return _trainer_class()(
+    return trainer_class()(
         train_loop_per_worker,
         train_loop_config=loop_config(cfg_dict=cfg_dict, step=step, trial_id=trial_id, trial_dir=trial_dir,
                                       init_checkpoint=init_checkpoint, tracking=tracking, use_gpu=use_gpu),

@@ -1,6 +1,7 @@
 """MLflow tracking of sweeps: one parent run per sweep, one child run per trial, fed from an on-disk trial record.
 
-The source of truth is the trial's *record*, a folder in the sweep's storage (``TrialRecord``): the trial config,
+The source of truth is the trial's *record*, a folder in the sweep's storage (``sweep_record.TrialRecord``): the
+trial config,
 one JSON file per epoch, the final per-class IoU / confusion matrix / figures and the outcome, each written
 atomically. ``TrialTracker.sync()`` uploads whatever MLflow does not have yet and is idempotent, so:
 
@@ -15,10 +16,7 @@ atomically. ``TrialTracker.sync()`` uploads whatever MLflow does not have yet an
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import math
 import os
 import re
 import sys
@@ -29,8 +27,9 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
-from wilson_ray.atomic import atomic_write_text
 from wilson_ray.errors import UserError
+from wilson_ray.filelock import locked
+from wilson_ray.sweep_record import TrialRecord, finite_metrics
 
 KNOWN_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "file")
 TAG_SWEEP = "wilson_ray.sweep"
@@ -103,104 +102,6 @@ _METRIC_NAME = re.compile(r"[^0-9A-Za-z_\-. /]")
 
 def metric_key(name: str) -> str:
     return _METRIC_NAME.sub("_", str(name))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Records: the trial folder in the sweep storage
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
-
-def _finite(metrics: dict[str, Any]) -> dict[str, float]:
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, bool):
-            v = float(v)
-        if isinstance(v, (int, float)) and math.isfinite(float(v)):
-            out[k] = float(v)
-    return out
-
-
-class TrialRecord:
-    """A trial's files under ``<storage>/<sweep>/trials/<trial_id>/`` (written atomically, read by anyone)::
-
-        trial.json          trial id/name, swept params, full resolved config, step
-        epochs/0001.json    metrics of epoch 1 (every loss term, lr, images/s, mIoU columns, iou/<class>)
-        final/              final.json, per_class_iou.{json,csv}, confusion.{npy,csv,png}, iou_bar.png, overlays.png
-        outcome.json        {"outcome": completed|stopped_early|failed, "reason": ...}
-        failed.json         marker of a deterministic failure (non-finite loss): retries stop early
-        mlflow_run.json     {"run_id": ...} once the MLflow run exists
-    """
-
-    def __init__(self, directory: str | Path):
-        self.dir = Path(directory)
-
-    # -- writing ----------------------------------------------------------------------------------------------
-    def write_trial(self, trial_id: str, trial_name: str, params: dict[str, Any], config: dict[str, Any],
-                    step: int, sweep: str) -> None:
-        data = {"trial_id": trial_id, "trial_name": trial_name, "sweep": sweep, "step": step,
-                "params": params, "config": config}
-        if _read_json(self.dir / "trial.json") != json.loads(json.dumps(data, default=str)):
-            atomic_write_text(self.dir / "trial.json", json.dumps(data, indent=1, default=str))
-
-    def record_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
-        data = {"epoch": int(epoch), "time": time.time(), "metrics": _finite(metrics)}
-        atomic_write_text(self.dir / "epochs" / f"{int(epoch):04d}.json", json.dumps(data))
-
-    def set_outcome(self, outcome: str, reason: str | None = None, overwrite: bool = True) -> None:
-        if not overwrite and (self.dir / "outcome.json").is_file():
-            return
-        atomic_write_text(self.dir / "outcome.json", json.dumps({"outcome": outcome, "reason": reason,
-                                                                 "time": time.time()}))
-
-    def mark_failed(self, reason: str) -> None:
-        atomic_write_text(self.dir / "failed.json", json.dumps({"reason": reason, "time": time.time()}))
-        self.set_outcome("failed", reason)
-
-    # -- reading ----------------------------------------------------------------------------------------------
-    def trial(self) -> dict[str, Any] | None:
-        return _read_json(self.dir / "trial.json")
-
-    def epochs(self) -> dict[int, dict[str, float]]:
-        out: dict[int, dict[str, float]] = {}
-        folder = self.dir / "epochs"
-        if folder.is_dir():
-            for f in sorted(folder.glob("*.json")):
-                data = _read_json(f)
-                if isinstance(data, dict) and "epoch" in data:
-                    out[int(data["epoch"])] = data.get("metrics") or {}
-        return out
-
-    def final(self) -> dict[str, Any] | None:
-        return _read_json(self.dir / "final" / "final.json")
-
-    def outcome(self) -> dict[str, Any] | None:
-        return _read_json(self.dir / "outcome.json")
-
-    def failure(self) -> str | None:
-        data = _read_json(self.dir / "failed.json")
-        return (data or {}).get("reason") if data is not None else None
-
-    def run_id(self) -> str | None:
-        return (_read_json(self.dir / "mlflow_run.json") or {}).get("run_id")
-
-    def set_run_id(self, run_id: str) -> None:
-        atomic_write_text(self.dir / "mlflow_run.json", json.dumps({"run_id": run_id}))
-
-    def last_eval(self) -> dict[str, float]:
-        """Metrics of the last evaluated epoch (the final metrics when the trial completed)."""
-        final = self.final()
-        if final and final.get("metrics"):
-            return dict(final["metrics"])
-        for _, m in sorted(self.epochs().items(), reverse=True):
-            if "miou_all" in m:
-                return dict(m)
-        return {}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -351,7 +252,7 @@ class SweepRun:
             client = self.conn.ensure()
             now = int(time.time() * 1000)
             client.log_batch(self.run_id, metrics=[Metric(metric_key(k), v, now, 0)
-                                                   for k, v in _finite(metrics).items()])
+                                                   for k, v in finite_metrics(metrics).items()])
             for f in files:
                 if Path(f).is_file():
                     client.log_artifact(self.run_id, str(f))
@@ -441,8 +342,8 @@ class TrialTracker:
             return True  # nothing to track yet
         if not force and not self.conn.may_try():
             return False
-        with self._locked(lock_timeout) as locked:
-            if not locked:
+        with locked(self.record.dir / ".mlflow_sync.lock", lock_timeout) as held:
+            if not held:
                 return False
             try:
                 client = self.conn.ensure()
@@ -451,7 +352,9 @@ class TrialTracker:
                 if not self._params_done:
                     if self.info.parent_run_id and run.data.tags.get(TAG_PARENT) != self.info.parent_run_id:
                         client.set_tag(run_id, TAG_PARENT, self.info.parent_run_id)
-                    params = {**{f"config.{k}": v for k, v in _flatten(trial.get("config") or {}).items()},
+                    from wilson_ray.ray.search_space import flatten
+
+                    params = {**{f"config.{k}": v for k, v in flatten(trial.get("config") or {}).items()},
                               "step": trial.get("step"), "trial_id": trial["trial_id"]}
                     have = run.data.params
                     _log_params(client, run_id, [(k, v) for k, v in _params(params).items() if k not in have])
@@ -476,25 +379,6 @@ class TrialTracker:
             except Exception as err:  # noqa: BLE001 - any store/network failure means "offline"
                 self.conn.failed(err)
                 return False
-
-    @contextlib.contextmanager
-    def _locked(self, timeout: float):
-        self.record.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.record.dir / ".mlflow_sync.lock", "a+") as fh:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        yield False
-                        return
-                    time.sleep(0.05)
-            try:
-                yield True
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def _sync_epochs(self, client, run_id: str) -> None:
         from mlflow.entities import Metric
@@ -522,9 +406,9 @@ class TrialTracker:
 
         step = int(final.get("epochs") or 0)
         ts = int(time.time() * 1000)
-        items = [Metric(metric_key(f"final/{k}"), v, ts, step) for k, v in _finite(final.get("metrics", {})).items()]
+        items = [Metric(metric_key(f"final/{k}"), v, ts, step) for k, v in finite_metrics(final.get("metrics", {})).items()]
         items += [Metric(metric_key(f"final_iou/{k}"), v, ts, step)
-                  for k, v in _finite(final.get("per_class_iou", {})).items()]
+                  for k, v in finite_metrics(final.get("per_class_iou", {})).items()]
         for chunk in _chunks(items, 900):
             client.log_batch(run_id, metrics=chunk)
         folder = self.record.dir / "final"
@@ -585,17 +469,6 @@ class BackgroundSync:
         self._wake.set()
         self._thread.join(timeout)
         return not self._thread.is_alive()
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, key))
-        else:
-            out[key] = v
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

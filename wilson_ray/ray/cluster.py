@@ -1,0 +1,67 @@
+"""The Ray cluster a sweep runs on: connect or start one, refuse trials it can never place, pick the trainer."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+from wilson_ray.errors import UserError
+
+
+def init_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Connect to ``address`` (or $RAY_ADDRESS, as under ``ray job submit``), else start a local cluster with
+    the dashboard on 127.0.0.1 (stack.md: without it a stopped trial can leak its placement group).
+    Returns True when this process started the cluster."""
+    if ray.is_initialized():
+        return False
+    if address or os.environ.get("RAY_ADDRESS"):
+        try:
+            ray.init(address=address or None, log_to_driver=True)
+        except Exception as err:  # noqa: BLE001 - ConnectionError, auth errors, bad addresses ...
+            text = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            hint = (" (the cluster uses token authentication: export RAY_AUTH_MODE=token)"
+                    if "auth" in (text + type(err).__name__).lower() else "")
+            raise UserError(f"--address: cannot connect to the Ray cluster at {address or os.environ['RAY_ADDRESS']} "
+                            f"({type(err).__name__}: {text}){hint}, expected a running cluster "
+                            "(scripts/start_head.sh) or no --address for a local one") from None
+        return False
+    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
+             log_to_driver=True)
+    return True
+
+
+def check_cluster(workers: int, cpus_per_worker: float, gpus_per_worker: float, num_samples: int) -> int:
+    """Refuse trials the cluster can never place (instead of pending forever); returns max concurrent trials."""
+    total = ray.cluster_resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    max_cpu = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
+    max_gpu = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
+    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    need_cpu, need_gpu = workers * cpus_per_worker, workers * gpus_per_worker
+    if gpus_per_worker > 0 and (need_gpu > gpus or gpus_per_worker > max_gpu):
+        raise UserError(f"--gpus-per-worker {gpus_per_worker:g} x --workers-per-trial {workers}: a trial needs "
+                        f"{need_gpu:g} GPUs (up to {gpus_per_worker:g} on one node), but the Ray cluster has "
+                        f"{gpus:g} GPUs (at most {max_gpu:g} per node); expected fewer workers or "
+                        "--gpus-per-worker 0")
+    if need_cpu > cpus or cpus_per_worker > max_cpu:
+        raise UserError(f"--workers-per-trial {workers} x {cpus_per_worker:g} CPUs: a trial needs {need_cpu:g} "
+                        f"CPUs, but the Ray cluster has {cpus:g} (at most {max_cpu:g} per node); expected at most "
+                        f"{int(cpus // max(cpus_per_worker, 1e-9))} workers per trial")
+    limits = [num_samples]
+    if need_cpu > 0:
+        limits.append(int(cpus // need_cpu))
+    if need_gpu > 0:
+        limits.append(int(gpus // need_gpu))
+    return max(1, min(limits))
+
+
+def trainer_kind(requested: str, workers: int) -> str:
+    """``torch`` (a TorchTrainer per trial) or ``direct`` (the step in the trial's own process): ``auto`` is
+    direct for single-worker trials, where a worker group only adds start-up and per-epoch report cost."""
+    if requested == "direct" and workers > 1:
+        raise UserError(f"--trainer direct: runs a trial in one process, but --workers-per-trial is {workers}; "
+                        "expected --workers-per-trial 1 or --trainer torch/auto")
+    if requested == "auto":
+        return "direct" if workers == 1 else "torch"
+    return requested

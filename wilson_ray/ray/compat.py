@@ -1,0 +1,105 @@
+"""Every reach into private Ray / Optuna internals, in one place, each marked with the versions it was written
+for (Ray 2.60, Optuna 5.0). When either is upgraded, this is the file to check.
+
+* ``WilsonOptunaSearch`` overrides ``OptunaSearch.restore`` and reads ``OptunaSearch._ot_trials`` / ``_ot_study`` / ``_space`` and builds an
+  ``optuna.trial.Trial`` from a stored trial's private ``_trial_id`` (Ray 2.60 ``ray.tune.search.optuna``,
+  Optuna 5.0).
+* ``trainer_class`` drops Train V2's private ``DatasetsCallback`` (Ray 2.60 ``ray.train.v2._internal``).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from ray.tune.search.optuna import OptunaSearch
+
+from wilson_ray.sweep_record import set_alias
+
+# Optuna user attribute naming the record (= first Tune trial id) of an Optuna trial; durable at ``ask`` time,
+# long before Tune's experiment checkpoint names the Tune trial.
+RECORD_ATTR = "wilson_ray.trial_id"
+
+
+class WilsonOptunaSearch(OptunaSearch):
+    """OptunaSearch whose trials survive the loss of the driver (issue 17).
+
+    Tune saves its trial list and this searcher's state in an experiment checkpoint taken at most every 10 s and
+    uploaded in the background, while a new trial starts at once. A driver killed in between leaves a Tune
+    trial that the restored driver never heard of, yet whose Optuna trial was ``ask``ed and whose record and
+    MLflow run may exist. After a restore, each such Optuna trial (in the study, unknown to the restored
+    searcher, not WAITING) is handed to the next new Tune trial with the same parameters, and that Tune trial
+    is made to continue the lost trial's record (``sweep_record.set_alias``), so there is one Optuna trial, one
+    record and one MLflow run per Tune trial, and the restored Tune counter (``num_samples``) holds.
+
+    ``record_dir``: the sweep's ``trials`` folder (None: no aliases, e.g. in unit tests of the searcher).
+    Written for Ray 2.60 / Optuna 5.0 (private ``_ot_trials``, ``_ot_study``, ``_space``, ``_trial_id``).
+    """
+
+    def __init__(self, *args, record_dir: str | Path | None = None, **kwargs):
+        self._wr_record_dir = str(record_dir) if record_dir else None
+        super().__init__(*args, **kwargs)
+
+    def restore(self, checkpoint_path: str):
+        super().restore(checkpoint_path)
+        self._wr_orphans = None  # computed at the first suggestion after the restore
+        # The sampler comes back with the random state of the checkpoint: without a new seed, the draws after the
+        # restore repeat the ones made between the checkpoint and the kill (a second trial with the lost trial's
+        # values). ``reseed_rng`` is Optuna's public way to do that.
+        self._ot_study.sampler.reseed_rng()
+
+    def _orphans(self) -> list:
+        if getattr(self, "_wr_orphans", "none") is None:
+            import optuna
+
+            known = {t._trial_id for t in self._ot_trials.values()}
+            self._wr_orphans = [
+                t for t in self._ot_study.get_trials(deepcopy=False)
+                if t._trial_id not in known and t.state != optuna.trial.TrialState.WAITING
+                # an unfinished trial, or a finished one that a lost Tune trial ran to its end
+                and (t.state == optuna.trial.TrialState.RUNNING or RECORD_ATTR in t.user_attrs)
+            ]
+        return getattr(self, "_wr_orphans", None) or []
+
+    def suggest(self, trial_id: str):
+        orphans = self._orphans()
+        if trial_id not in self._ot_trials and orphans and not callable(self._space):
+            import optuna
+            from ray.tune.utils.util import unflatten_dict
+
+            frozen = orphans.pop(0)
+            self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, frozen._trial_id)
+            record = frozen.user_attrs.get(RECORD_ATTR)
+            if record is None:  # asked, but the driver died before naming it: no record can exist yet
+                self._ot_trials[trial_id].set_user_attr(RECORD_ATTR, trial_id)
+            elif getattr(self, "_wr_record_dir", None):
+                set_alias(self._wr_record_dir, trial_id, record)
+            return unflatten_dict(dict(frozen.params))
+        new = trial_id not in self._ot_trials
+        params = super().suggest(trial_id)
+        if new and trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(RECORD_ATTR, trial_id)
+        return params
+
+
+@functools.lru_cache(maxsize=1)
+def trainer_class():
+    """``TorchTrainer`` without Ray Data's per-run ``DatasetManager`` actor: trials read their data with the
+    engine's DataLoader and pass no ``datasets``, yet Train V2 starts that actor (a process importing Ray Data)
+    for every run. Written for Ray 2.60 (private ``ray.train.v2._internal.callbacks.DatasetsCallback`` and
+    ``TorchTrainer._create_default_callbacks``); if they change, this falls back to the plain TorchTrainer."""
+    from ray.train.torch import TorchTrainer
+
+    try:
+        from ray.train.v2._internal.callbacks import DatasetsCallback
+    except ImportError:
+        return TorchTrainer
+
+    class NoDatasetsTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [cb for cb in callbacks if not isinstance(cb, DatasetsCallback)]
+
+    return NoDatasetsTorchTrainer

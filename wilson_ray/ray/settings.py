@@ -1,0 +1,36 @@
+"""What every trial of a sweep needs to know, typed: built once by the driver, shipped to each trial process
+(``tune.with_parameters``) and to the outcome callback."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wilson_ray.ray.search_space import SearchSpace
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """The sweep-wide facts a trial reads; ``base`` is the resolved base config as a dict (the trial puts its
+    swept values into a copy and the workers validate it again)."""
+
+    name: str  # the sweep (MLflow experiment, Optuna study, Tune experiment folder)
+    sweep_dir: str  # <storage>/<name>
+    step: int  # the incremental step every trial trains
+    base: dict[str, Any]
+    space: SearchSpace  # the swept parameters (``search_space.trial_overrides`` reads a trial's values)
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    trainer: str = "torch"  # torch: a TorchTrainer per trial; direct: the step in the trial's own process
+    max_failures: int = 0  # Train worker-group restarts per trial
+    cache_dir: str = ""  # earlier steps' checkpoints, trained once per config hash
+    tracking: dict[str, Any] | None = None  # TrackingInfo.to_dict(), None without MLflow
+    epochs: int = 1  # the most epochs a trial can run (ASHA's max_t; "stopped early" below it)
+    init_checkpoint: str | None = None  # the driver's step t-1 checkpoint when no swept key changes it
+
+    @property
+    def trials_dir(self) -> Path:
+        """The folder of the trial records (``sweep_record``)."""
+        return Path(self.sweep_dir) / "trials"

@@ -1,0 +1,119 @@
+"""The Tune function trainable: one trial = one incremental step with the trial's swept values.
+
+Train V2 pattern (stack.md): the trial function gets the trial's config, makes sure the earlier steps'
+checkpoint is in the step cache, and runs a ``TorchTrainer`` named after the trial's record with
+``TuneReportCallback`` (so Tune sees every epoch and a restored trial finds its own checkpoints), or, for
+single-worker trials (``trainer == "direct"``), the step itself in this process (``train_loop.run_direct``).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from wilson_ray.config import config_from_dict, set_dotted
+from wilson_ray.ray.kill_points import kill_point
+from wilson_ray.ray.search_space import trial_overrides
+from wilson_ray.ray.settings import SweepSettings
+from wilson_ray.sweep_record import TrialRecord, record_id
+from wilson_ray.tracking.mlflow_tracker import TrackingInfo, TrialTracker
+
+
+class TrialFailed(RuntimeError):
+    """A trial that cannot succeed by retrying (non-finite loss): the reason is the message."""
+
+
+def trial_config_dict(settings: SweepSettings, values: dict[str, Any]) -> dict[str, Any]:
+    """The trial's full config as a dict: the resolved base with the swept leaves replaced. The driver
+    validated the space (every bound resolves); the workers validate this dict again (``config_from_dict``),
+    so the trial function itself need not import the core (and torch) just for that."""
+    d = copy.deepcopy(settings.base)
+    for k, v in values.items():
+        set_dotted(d, k, v, source="search space")
+    return d
+
+
+def trial_config(settings: SweepSettings, values: dict[str, Any]):
+    """The trial's validated ``Config``."""
+    return config_from_dict(trial_config_dict(settings, values), source=f"sweep {settings.name}")
+
+
+def trial(config: dict[str, Any], settings: SweepSettings) -> None:
+    """Tune function trainable: one trial = one TorchTrainer run of ``settings.step``, or with
+    ``settings.trainer == 'direct'`` the step itself, in this process (see ``train_loop.run_direct``)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from wilson_ray.ray.train_loop import build_trainer, loop_config, run_direct
+
+    ctx = tune.get_context()
+    trials_dir = settings.trials_dir
+    # A Tune trial re-created for one the driver lost continues that trial's record, MLflow run and Train run
+    trial_id, trial_name = record_id(trials_dir, ctx.get_trial_id()), ctx.get_trial_name()
+    values = trial_overrides(settings.space, config)
+    cfg_dict = trial_config_dict(settings, values)
+    record = TrialRecord(trials_dir / trial_id)
+    record.write_trial(trial_id, trial_name, values, cfg_dict, settings.step, settings.name)
+    kill_point("next_trial_start", when=lambda: any(
+        (TrialRecord(p).outcome() or {}).get("outcome") == "completed" for p in trials_dir.iterdir()))
+    reason = record.failure()
+    if reason is not None:
+        sync_record(settings, record)
+        raise TrialFailed(reason)
+    if (record.outcome() or {}).get("outcome") == "completed" and record.final():
+        # Finished in an earlier run whose end Tune never saw (the driver died in between): report the final
+        # result again instead of training again.
+        tune.report(final_result(record))
+        return
+    if (record.outcome() or {}).get("outcome") not in (None, "running"):
+        record.set_outcome("running")  # a resumed errored trial: its MLflow run is RUNNING again
+    init = settings.init_checkpoint
+    if init is None and settings.step > 0:
+        # The swept keys change the earlier steps (e.g. step >= 2): train/read them in the cache (file lock:
+        # concurrent trials with the same key train it once).
+        from wilson_ray.cache import previous_step_checkpoint
+
+        init = previous_step_checkpoint(trial_config(settings, values), settings.step, settings.cache_dir)
+    try:
+        if settings.trainer == "direct":
+            run_direct(loop_config(cfg_dict=cfg_dict, step=settings.step, trial_id=trial_id,
+                                   trial_dir=record.dir, init_checkpoint=init, tracking=settings.tracking,
+                                   cpus=settings.cpus_per_worker))
+        else:
+            build_trainer(
+                cfg_dict=cfg_dict, step=settings.step, trial_id=trial_id, trial_dir=record.dir,
+                storage_path=Path(settings.sweep_dir) / "train", init_checkpoint=init,
+                workers=settings.workers, cpus_per_worker=settings.cpus_per_worker,
+                gpus_per_worker=settings.gpus_per_worker, max_failures=settings.max_failures,
+                tracking=settings.tracking, callbacks=[TuneReportCallback()],
+            ).fit()
+    except Exception:  # Train's errors wrap the worker's; Tune retries or reports it (TrialOutcomeCallback)
+        reason = record.failure()
+        if reason is not None:
+            sync_record(settings, record)
+            raise TrialFailed(reason) from None
+        raise
+    reason = record.failure()
+    if reason is not None:
+        sync_record(settings, record)
+        raise TrialFailed(reason)
+
+
+def final_result(record: TrialRecord) -> dict[str, float]:
+    """The result Tune sees for a trial finished earlier: its last epoch's metrics with the final ones on top."""
+    from wilson_ray.ray.train_loop import ray_metrics
+
+    final = record.final() or {}
+    epochs = record.epochs()
+    last = epochs[max(epochs)] if epochs else {}
+    metrics = {**last, **(final.get("metrics") or {})}
+    metrics["epoch"] = float(final.get("epochs") or metrics.get("epoch") or 0)
+    return ray_metrics(metrics, {})
+
+
+def sync_record(settings: SweepSettings, record: TrialRecord) -> None:
+    """Upload what MLflow lacks of ``record`` now (no-op without tracking)."""
+    if settings.tracking:
+        TrialTracker(TrackingInfo.from_dict(settings.tracking), record).sync(force=True)

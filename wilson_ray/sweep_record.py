@@ -1,0 +1,126 @@
+"""The sweep's on-disk trial record: what each trial did, written atomically, read by anyone (no Ray, no MLflow).
+
+``<storage>/<sweep>/trials/<record id>/`` holds one trial (see ``TrialRecord``). The record id is the id of the
+Tune trial that first ran it. A Tune trial that the driver lost (killed before Tune's experiment checkpoint
+named it) is re-created after a restore under a new Tune id; ``record_id`` maps that id back to the record it
+continues (``trials/.aliases/<tune id>``), so the trial keeps one record, one MLflow run and one Optuna trial.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from wilson_ray.atomic import atomic_write_text
+
+ALIASES = ".aliases"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The finite numbers of ``metrics`` as floats (booleans as 0/1); NaN, inf and non-numbers are left out."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool):
+            v = float(v)
+        if isinstance(v, (int, float)) and math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
+
+
+class TrialRecord:
+    """A trial's files under ``<storage>/<sweep>/trials/<trial_id>/`` (written atomically, read by anyone)::
+
+        trial.json          trial id/name, swept params, full resolved config, step
+        epochs/0001.json    metrics of epoch 1 (every loss term, lr, images/s, mIoU columns, iou/<class>)
+        final/              final.json, per_class_iou.{json,csv}, confusion.{npy,csv,png}, iou_bar.png, overlays.png
+        outcome.json        {"outcome": completed|stopped_early|failed, "reason": ...}
+        failed.json         marker of a deterministic failure (non-finite loss): retries stop early
+        mlflow_run.json     {"run_id": ...} once the MLflow run exists
+    """
+
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+
+    # -- writing ----------------------------------------------------------------------------------------------
+    def write_trial(self, trial_id: str, trial_name: str, params: dict[str, Any], config: dict[str, Any],
+                    step: int, sweep: str) -> None:
+        data = {"trial_id": trial_id, "trial_name": trial_name, "sweep": sweep, "step": step,
+                "params": params, "config": config}
+        if _read_json(self.dir / "trial.json") != json.loads(json.dumps(data, default=str)):
+            atomic_write_text(self.dir / "trial.json", json.dumps(data, indent=1, default=str))
+
+    def record_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
+        data = {"epoch": int(epoch), "time": time.time(), "metrics": finite_metrics(metrics)}
+        atomic_write_text(self.dir / "epochs" / f"{int(epoch):04d}.json", json.dumps(data))
+
+    def set_outcome(self, outcome: str, reason: str | None = None, overwrite: bool = True) -> None:
+        if not overwrite and (self.dir / "outcome.json").is_file():
+            return
+        atomic_write_text(self.dir / "outcome.json", json.dumps({"outcome": outcome, "reason": reason,
+                                                                 "time": time.time()}))
+
+    def mark_failed(self, reason: str) -> None:
+        atomic_write_text(self.dir / "failed.json", json.dumps({"reason": reason, "time": time.time()}))
+        self.set_outcome("failed", reason)
+
+    # -- reading ----------------------------------------------------------------------------------------------
+    def trial(self) -> dict[str, Any] | None:
+        return _read_json(self.dir / "trial.json")
+
+    def epochs(self) -> dict[int, dict[str, float]]:
+        out: dict[int, dict[str, float]] = {}
+        folder = self.dir / "epochs"
+        if folder.is_dir():
+            for f in sorted(folder.glob("*.json")):
+                data = _read_json(f)
+                if isinstance(data, dict) and "epoch" in data:
+                    out[int(data["epoch"])] = data.get("metrics") or {}
+        return out
+
+    def final(self) -> dict[str, Any] | None:
+        return _read_json(self.dir / "final" / "final.json")
+
+    def outcome(self) -> dict[str, Any] | None:
+        return _read_json(self.dir / "outcome.json")
+
+    def failure(self) -> str | None:
+        data = _read_json(self.dir / "failed.json")
+        return (data or {}).get("reason") if data is not None else None
+
+    def run_id(self) -> str | None:
+        return (_read_json(self.dir / "mlflow_run.json") or {}).get("run_id")
+
+    def set_run_id(self, run_id: str) -> None:
+        atomic_write_text(self.dir / "mlflow_run.json", json.dumps({"run_id": run_id}))
+
+    def last_eval(self) -> dict[str, float]:
+        """Metrics of the last evaluated epoch (the final metrics when the trial completed)."""
+        final = self.final()
+        if final and final.get("metrics"):
+            return dict(final["metrics"])
+        for _, m in sorted(self.epochs().items(), reverse=True):
+            if "miou_all" in m:
+                return dict(m)
+        return {}
+
+
+def record_id(trials_dir: str | Path, tune_trial_id: str) -> str:
+    """The record a Tune trial writes to: its own id, or the lost trial's it continues (see the module doc)."""
+    data = _read_json(Path(trials_dir) / ALIASES / f"{tune_trial_id}.json")
+    return str(data["record"]) if isinstance(data, dict) and data.get("record") else tune_trial_id
+
+
+def set_alias(trials_dir: str | Path, tune_trial_id: str, record: str) -> None:
+    """Make Tune trial ``tune_trial_id`` continue the record ``record`` (written before the trial starts)."""
+    if tune_trial_id != record:
+        atomic_write_text(Path(trials_dir) / ALIASES / f"{tune_trial_id}.json", json.dumps({"record": record}))
