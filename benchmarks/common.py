@@ -61,9 +61,12 @@ def load_average() -> list[float]:
 
 
 def machine_info(device: torch.device | None = None) -> dict:
+    from wilson_ray import hardware
+
     info = {
         "cpu_model": cpu_model(),
         "cpu_flags": cpu_flags(),
+        **hardware.cpu_capability().as_dict(),
         "logical_cpus": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -110,7 +113,7 @@ class StepOptions:
     batch: int = 2
     step: int = 1
     method: str = "wilson"
-    amp: str = "bf16"  # run.amp: none | bf16 | fp16
+    amp: str = "bf16"  # run.amp as run: none | bf16 | fp16 (``auto`` is resolved by benchmarks.step.options)
     channels_last: bool = True  # run.channels_last (activations, weights and loss gradients)
     compile: bool = False  # run.compile: torch.compile of the trainable and the old model
     frozen_old_model: bool = True  # run.frozen_old_model: BN folded, weights in the amp dtype, inference_mode
@@ -118,6 +121,7 @@ class StepOptions:
     fused_sgd: bool = True  # run.fused_sgd
     device: str = "cpu"
     seed: int = 0
+    amp_requested: str | None = None  # run.amp before hardware.resolve_amp (e.g. auto)
 
 
 @dataclass
@@ -128,7 +132,7 @@ class StepSetup:
     method: Method
     device: torch.device
     module: Trainable  # eager, unwrapped
-    old_eager: nn.Module | None  # the old model as the engine builds it (before any fast-path wrapping)
+    old_eager: nn.Module | None  # the eager old model when it is what the losses call (None once frozen: a copy)
     ctx: Context  # what the timed iteration uses (compiled / frozen old model when asked)
     eager_ctx: Context  # the same modules uncompiled (FLOP counting, profiling)
     optimizer: torch.optim.Optimizer
@@ -249,6 +253,10 @@ def build_setup(o: StepOptions, init: Callable | None = realistic_init_) -> Step
     module = Trainable(model, localizer)
     # The engine's own placement and fast-path switches; compiled afterwards so eager copies stay for FLOP counting.
     module, net, old_run = engine.prepare_models(cfg, module, old_model, device, 1, False, compile=False)
+    if old_run is not old_model:
+        # The engine drops its eager old model once frozen (a copy); holding it here would add one model's
+        # weights to the fast path's peak RSS that training does not pay.
+        old_model = None
     notes = []
     if o.valid_taps:
         n = sum(type(m) is fast.ValidTapsConv2d for m in module.modules())

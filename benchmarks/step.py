@@ -49,7 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--method", default="wilson")
     p.add_argument("--fp32-eager", action="store_true", help="amp none, no channels_last, no compile, engine "
                    "old model, plain SGD (each overridable by the flags below)")
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None)
+    p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], default=None,
+                   help="run.amp; default auto (hardware.resolve_amp: bf16 where native, fp16 on a GPU without "
+                        "bf16, else none) for the fast path, none with --fp32-eager")
     p.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the trainable and the old model (run.compile)")
@@ -76,19 +78,30 @@ SWITCHES = ("amp", "channels_last", "compile", "frozen_old_model", "valid_taps",
 
 
 def _switches(o: common.StepOptions) -> dict:
-    return {k: getattr(o, k) for k in SWITCHES}
+    return {**{k: getattr(o, k) for k in SWITCHES}, "amp_requested": o.amp_requested}
 
 
 def options(a: argparse.Namespace) -> common.StepOptions:
-    fast = not a.fp32_eager  # the fast path = config.FAST_PATH; fp32 eager = the engine's defaults
-    base = dict(amp="bf16" if fast else "none", channels_last=fast, compile=False, frozen_old_model=fast,
-                fused_sgd=fast, valid_taps=fast)
+    """The benchmark's settings: the fast path is ``--fast`` on this hardware (amp ``auto`` resolved by
+    ``hardware.resolve_amp``, the other switches from ``hardware.fast_path_plan``); fp32 eager is the engine's
+    defaults (all off); explicit flags override either."""
+    from wilson_ray import engine, hardware
+
+    fast = not a.fp32_eager
+    device = engine.resolve_device(a.device)
+    if fast:
+        base = dict(amp="auto", compile=False, **hardware.fast_path_plan(device))
+    else:
+        base = dict(amp="none", channels_last=False, compile=False, frozen_old_model=False, fused_sgd=False,
+                    valid_taps=False)
     for k in base:
         v = getattr(a, k)
         if v is not None:
             base[k] = v
+    requested = base["amp"]
+    base["amp"] = hardware.resolve_amp(requested, device)
     return common.StepOptions(backbone=a.backbone, size=a.size, batch=a.batch, step=a.step, method=a.method,
-                              device=a.device, **base)
+                              device=a.device, amp_requested=requested, **base)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -219,6 +232,7 @@ def run(a: argparse.Namespace) -> dict:
     warmup = a.warmup if a.warmup is not None else (3 if compiled else 2)
     s = common.build_setup(o)
     info = common.machine_info(s.device)
+    build_rss = common.peak_rss_mb()  # the build's own peak (BN calibration forward), before any iteration
 
     warm_times = []
     for _ in range(warmup):
@@ -256,6 +270,7 @@ def run(a: argparse.Namespace) -> dict:
         "minor_faults_per_iter": round(faults),
         "warmup_times_s": [round(t, 3) for t in warm_times],
         "peak_rss_mb": round(common.peak_rss_mb(), 1),
+        "build_peak_rss_mb": round(build_rss, 1),
         "build_s": round(s.build_s, 2),
         "final_loss": float(loss) if loss is not None else None,
     }
