@@ -119,3 +119,17 @@ def test_fast_path_switches_train_both_steps(synth_root, tmp_path):
     assert fast_keys == set(load_checkpoint(p0.checkpoint)["model"])
     step1 = load_checkpoint(r1.checkpoint)["model"]
     assert fast_keys < set(step1) and all(v.dtype == torch.float32 for v in step1.values() if v.is_floating_point())
+
+
+def test_bare_cuda_device_gets_the_local_index(monkeypatch):
+    """`run.device: cuda` must name an index: torch.cuda.set_device(torch.device('cuda')) raises (seen on an H200)."""
+    from wilson_ray import runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert runtime.resolve_device("cuda") == torch.device("cuda", 1)
+    assert runtime.resolve_device("auto") == torch.device("cuda", 1)
+    assert runtime.resolve_device("cuda:0") == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.resolve_device("auto") == torch.device("cpu")

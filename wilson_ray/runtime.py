@@ -21,10 +21,11 @@ def rank_world() -> tuple[int, int]:
 
 
 def resolve_device(spec: str) -> torch.device:
-    """``auto`` picks the local CUDA device when there is one (LOCAL_RANK under a launcher), else the CPU."""
+    """``auto`` picks the local CUDA device when there is one (LOCAL_RANK under a launcher), else the CPU; a bare
+    ``cuda`` gets that same index (``torch.cuda.set_device`` refuses a device without one)."""
     if spec == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+            return _local_cuda()
         return torch.device("cpu")
     try:
         device = torch.device(spec)
@@ -32,7 +33,11 @@ def resolve_device(spec: str) -> torch.device:
         raise UserError(f"run.device: {spec!r} is not a device, expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"run.device: {spec!r} requested but this machine has no CUDA device; use auto or cpu")
-    return device
+    return _local_cuda() if device.type == "cuda" and device.index is None else device
+
+
+def _local_cuda() -> torch.device:
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
 
 
 def resolve_amp(requested: str, device: torch.device) -> str:
