@@ -99,6 +99,23 @@ def test_fast_path_plan_per_kind(fake):
         plan["valid_taps"] = not plan["valid_taps"]  # a copy: callers cannot change the table
         assert hardware.fast_path_plan("cpu") == hardware.FAST_PATH_PLANS[kind]
     assert set(hardware.fast_path_plan("cuda")) == keys
+    fake(cpu=AVX2)
+    assert hardware.fast_path_overrides("cpu") == {"run.amp": "auto", **{f"run.{k}": v for k, v in
+                                                                         hardware.FAST_PATH_PLANS["cpu"].items()}}
+    # measured on AVX2 (BENCHMARKS.md §1A): the frozen old model raised peak RSS, the others were wins
+    assert hardware.FAST_PATH_PLANS["cpu"] == {"channels_last": True, "frozen_old_model": False, "valid_taps": True,
+                                               "fused_sgd": True}
+
+
+def test_warning_prints_one_line(fake):
+    """As Python prints it on stderr: one line, no source line of the caller under it."""
+    fake(cpu=AVX2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hardware.resolve_amp("bf16", "cpu")
+    w = caught[0]
+    text = warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line)
+    assert text.count("\n") == 1 and "HardwareWarning: run.amp: bf16 on a CPU without native bf16" in text
 
 
 def test_real_capability_query_agrees_with_torch():
@@ -109,3 +126,20 @@ def test_real_capability_query_agrees_with_torch():
     assert cap.model and cap.label().startswith(cap.isa)
     # auto never picks emulated bf16 on this machine's CPU
     assert hardware.resolve_amp("auto", "cpu") == ("bf16" if cap.native_bf16 else "none")
+
+
+def test_step_benchmark_resolves_auto_and_uses_the_plan(fake):
+    """benchmarks.step's fast path is --fast on this hardware: amp auto resolved, switches from fast_path_plan."""
+    from benchmarks import step
+
+    fake(cpu=AVX2)
+    o = step.options(step.parse_args(["--backbone", "small"]))
+    assert (o.amp, o.amp_requested) == ("none", "auto")
+    plan = hardware.FAST_PATH_PLANS["cpu"]
+    assert {k: getattr(o, k) for k in plan} == plan
+    fake(cpu=AMX)
+    assert step.options(step.parse_args(["--backbone", "small"])).amp == "bf16"
+    # explicit flags win; fp32 eager is all off
+    o = step.options(step.parse_args(["--fp32-eager", "--channels-last"]))
+    assert (o.amp, o.channels_last, o.valid_taps, o.frozen_old_model, o.fused_sgd) == ("none", True, False, False,
+                                                                                      False)

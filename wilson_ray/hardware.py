@@ -158,9 +158,10 @@ def resolve_amp(requested: str, device: torch.device | str) -> str:
     if requested == "bf16" and not cpu_capability().native_bf16 and "bf16-cpu" not in _warned:
         _warned.add("bf16-cpu")
         cap = cpu_capability()
-        warnings.warn(f"run.amp: bf16 on a CPU without native bf16 ({cap.model}, {cap.label()}) is emulated, "
-                      f"measured {BF16_EMULATED_SLOWDOWN}; use run.amp: auto (fp32 here)",
-                      HardwareWarning, stacklevel=2)
+        # warn_explicit with a source-less location: stderr gets exactly one line, not the caller's code too
+        warnings.warn_explicit(f"run.amp: bf16 on a CPU without native bf16 ({cap.model}, {cap.label()}) is "
+                               f"emulated, measured {BF16_EMULATED_SLOWDOWN}; use run.amp: auto (fp32 here)",
+                               HardwareWarning, filename="wilson-ray", lineno=0, module="wilson_ray.hardware")
     return requested
 
 
@@ -195,3 +196,8 @@ def fast_path_plan(device: torch.device | str) -> dict[str, bool]:
     """The ``run.*`` switch values ``--fast`` should use on this device (keys: channels_last, frozen_old_model,
     valid_taps, fused_sgd); amp is ``resolve_amp('auto', device)``."""
     return dict(FAST_PATH_PLANS[hardware_kind(device)])
+
+
+def fast_path_overrides(device: torch.device | str) -> dict[str, object]:
+    """The ``run.*`` overrides ``--fast`` should apply on ``device``: ``run.amp: auto`` plus ``fast_path_plan``."""
+    return {"run.amp": "auto", **{f"run.{k}": v for k, v in fast_path_plan(device).items()}}
