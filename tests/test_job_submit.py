@@ -99,3 +99,43 @@ def test_ray_job_submit_sweep_and_resubmit(head, tmp_path):
     runs = mlflow.search_runs(experiment_names=["job"], output_format="list")
     assert sorted(r.data.tags.get("wilson_ray.role") for r in runs) == ["sweep", "trial"]
     assert all("miou_all" in r.data.metrics for r in runs if r.data.tags.get("wilson_ray.role") == "trial")
+
+
+@pytest.mark.faults
+@pytest.mark.timeout(900)
+def test_ray_job_killed_then_resubmitted_keeps_one_of_each(head, tmp_path):
+    """Issue 17 under ``ray job submit``: the job is stopped (``ray job stop``: its driver and every trial die)
+    while its second trial starts, then the same ``scripts/submit_sweep.sh`` command is submitted again."""
+    from test_sweep_restore import TINY, check_one_of_each
+
+    synth = tmp_path / "synth"
+    subprocess.run([sys.executable, "-m", "wilson_ray", "data", "synth", "--out", str(synth), "--train", "24",
+                    "--val", "6", "--size", "64"], check=True, capture_output=True, timeout=300)
+    storage = tmp_path / "storage"
+    marker = tmp_path / "killed"
+    sweep = ["--space", "search_spaces/demo.yaml", "--data-root", str(synth), "--storage", str(storage),
+             "--name", "jobkill", "--num-samples", "3", "--cpus-per-worker", "2", *TINY]
+    env = {**head["env"], "RAY_JOB_ADDRESS": head["address"], "RAY_AUTH_MODE": "token"}
+    runtime_env = {"env_vars": {"WILSON_RAY_TEST_KILL_AT": "next_trial_start",
+                                "WILSON_RAY_TEST_KILL_MARKER": str(marker), "TUNE_GLOBAL_CHECKPOINT_S": "3600"}}
+    job_id = "wilson-ray-kill-test"
+    submit = subprocess.run(
+        ["ray", "job", "submit", "--address", head["address"], "--working-dir", ".", "--no-wait",
+         "--submission-id", job_id, "--runtime-env-json", json.dumps(runtime_env), "--",
+         "python", "-m", "wilson_ray", "sweep", *sweep],
+        capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    deadline = time.time() + 480
+    while not marker.is_file():
+        assert time.time() < deadline, "the job never reached the kill point"
+        time.sleep(0.5)
+    stop = subprocess.run(["ray", "job", "stop", "--address", head["address"], job_id], capture_output=True,
+                          text=True, timeout=120, env=env, cwd=ROOT)
+    assert stop.returncode == 0, stop.stdout[-2000:] + stop.stderr[-2000:]
+
+    again = subprocess.run(["bash", str(ROOT / "scripts" / "submit_sweep.sh"), *sweep], capture_output=True,
+                           text=True, timeout=600, env=env, cwd=ROOT)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-6000:]
+    assert "resuming" in out
+    check_one_of_each(storage, "jobkill", 3, out)

@@ -64,7 +64,9 @@ def test_restored_searcher_hands_a_lost_trial_its_record(tmp_path):
     assert restored.suggest("c") == lost  # the lost trial's Optuna trial, not a new one
     assert record_id(trials, "c") == "b"  # ... and its record (and so its MLflow run and Train run)
     assert record_id(trials, "a") == "a"
-    restored.on_trial_complete("a", {"miou_all": 10.0})  # the restored "a" ends again: no new Optuna trial
+    # the restored "a" (finished before the kill) reports its final result again and ends: no error, no new trial
+    restored.on_trial_result("a", {"miou_all": 10.0, "training_iteration": 1})
+    restored.on_trial_complete("a", {"miou_all": 10.0})
     restored.on_trial_complete("c", {"miou_all": 5.0})
     third = restored.suggest("d")
     assert third != space.defaults() and third != lost
@@ -151,7 +153,8 @@ def check_one_of_each(storage: Path, name: str, samples: int, out: str) -> None:
     from wilson_ray.ray.search_space import load_search_space
 
     sweep = storage / name
-    newest = max(glob.glob(str(sweep / "experiment_state-*.json")), key=os.path.getmtime)
+    # the newest by the timestamp in its name (a restored run uploads the older ones again: mtime is no guide)
+    newest = max(glob.glob(str(sweep / "experiment_state-*.json")))
     tune_trials = [json.loads(t[0])["trial_id"] for t in json.loads(Path(newest).read_text())["trial_data"]]
     assert len(tune_trials) == samples, tune_trials
 

@@ -1,7 +1,7 @@
 """Every reach into private Ray / Optuna internals, in one place, each marked with the versions it was written
 for (Ray 2.60, Optuna 5.0). When either is upgraded, this is the file to check.
 
-* ``WilsonOptunaSearch`` overrides ``OptunaSearch.restore`` and reads ``OptunaSearch._ot_trials`` / ``_ot_study`` / ``_space`` and builds an
+* ``WilsonOptunaSearch`` overrides ``OptunaSearch.restore`` / ``on_trial_result`` and reads ``OptunaSearch._ot_trials`` / ``_ot_study`` / ``_space`` and builds an
   ``optuna.trial.Trial`` from a stored trial's private ``_trial_id`` (Ray 2.60 ``ray.tune.search.optuna``,
   Optuna 5.0).
 * ``trainer_class`` drops Train V2's private ``DatasetsCallback`` (Ray 2.60 ``ray.train.v2._internal``).
@@ -30,7 +30,9 @@ class WilsonOptunaSearch(OptunaSearch):
     MLflow run may exist. After a restore, each such Optuna trial (in the study, unknown to the restored
     searcher, not WAITING) is handed to the next new Tune trial with the same parameters, and that Tune trial
     is made to continue the lost trial's record (``sweep_record.set_alias``), so there is one Optuna trial, one
-    record and one MLflow run per Tune trial, and the restored Tune counter (``num_samples``) holds.
+    record and one MLflow run per Tune trial, and the restored Tune counter (``num_samples``) holds. The restored
+    sampler is reseeded, so its next draws do not repeat those made between the checkpoint and the kill, and a
+    restored trial that had finished before the kill may report its final result again.
 
     ``record_dir``: the sweep's ``trials`` folder (None: no aliases, e.g. in unit tests of the searcher).
     Written for Ray 2.60 / Optuna 5.0 (private ``_ot_trials``, ``_ot_study``, ``_space``, ``_trial_id``).
@@ -47,6 +49,16 @@ class WilsonOptunaSearch(OptunaSearch):
         # restore repeat the ones made between the checkpoint and the kill (a second trial with the lost trial's
         # values). ``reseed_rng`` is Optuna's public way to do that.
         self._ot_study.sampler.reseed_rng()
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        import optuna
+
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # A trial that finished (and was told to Optuna) in the run the driver lost, restored by Tune as
+            # unfinished, reports its final result again: Optuna already has it; a raise here ends the sweep.
+            pass
 
     def _orphans(self) -> list:
         if getattr(self, "_wr_orphans", "none") is None:

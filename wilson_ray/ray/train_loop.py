@@ -167,9 +167,9 @@ def write_final_artifacts(record, result, cfg, step: int) -> None:
 
 def _new_classes(cfg, step: int, names: list[str]) -> list[str]:
     try:
-        from wilson_ray.engine import _task_of
+        from wilson_ray.step_setup import task_of
 
-        task = _task_of(cfg)
+        task = task_of(cfg).train
         old = set(task.class_names(step - 1)) if step > 0 else set()
         return [n for n in names if n not in old and n != "background"]
     except Exception:  # noqa: BLE001
