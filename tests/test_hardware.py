@@ -143,3 +143,23 @@ def test_step_benchmark_resolves_auto_and_uses_the_plan(fake):
     o = step.options(step.parse_args(["--fp32-eager", "--channels-last"]))
     assert (o.amp, o.channels_last, o.valid_taps, o.frozen_old_model, o.fused_sgd) == ("none", True, False, False,
                                                                                       False)
+
+
+def test_fast_flag_takes_the_plan_of_the_hardware(fake, capsys):
+    """`wilson-ray train --fast` on an AVX2 CPU: amp auto -> fp32, and the switches of the AVX2 plan; on an AMX CPU
+    every switch; an explicit --set still wins over the plan."""
+    from wilson_ray.cli import build_parser
+    from wilson_ray.commands.train import config_from_args
+
+    parser = build_parser()
+    fake(cpu=AVX2)
+    cfg = config_from_args(parser.parse_args(["train", "--preset", "demo", "--fast", "--device", "cpu"]))
+    plan = hardware.FAST_PATH_PLANS["cpu"]
+    assert cfg.run.amp == "auto" and hardware.resolve_amp(cfg.run.amp, torch.device("cpu")) == "none"
+    assert {k: getattr(cfg.run, k) for k in plan} == plan
+    fake(cpu=AMX)
+    cfg = config_from_args(parser.parse_args(["train", "--preset", "demo", "--fast", "--device", "cpu"]))
+    assert {k: getattr(cfg.run, k) for k in plan} == hardware.FAST_PATH_PLANS["cpu_bf16"]
+    cfg = config_from_args(parser.parse_args(["train", "--preset", "demo", "--fast", "--device", "cpu",
+                                              "--set", "run.channels_last=false"]))
+    assert cfg.run.channels_last is False

@@ -80,7 +80,8 @@ class RunConfig:
     fail_on_nonfinite: bool = True
 
 
-# `--fast`: every fast-path switch of RunConfig (BENCHMARKS.md measures each and their sum).
+# Every fast-path switch of RunConfig, all on. `--fast` applies the values `hardware.fast_path_plan` measured for
+# the device instead (BENCHMARKS.md measures each switch per hardware kind); benchmarks use this full set.
 FAST_PATH: dict[str, Any] = {"run.amp": "auto", "run.channels_last": True, "run.frozen_old_model": True,
                              "run.valid_taps": True, "run.fused_sgd": True}
 

@@ -37,6 +37,7 @@ from wilson_ray.methods import get_method
 from wilson_ray.methods.base import Batch, Context, Method, Trainable
 from wilson_ray.metrics import ConfusionMatrix, miou_table, per_class_iou
 from wilson_ray.protocol import Task
+from wilson_ray.hardware import describe_amp_choice
 from wilson_ray.runtime import autocast_context, rank_world, resolve_amp, resolve_device, seed_everything, seed_worker
 from wilson_ray.step_setup import (
     build_model, build_step_dataset, compile_models, data_root, lr_factor, make_optimizer, param_groups,
@@ -256,12 +257,13 @@ def train_step(
     # cfg.method.args is the method's typed Params instance, validated once by the config (no re-parsing here).
     method = method_cls.for_step(cfg.method.args, task, step, no_mask=cfg.data.no_mask)
     if rank == 0:
+        print(describe_amp_choice(cfg.run.amp, amp, device), file=sys.stderr)
         for msg in method.warnings():
             print(f"warning: {msg}", file=sys.stderr)
 
     # --- models ----------------------------------------------------------------------------------------------
-    model, old_model, previous = step_setup.initial_models(cfg, task, step, init_checkpoint)
-    method.load_state_dict(previous.get("method_state", {}))
+    model, old_model, method_state = step_setup.initial_models(cfg, task, step, init_checkpoint)
+    method.load_state_dict(method_state)
     method.on_model_ready(model)
     module = Trainable(model, method.build_localizer(model.backbone.out_channels, cfg.model.norm))
     module, net, old_model = prepare_models(cfg, module, old_model, device, world, method.uses_localizer, amp=amp)

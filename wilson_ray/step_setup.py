@@ -49,7 +49,8 @@ def build_model(cfg: Config, task: Task, step: int) -> Segmenter:
 
 def initial_models(cfg: Config, task: Task, step: int, init_checkpoint: Any = None
                    ) -> tuple[Segmenter, Segmenter | None, dict]:
-    """(step-``step`` model, frozen old model or None, previous checkpoint dict or {}) at the start of a step.
+    """(step-``step`` model, frozen old model or None, the previous step's method state or {}) at the start of a
+    step.
 
     Without a previous step the model starts from ``model.pretrained``; otherwise it loads the step t-1
     checkpoint non-strictly (its new classifier keeps its random init) and a frozen copy becomes the old model
@@ -66,7 +67,9 @@ def initial_models(cfg: Config, task: Task, step: int, init_checkpoint: Any = No
     old_model = build_model(cfg, task, step - 1)
     old_model.load_state_dict(ckpt["model"])
     old_model.eval().requires_grad_(False)
-    return model, old_model, ckpt
+    # Only the method's state outlives this call: the checkpoint's weight tensors (a whole model) are freed here
+    # instead of staying referenced for the whole step.
+    return model, old_model, ckpt.get("method_state", {})
 
 
 # ---------------------------------------------------------------------------------------------------------------

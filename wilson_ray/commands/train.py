@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from wilson_ray.atomic import atomic_write_text
-from wilson_ray.config import FAST_PATH, Config, parse_overrides, resolve_config
+from wilson_ray.config import Config, parse_overrides, resolve_config
 from wilson_ray.errors import UserError
 
 PAPER_TABLE_METHODS = ("joint", "finetune", "lwf", "ilt", "mib", "cam", "wilson")
@@ -26,7 +26,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], help="mixed precision")
     p.add_argument("--fast", action="store_true", default=None,
-                   help="the fast path: bf16 autocast, channels_last, frozen bf16 old model, valid-tap ASPP, fused SGD")
+                   help="the fast path measured for this hardware (wilson_ray.hardware.fast_path_plan): amp auto (bf16 only where "
+                        "native), channels_last, valid-tap ASPP, fused SGD, frozen old model where it pays")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set method.alpha=0.7 (repeatable)")
 
@@ -38,10 +39,17 @@ def config_from_args(args: argparse.Namespace, method: str | None = None) -> Con
         value = getattr(args, flag, None)
         if value is not None:
             overrides.setdefault(key, value)
+    method = method or getattr(args, "method", None)
     if getattr(args, "fast", None):
-        for key, value in FAST_PATH.items():
+        # The fast path depends on the hardware (bf16 is a trap on a CPU without it): resolve the device first,
+        # then take that device's measured plan; explicit flags and --set still win.
+        from wilson_ray.hardware import fast_path_overrides
+        from wilson_ray.runtime import resolve_device
+
+        device = resolve_device(resolve_config(args.preset, args.config, method, overrides).run.device)
+        for key, value in fast_path_overrides(device).items():
             overrides.setdefault(key, value)
-    return resolve_config(args.preset, args.config, method or getattr(args, "method", None), overrides)
+    return resolve_config(args.preset, args.config, method, overrides)
 
 
 def _cache_dir(args) -> Path:
