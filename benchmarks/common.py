@@ -16,11 +16,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from wilson_ray import engine, fast
+from wilson_ray import engine, fast, step_setup
 from wilson_ray.config import Config, resolve_config
 from wilson_ray.methods import get_method
 from wilson_ray.methods.base import Batch, Context, Method, Trainable
-from wilson_ray.protocol import Task, get_task
+from wilson_ray.protocol import Task
 
 TASK = "15-5"
 
@@ -234,7 +234,7 @@ def build_setup(o: StepOptions, init: Callable | None = realistic_init_) -> Step
     cfg = make_config(o)
     device = engine.resolve_device(o.device)
     method_cls = get_method(cfg.method.name)
-    task = engine._task_of(cfg, method_cls)
+    task = step_setup.task_of(cfg, method_cls).train
     step = task.check_step(o.step)
     method = method_cls(method_cls.Params(**cfg.method.params), task, step, no_mask=cfg.data.no_mask)
     model = engine.build_model(cfg, task, step)

@@ -4,7 +4,7 @@
 
 The dataset is ``wilson_ray.data.dataset.build_dataset(root, task, step, "train", crop_size=size)`` (JPEG decode,
 PNG mask decode + validation, label remap, random resized crop, flip, normalise), loaded as ``engine.train_step``
-loads it (``engine._seed_worker``: one intra-op thread per worker). If ``--root`` holds no dataset, a synthetic
+loads it (``runtime.seed_worker``: one intra-op thread per worker). If ``--root`` holds no dataset, a synthetic
 VOC-layout set of ``--train`` images of ``--size`` pixels is generated there first
 (``wilson_ray.data.synthetic.generate``). Compare ``images_per_s_per_worker`` with the step benchmark's
 ``images_per_s``: the loader is not the bottleneck while one worker delivers more images/s than a step consumes.
@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks import common
-from wilson_ray import engine
+from wilson_ray import runtime
 from wilson_ray.data import synthetic
 from wilson_ray.data.dataset import build_dataset
 from wilson_ray.data.transforms import to_tv_tensors
@@ -72,7 +72,7 @@ def per_image_split(ds, n: int = 64) -> dict:
 def time_loader(ds, workers: int, batch: int, batches: int, warmup: int, repeats: int) -> dict:
     loader = DataLoader(
         ds, batch_size=batch, shuffle=True, num_workers=workers, pin_memory=False, drop_last=True,
-        persistent_workers=workers > 0, worker_init_fn=engine._seed_worker if workers > 0 else None,
+        persistent_workers=workers > 0, worker_init_fn=runtime.seed_worker if workers > 0 else None,
         generator=torch.Generator().manual_seed(0),
     )
 
@@ -108,7 +108,7 @@ def run(a: argparse.Namespace) -> dict:
     task = get_task(a.task)
     ds = build_dataset(root, task, a.step, "train", crop_size=a.size)
     threads_before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the main process as one worker (w=0), like engine._seed_worker does for workers
+    torch.set_num_threads(1)  # the main process as one worker (w=0), like runtime.seed_worker does for workers
     split = per_image_split(ds)
     results = []
     for w in [int(x) for x in a.workers.split(",") if x.strip()]:

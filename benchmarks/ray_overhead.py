@@ -88,8 +88,8 @@ def _timeline(trial_dir: Path) -> dict:
 def run(a: argparse.Namespace) -> dict:
     from wilson_ray.cache import previous_step_checkpoint, step_key
     from wilson_ray.config import parse_overrides, resolve_config
-    from wilson_ray.ray.results import best_config_text, read_sweep, trial_rows
-    from wilson_ray.ray.search_space import load_search_space
+    from wilson_ray.orchestration.results import best_config_text, read_sweep, trial_rows
+    from wilson_ray.orchestration.search_space import load_search_space
 
     storage = Path(a.storage or tempfile.mkdtemp(prefix="wilson-ray-overhead-")).resolve()
     storage.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,9 @@ from wilson_ray.config import MethodConfig, resolve_config
 from wilson_ray.engine import DeviceBatches, Loop, train_step
 from wilson_ray.errors import UserError
 from wilson_ray.methods import METHODS, get_method
-from wilson_ray.methods.base import Batch, Context, Method, StepZero, Trainable
+from wilson_ray.methods.base import Batch, Context, StepZero, Trainable
 from wilson_ray.methods.finetune import Finetune
-from wilson_ray.methods.mib import MiB, MiBParams
+from wilson_ray.methods.mib import MiBParams
 from wilson_ray.methods.wilson import Wilson, WilsonParams
 from wilson_ray.models.segmenter import ModelOutput, build_segmenter
 from wilson_ray.protocol import get_task

@@ -94,7 +94,7 @@ class Ctx:
                 "--cache-dir", str(cache), *SETS, *argv]
 
     def sweep(self, space: Path, *argv: str) -> list[str]:
-        from wilson_ray.ray import tune_driver
+        from wilson_ray.orchestration import tune_driver
 
         def no_cluster(address, num_cpus):
             raise AssertionError("this bad input must be refused before a Ray cluster is started")
@@ -125,7 +125,7 @@ class Ctx:
         cluster starts), ``ray.cluster_resources``/``ray.nodes`` report one node with ``cpus`` CPUs."""
         import ray
 
-        from wilson_ray.ray import tune_driver
+        from wilson_ray.orchestration import tune_driver
 
         res = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
         self.mp.setattr(tune_driver, "init_ray", lambda address, num_cpus: False)
@@ -407,7 +407,7 @@ def test_local_ray_cluster_dashboard_binds_localhost(monkeypatch):
     """``wilson-ray sweep`` without --address starts a local cluster whose dashboard listens on 127.0.0.1."""
     import ray
 
-    from wilson_ray.ray import tune_driver
+    from wilson_ray.orchestration import tune_driver
 
     seen = {}
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -649,7 +649,7 @@ save_checkpoint(Path(sys.argv[1]), model, cfg, task, 0, {"miou_all": 2.0})   # k
 
 def _fake_sweep(storage: Path, name: str, alpha: float, miou: float) -> None:
     from wilson_ray.config import resolve_config
-    from wilson_ray.ray.results import write_sweep
+    from wilson_ray.orchestration.results import write_sweep
     from wilson_ray.tracking.mlflow_tracker import TrialRecord
 
     write_sweep(storage, name, {"name": name, "metric": "miou_all", "mode": "max", "step": 1})
@@ -671,7 +671,7 @@ def test_best_config_export_killed_mid_write_keeps_previous(tmp_path, capsys):
     _fake_sweep(storage, "sw", alpha=0.7, miou=20.0)  # a better trial: the next export rewrites best.yaml
     proc = spawn(tmp_path, SLOW + r'''
 patch_write_text()
-from wilson_ray.ray.results import export_best   # what `wilson-ray best` calls (without importing torch)
+from wilson_ray.orchestration.results import export_best   # what `wilson-ray best` calls (without importing torch)
 export_best(sys.argv[1], "sw", sys.argv[2])
 ''', str(storage), str(out))
     wait_for(lambda: (tmp_path / "started").exists(), proc)

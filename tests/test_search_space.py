@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from wilson_ray.errors import UserError
-from wilson_ray.ray.search_space import flatten, load_search_space, trial_overrides
+from wilson_ray.orchestration.search_space import flatten, load_search_space, trial_overrides
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 
@@ -220,7 +220,7 @@ def test_cluster_check_refuses_trials_that_never_fit(monkeypatch):
     """More workers or GPUs per trial than the cluster has: a UserError up front, not a trial pending forever."""
     import ray
 
-    from wilson_ray.ray import tune_driver
+    from wilson_ray.orchestration import tune_driver
 
     nodes = [{"Alive": True, "Resources": {"CPU": 2.0}}]
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "memory": 1e10})
@@ -236,7 +236,7 @@ def test_cluster_check_refuses_trials_that_never_fit(monkeypatch):
 
 
 def _searcher(space, db: str, name: str, metric, mode):
-    from wilson_ray.ray.tune_driver import WilsonOptunaSearch
+    from wilson_ray.orchestration.tune_driver import WilsonOptunaSearch
 
     import optuna
 
@@ -267,7 +267,7 @@ def test_restored_searcher_reuses_orphaned_optuna_trial(tmp_path):
     Tune trial takes over that Optuna trial, so the study has exactly one Optuna trial per Tune trial."""
     import optuna
 
-    from wilson_ray.ray.tune_driver import WilsonOptunaSearch
+    from wilson_ray.orchestration.tune_driver import WilsonOptunaSearch
 
     space = load_search_space(SPACES / "demo.yaml")
     db = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -299,7 +299,7 @@ def test_grid_and_random_samplers_cover_the_space(tmp_path):
     choice values as given); random: seeded, inside the bounds."""
     import optuna
 
-    from wilson_ray.ray.tune_driver import WilsonOptunaSearch, _sampler
+    from wilson_ray.orchestration.tune_driver import WilsonOptunaSearch, _sampler
 
     data = yaml.safe_load(yaml.safe_dump(BASE))
     data["search"] = {"sampler": "grid", "grid_points": 3}
@@ -340,7 +340,7 @@ def test_grid_and_random_samplers_cover_the_space(tmp_path):
 
 
 def test_trainer_choice(tmp_path):
-    from wilson_ray.ray.tune_driver import trainer_kind
+    from wilson_ray.orchestration.tune_driver import trainer_kind
 
     assert load_search_space(write(tmp_path, BASE)).trainer == "auto"
     data = yaml.safe_load(yaml.safe_dump(BASE))
@@ -356,7 +356,7 @@ def test_trainer_choice(tmp_path):
 
 def test_sections_are_typed_dataclasses(tmp_path):
     """The file's sections come out as the dataclasses config.from_dict validated (no hand-read dicts)."""
-    from wilson_ray.ray.search_space import Objective, Resources, Scheduler, Search
+    from wilson_ray.orchestration.search_space import Objective, Resources, Scheduler, Search
 
     data = yaml.safe_load(yaml.safe_dump(BASE))
     data.update(objective={"metric": "loss/total"}, search={"num_samples": 5, "sampler": "random"},

@@ -1,6 +1,6 @@
 """A sweep whose driver is killed and run again finishes with exactly ``num_samples`` trials (issue 17).
 
-The driver is stopped at deterministic points (``wilson_ray.ray.kill_points``: the first process to reach the
+The driver is stopped at deterministic points (``wilson_ray.orchestration.kill_points``: the first process to reach the
 point named by ``WILSON_RAY_TEST_KILL_AT`` writes a marker file and blocks; the test then SIGKILLs the whole
 session, local Ray cluster included). Tune's experiment checkpoint period is set to an hour for the killed run, so
 the restored driver sees the oldest state Tune can leave behind (the one saved when the first trial was created):
@@ -39,8 +39,8 @@ TINY = ["--workers-per-trial", "1", "--num-cpus", "2", "--quiet",
 def test_restored_searcher_hands_a_lost_trial_its_record(tmp_path):
     import optuna
 
-    from wilson_ray.ray.compat import RECORD_ATTR, WilsonOptunaSearch
-    from wilson_ray.ray.search_space import load_search_space
+    from wilson_ray.orchestration.compat import RECORD_ATTR, WilsonOptunaSearch
+    from wilson_ray.orchestration.search_space import load_search_space
     from wilson_ray.sweep_record import record_id
 
     space = load_search_space(SPACE)
@@ -150,7 +150,7 @@ def check_one_of_each(storage: Path, name: str, samples: int, out: str) -> None:
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from wilson_ray.ray.search_space import load_search_space
+    from wilson_ray.orchestration.search_space import load_search_space
 
     sweep = storage / name
     # the newest by the timestamp in its name (a restored run uploads the older ones again: mtime is no guide)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import json
 import os
 import shutil
@@ -18,10 +17,10 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Iterator
 
 from wilson_ray.atomic import atomic_write_text
 from wilson_ray.config import Config, config_hash
+from wilson_ray.filelock import locked
 from wilson_ray.methods import get_method
 
 # Fields that do not change the trained weights, so they are left out of the key.
@@ -59,17 +58,6 @@ def step_key(cfg: Config, step: int) -> str:
     return config_hash(parts, length=20)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def valid_entry(path: Path) -> bool:
     """True if ``path`` is a complete checkpoint file: torch's zip container with its central directory (written
     last, so a truncated or half-copied file fails) and a pickle record. Cheap: reads the end of the file only."""
@@ -103,7 +91,7 @@ def cached_step(cfg: Config, step: int, cache_dir: str | Path, verbose: bool = T
         return entry
     preflight(cfg, step)
     init = cached_step(cfg, step - 1, cache_dir, verbose) if step > 0 else None
-    with _locked(cache_dir / f"{key}.lock"):
+    with locked(cache_dir / f"{key}.lock"):
         if entry.is_file():
             if valid_entry(entry):  # another process trained it while we waited
                 return entry

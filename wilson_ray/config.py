@@ -146,6 +146,18 @@ class Config:
         return config_hash(self, sections=sections or None)
 
 
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
 def config_hash(obj: Config | dict[str, Any], *, sections: typing.Iterable[str] | None = None,
                 drop: dict[str, typing.Iterable[str]] | None = None, length: int = 16) -> str:
     """The one config hash: sha256 of the sorted-key JSON of ``obj`` (a ``Config`` is hashed as its ``to_dict``),

@@ -30,7 +30,7 @@ from torch.utils.data.distributed import DistributedSampler
 from wilson_ray import step_setup
 from wilson_ray.checkpoint import (
     CHECKPOINT_FORMAT, STATE_FORMAT, check_checkpoint_matches, load_checkpoint, load_training_state,
-    model_from_checkpoint, read_weights_only, save_checkpoint, save_training_state,
+    model_from_checkpoint, save_checkpoint, save_training_state,
 )
 from wilson_ray.config import Config, config_from_dict
 from wilson_ray.methods import get_method
@@ -38,9 +38,9 @@ from wilson_ray.methods.base import Batch, Context, Method, Trainable
 from wilson_ray.metrics import ConfusionMatrix, miou_table, per_class_iou
 from wilson_ray.protocol import Task
 from wilson_ray.hardware import describe_amp_choice
-from wilson_ray.runtime import autocast_context, rank_world, resolve_amp, resolve_device, seed_everything, seed_worker
+from wilson_ray.runtime import autocast_context, rank_world, resolve_amp, resolve_device, seed_everything
 from wilson_ray.step_setup import (
-    build_model, build_step_dataset, compile_models, data_root, lr_factor, make_optimizer, param_groups,
+    build_model, compile_models, data_root, lr_factor, make_optimizer, param_groups,
     prepare_models, task_of,
 )
 
@@ -356,17 +356,3 @@ def evaluate_checkpoint(path: str | Path, data_root: str | None = None, eval_mod
     ev = evaluate_sources(model, loaders, view.train, step, view.report, dev)
     return StepResult(step, ev.metrics, ev.per_class, ev.confusion, view.train.class_names(step), Path(path), 0,
                       ev.extra)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# TEMP aliases for wilson_ray/ray (integration): the old private names, until the callers use the public ones.
-
-
-def _task_of(cfg: Config, method: type[Method] | None = None) -> Task:  # TEMP alias for wilson_ray/ray (integration)
-    return task_of(cfg, method).train
-
-
-_build_dataset = build_step_dataset  # TEMP alias for wilson_ray/ray (integration)
-_torch_load = read_weights_only  # TEMP alias for wilson_ray/ray (integration)
-_seed_worker = seed_worker  # TEMP alias for wilson_ray/ray (integration)
-_loader = step_setup.make_loader  # TEMP alias for wilson_ray/ray (integration)

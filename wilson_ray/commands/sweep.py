@@ -71,7 +71,7 @@ def _extra(args: argparse.Namespace) -> dict:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from wilson_ray.ray.search_space import load_search_space
+    from wilson_ray.orchestration.search_space import load_search_space
     from wilson_ray.tracking.mlflow_tracker import check_tracking_uri
 
     for flag, value in (("--num-samples", args.num_samples), ("--workers-per-trial", args.workers_per_trial),
@@ -88,7 +88,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.name is not None and not args.name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise UserError(f"--name: {args.name!r} has characters other than letters, digits, '-', '_', '.'")
 
-    from wilson_ray.ray.tune_driver import SweepOptions, print_outcome, run_sweep
+    from wilson_ray.orchestration.tune_driver import SweepOptions, print_outcome, run_sweep
 
     opts = SweepOptions(
         space=space, storage=Path(args.storage), name=args.name, num_samples=args.num_samples,
@@ -103,7 +103,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from wilson_ray.ray.results import export_best
+    from wilson_ray.orchestration.results import export_best
 
     path, row = export_best(args.storage, args.name, args.out)
     metrics = ", ".join(f"{k} {row[k]:.2f}" for k in ("miou_old", "miou_new", "miou_all")

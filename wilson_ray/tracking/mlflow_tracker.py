@@ -352,7 +352,7 @@ class TrialTracker:
                 if not self._params_done:
                     if self.info.parent_run_id and run.data.tags.get(TAG_PARENT) != self.info.parent_run_id:
                         client.set_tag(run_id, TAG_PARENT, self.info.parent_run_id)
-                    from wilson_ray.ray.search_space import flatten
+                    from wilson_ray.config import flatten
 
                     params = {**{f"config.{k}": v for k, v in flatten(trial.get("config") or {}).items()},
                               "step": trial.get("step"), "trial_id": trial["trial_id"]}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from ray import tune
 
-from wilson_ray.ray.kill_points import kill_point
-from wilson_ray.ray.settings import SweepSettings
-from wilson_ray.ray.trial import sync_record, trial_config_dict
+from wilson_ray.orchestration.kill_points import kill_point
+from wilson_ray.orchestration.settings import SweepSettings
+from wilson_ray.orchestration.trial import sync_record, trial_config_dict
 from wilson_ray.sweep_record import TrialRecord, record_id
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wilson_ray.ray.search_space import SearchSpace
+from wilson_ray.orchestration.search_space import SearchSpace
 
 
 @dataclass(frozen=True)

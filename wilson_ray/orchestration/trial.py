@@ -15,9 +15,9 @@ from typing import Any
 from ray import tune
 
 from wilson_ray.config import config_from_dict, set_dotted
-from wilson_ray.ray.kill_points import kill_point
-from wilson_ray.ray.search_space import trial_overrides
-from wilson_ray.ray.settings import SweepSettings
+from wilson_ray.orchestration.kill_points import kill_point
+from wilson_ray.orchestration.search_space import trial_overrides
+from wilson_ray.orchestration.settings import SweepSettings
 from wilson_ray.sweep_record import TrialRecord, record_id
 from wilson_ray.tracking.mlflow_tracker import TrackingInfo, TrialTracker
 
@@ -46,7 +46,7 @@ def trial(config: dict[str, Any], settings: SweepSettings) -> None:
     ``settings.trainer == 'direct'`` the step itself, in this process (see ``train_loop.run_direct``)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from wilson_ray.ray.train_loop import build_trainer, loop_config, run_direct
+    from wilson_ray.orchestration.train_loop import build_trainer, loop_config, run_direct
 
     ctx = tune.get_context()
     trials_dir = settings.trials_dir
@@ -103,7 +103,7 @@ def trial(config: dict[str, Any], settings: SweepSettings) -> None:
 
 def final_result(record: TrialRecord) -> dict[str, float]:
     """The result Tune sees for a trial finished earlier: its last epoch's metrics with the final ones on top."""
-    from wilson_ray.ray.train_loop import ray_metrics
+    from wilson_ray.orchestration.train_loop import ray_metrics
 
     final = record.final() or {}
     epochs = record.epochs()

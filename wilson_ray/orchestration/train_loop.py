@@ -29,7 +29,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from wilson_ray.ray.kill_points import kill_point
+from wilson_ray.orchestration.kill_points import kill_point
 
 STATE_META = "wilson_ray_state.json"
 MIOU_KEYS = ("miou_old", "miou_new", "miou_all", "miou_all_mib", "iou_background")
@@ -285,7 +285,7 @@ def build_trainer(*, cfg_dict: dict[str, Any], step: int, trial_id: str, trial_d
     import ray.train
     from ray.train.torch import TorchConfig
 
-    from wilson_ray.ray.compat import trainer_class
+    from wilson_ray.orchestration.compat import trainer_class
 
     apply_train_env()
     use_gpu = gpus_per_worker > 0

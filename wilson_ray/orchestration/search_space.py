@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from wilson_ray.config import REMOVED_KEYS, Config, ErrorStyle, config_hash, from_dict, read_yaml, resolve_config
+from wilson_ray.config import REMOVED_KEYS, Config, ErrorStyle, config_hash, flatten, from_dict, read_yaml, resolve_config
 from wilson_ray.errors import UserError
 
 Metric = Literal["miou_all", "miou_old", "miou_new", "miou_all_mib", "iou_background", "loss/total"]
@@ -290,18 +290,6 @@ class SearchSpace:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Loading and validation
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key))
-        else:
-            out[key] = v
-    return out
 
 
 def _number(value: Any, where: str, src: str, kind: type = float) -> Any:

@@ -25,14 +25,15 @@ import ray
 from ray import tune
 
 from wilson_ray.errors import UserError
-from wilson_ray.ray import results as R
-from wilson_ray.ray.cluster import check_cluster, init_ray, trainer_kind
-from wilson_ray.ray.compat import WilsonOptunaSearch
-from wilson_ray.ray.kill_points import kill_point
-from wilson_ray.ray.outcome import TrialOutcomeCallback
-from wilson_ray.ray.search_space import SearchSpace, flatten
-from wilson_ray.ray.settings import SweepSettings
-from wilson_ray.ray.trial import TrialFailed, trial, trial_config, trial_config_dict
+from wilson_ray.orchestration import results as R
+from wilson_ray.orchestration.cluster import check_cluster, init_ray, trainer_kind
+from wilson_ray.orchestration.compat import WilsonOptunaSearch
+from wilson_ray.orchestration.kill_points import kill_point
+from wilson_ray.orchestration.outcome import TrialOutcomeCallback
+from wilson_ray.config import flatten
+from wilson_ray.orchestration.search_space import SearchSpace
+from wilson_ray.orchestration.settings import SweepSettings
+from wilson_ray.orchestration.trial import TrialFailed, trial, trial_config, trial_config_dict
 from wilson_ray.sweep_record import TrialRecord, record_id
 from wilson_ray.tracking.mlflow_tracker import (
     SweepRun,
