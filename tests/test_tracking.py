@@ -86,6 +86,8 @@ def test_parent_child_metrics_artifacts(tmp_path):
     assert child.data.tags["wilson_ray.trial_id"] == "t0001"
     assert child.info.status == "FINISHED" and child.data.tags["wilson_ray.outcome"] == "completed"
     assert child.data.params["config.method.alpha"] == "0.3"
+    # the precision the trial trained in, as resolved on this (CUDA-less) machine from run.amp (default none)
+    assert child.data.params["amp_resolved"] == "none" and child.data.params["hardware"].startswith("amp: none (CPU")
     client = MlflowClient(info.uri)
     assert [m.step for m in client.get_metric_history(child.info.run_id, "loss/total")] == [1, 2]
     assert [(m.step, m.value) for m in client.get_metric_history(child.info.run_id, "miou_all")] == [(2, 16.0)]

@@ -285,6 +285,21 @@ def _log_params(client, run_id: str, items: list[tuple[str, str]]) -> None:
 # Child run of a trial
 
 
+def _amp_params(run: dict[str, Any]) -> dict[str, str]:
+    """What ``run.amp`` (``auto`` included) resolves to on the hardware of the process that opens the run (the
+    trial's rank-0 worker), and the capability that decided it: a reader sees which precision a trial trained in."""
+    try:
+        from wilson_ray import hardware
+        from wilson_ray.runtime import resolve_device
+
+        device = resolve_device(str(run.get("device", "auto")))
+        requested = str(run.get("amp", "none"))
+        resolved = hardware.resolve_amp(requested, device)
+        return {"amp_resolved": resolved, "hardware": hardware.describe_amp_choice(requested, resolved, device)}
+    except Exception:  # noqa: BLE001 - a label must never fail the upload of a trial's metrics
+        return {}
+
+
 class TrialTracker:
     """Uploads a ``TrialRecord`` to its child run; ``sync()`` is cheap when nothing is new and safe to repeat."""
 
@@ -355,7 +370,8 @@ class TrialTracker:
                     from wilson_ray.config import flatten
 
                     params = {**{f"config.{k}": v for k, v in flatten(trial.get("config") or {}).items()},
-                              "step": trial.get("step"), "trial_id": trial["trial_id"]}
+                              "step": trial.get("step"), "trial_id": trial["trial_id"],
+                              **_amp_params((trial.get("config") or {}).get("run") or {})}
                     have = run.data.params
                     _log_params(client, run_id, [(k, v) for k, v in _params(params).items() if k not in have])
                     for k, v in (trial.get("params") or {}).items():
