@@ -53,6 +53,16 @@ __all__ = [
 ]
 
 
+_PRINTED: set[str] = set()
+
+
+def _print_once(line: str) -> None:
+    """Print an informational line on stdout once per process (a table trains many steps; the choice is the same)."""
+    if line not in _PRINTED:
+        _PRINTED.add(line)
+        print(line, flush=True)
+
+
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; the message names the loss term and the epoch."""
 
@@ -257,7 +267,6 @@ def train_step(
     # cfg.method.args is the method's typed Params instance, validated once by the config (no re-parsing here).
     method = method_cls.for_step(cfg.method.args, task, step, no_mask=cfg.data.no_mask)
     if rank == 0:
-        print(describe_amp_choice(cfg.run.amp, amp, device), file=sys.stderr)
         for msg in method.warnings():
             print(f"warning: {msg}", file=sys.stderr)
 
@@ -297,6 +306,9 @@ def train_step(
         if rank == 0:
             save_training_state(path, step, epoch, state_parts)
         return path
+
+    if rank == 0:  # once everything is built and checked: a bad input prints its one error line and nothing else
+        _print_once(describe_amp_choice(cfg.run.amp, amp, device))
 
     # --- epochs ----------------------------------------------------------------------------------------------
     metrics: dict[str, float] = {}
