@@ -368,7 +368,7 @@ def test_sections_are_typed_dataclasses(tmp_path):
     assert space.resources == Resources(cpus_per_worker=2.0, trainer="direct")
     assert isinstance(space.resources.cpus_per_worker, float)
     assert (space.metric, space.num_samples, space.trainer) == ("loss/total", 5, "direct")  # flat reads
-    assert space.scheduler["grace_period"] == 2 and space.scheduler.get("max_t") == 6
+    assert space.scheduler.grace_period == 2 and space.scheduler.max_t == 6
     for off in (None, {"type": "none"}, {"type": "fifo"}):
         data["scheduler"] = off
         assert load_search_space(write(tmp_path, data)).scheduler is None

@@ -99,14 +99,6 @@ class Scheduler:
     reduction_factor: float = 2.0
     max_t: int | None = None  # None: the trial's epochs
 
-    # Transitional read access as the mapping it used to be (``space.scheduler["grace_period"]``), for callers
-    # not yet reading the attributes.
-    def __getitem__(self, key: str) -> Any:
-        return getattr(self, key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key, default)
-
 
 @dataclass
 class Resources:

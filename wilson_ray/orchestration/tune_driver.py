@@ -251,10 +251,10 @@ def _tuner(space: SearchSpace, settings: SweepSettings, sweep_path: Path, storag
     if space.scheduler:
         from ray.tune.schedulers import ASHAScheduler
 
-        max_t = space.scheduler.get("max_t") or settings.epochs
+        max_t = space.scheduler.max_t or settings.epochs
         scheduler = ASHAScheduler(time_attr="epoch", metric=space.metric, mode=space.mode, max_t=max_t,
-                                  grace_period=min(space.scheduler["grace_period"], max_t),
-                                  reduction_factor=space.scheduler["reduction_factor"])
+                                  grace_period=min(space.scheduler.grace_period, max_t),
+                                  reduction_factor=space.scheduler.reduction_factor)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
