@@ -37,8 +37,8 @@ from wilson_ray.methods import get_method
 from wilson_ray.methods.base import Batch, Context, Method, Trainable
 from wilson_ray.metrics import ConfusionMatrix, miou_table, per_class_iou
 from wilson_ray.protocol import Task
-from wilson_ray.hardware import describe_amp_choice
-from wilson_ray.runtime import autocast_context, rank_world, resolve_amp, resolve_device, seed_everything
+from wilson_ray.hardware import describe_amp_choice, resolve_amp
+from wilson_ray.runtime import autocast_context, rank_world, resolve_device, seed_everything
 from wilson_ray.step_setup import (
     build_model, compile_models, data_root, lr_factor, make_optimizer, param_groups,
     prepare_models, task_of,

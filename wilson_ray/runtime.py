@@ -40,14 +40,6 @@ def _local_cuda() -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
 
 
-def resolve_amp(requested: str, device: torch.device) -> str:
-    """The autocast mode to run with (``none``/``bf16``/``fp16``): ``run.amp`` resolved once per run for
-    ``device`` (``auto`` picks per hardware, see ``wilson_ray.hardware.resolve_amp``)."""
-    from wilson_ray.hardware import resolve_amp as _hardware_resolve
-
-    return _hardware_resolve(requested, device)
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch's default generators."""
     random.seed(seed)
@@ -67,7 +59,7 @@ def seed_worker(worker_id: int) -> None:
 
 def autocast_context(device: torch.device, amp: str):
     """bf16 autocast on CPU or GPU, fp16 on GPU (with a GradScaler, see ``engine.train_step``), or nothing.
-    ``amp`` is an already resolved mode (``resolve_amp``)."""
+    ``amp`` is an already resolved mode (``hardware.resolve_amp``)."""
     if amp == "none":
         return contextlib.nullcontext()
     if amp == "fp16" and device.type != "cuda":
