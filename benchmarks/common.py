@@ -263,7 +263,7 @@ def build_setup(o: StepOptions, init: Callable | None = realistic_init_) -> Step
         notes.append(f"{n} dilated convolutions of the new model as valid-tap GEMMs (and of the old model)")
     if isinstance(old_run, fast.FrozenOldModel):
         notes.append(f"old model: {old_run.folded} BatchNorms folded into convs, weights "
-                     f"{'bf16' if old_run.dtype is not None else 'fp32'}, inference_mode")
+                     f"{'bf16' if old_run.dtype is not None else 'fp32'}, folded in place, no_grad")
     eager_ctx = Context(net=net, module=module, old_model=old_run)
     if cfg.run.compile:
         net, old_run = engine.compile_models(net, old_run)

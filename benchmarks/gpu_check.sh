@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_check.sh OUT_DIR [OLD_TREE]
 # 1. what `run.amp: auto` and `--fast` choose on this device;
 # 2. ResNet-101 step 1 (WILSON) at 2x512² and 24x512²: fp32 eager vs the configured fast path, paired;
+#    with COMPILE=1 also the fast path + torch.compile (run.compile) at both batches, paired the same way;
 # 3. with OLD_TREE (a checkout of an earlier commit): the synthetic table of both trees on this device, side by
 #    side (same data, same seeds), to show what a change moved.
 set -uo pipefail
@@ -30,6 +31,14 @@ for b in 2 24; do
     --threads 0 --paired --iters 10 --json > "$OUT/step_r101_512_b$b.json" 2> "$OUT/step_r101_512_b$b.err"
   tail -c 1500 "$OUT/step_r101_512_b$b.json"; tail -3 "$OUT/step_r101_512_b$b.err"
 done
+if [[ "${COMPILE:-0}" == 1 ]]; then
+  for b in 24 2; do
+    python3 -m benchmarks.step --backbone resnet101 --size 512 --batch $b --step 1 --method wilson --device cuda \
+      --threads 0 --paired --iters 10 --compile --json > "$OUT/step_r101_512_b${b}_compile.json" \
+      2> "$OUT/step_r101_512_b${b}_compile.err"
+    tail -c 1500 "$OUT/step_r101_512_b${b}_compile.json"; tail -3 "$OUT/step_r101_512_b${b}_compile.err"
+  done
+fi
 wait
 [[ -n "$OLD" ]] && { cp /tmp/t-old/table.md "$OUT/table_old.md"; cp /tmp/t-new/table.md "$OUT/table_new.md"; \
   cat "$OUT"/table_*.md; }

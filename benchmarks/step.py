@@ -90,7 +90,7 @@ def options(a: argparse.Namespace) -> common.StepOptions:
     fast = not a.fp32_eager
     device = engine.resolve_device(a.device)
     if fast:
-        base = dict(amp="auto", compile=False, **hardware.fast_path_plan(device))
+        base = dict(amp="auto", **hardware.fast_path_plan(device))
     else:
         base = dict(amp="none", channels_last=False, compile=False, frozen_old_model=False, fused_sgd=False,
                     valid_taps=False)

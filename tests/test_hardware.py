@@ -91,7 +91,7 @@ def test_describe_amp_choice_names_the_hardware(fake):
 
 
 def test_fast_path_plan_per_kind(fake):
-    keys = {"channels_last", "frozen_old_model", "valid_taps", "fused_sgd"}
+    keys = {"channels_last", "frozen_old_model", "valid_taps", "fused_sgd", "compile"}
     for cpu, kind in ((AVX2, "cpu"), (AMX, "cpu_bf16")):
         fake(cpu=cpu)
         plan = hardware.fast_path_plan("cpu")
@@ -104,7 +104,9 @@ def test_fast_path_plan_per_kind(fake):
                                                                          hardware.FAST_PATH_PLANS["cpu"].items()}}
     # measured on AVX2 (BENCHMARKS.md §1A): the frozen old model raised peak RSS, the others were wins
     assert hardware.FAST_PATH_PLANS["cpu"] == {"channels_last": True, "frozen_old_model": False, "valid_taps": True,
-                                               "fused_sgd": True}
+                                               "fused_sgd": True, "compile": False}
+    # measured on the H200 (BENCHMARKS.md §1): compile 2.15x at batch 24, parity at batch 2; too slow to compile on CPU
+    assert hardware.FAST_PATH_PLANS["cuda"]["compile"] and not hardware.FAST_PATH_PLANS["cpu_bf16"]["compile"]
 
 
 def test_warning_prints_one_line(fake):

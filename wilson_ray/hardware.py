@@ -184,17 +184,22 @@ def describe_amp_choice(requested: str, resolved: str, device: torch.device | st
 # SGD's step 5x faster than the foreach one; the frozen old model gains only ~3 % per iteration in fp32 but raised
 # the peak RSS at 2x512² by 110-200 MB above fp32 eager (a deep copy made while the eager model is alive leaves
 # freed heap behind, and its outputs are cloned out of inference_mode), so it stays off there.
-# cuda (H200): all on gave 1.38x over fp32 eager at batch 12 (0.89x at batch 2, launch-bound either way).
+# cuda (H200, ResNet-101 step 1 at 512², paired against fp32 eager): the eager switches gave 1.67x at batch 24 but
+# 0.85-0.89x at batch 2 (launch-bound); torch.compile on top gave 2.15x at batch 24 and 1.01x at batch 2 (about
+# 2 minutes of compilation on the GPU host's 16 cores, cached by inductor across runs), so it is on for CUDA only:
+# on a 2-core CPU compiling ResNet-101 takes far longer than the training it would speed up.
 FAST_PATH_PLANS: dict[str, dict[str, bool]] = {
-    "cpu_bf16": {"channels_last": True, "frozen_old_model": True, "valid_taps": True, "fused_sgd": True},
-    "cpu": {"channels_last": True, "frozen_old_model": False, "valid_taps": True, "fused_sgd": True},
-    "cuda": {"channels_last": True, "frozen_old_model": True, "valid_taps": True, "fused_sgd": True},
+    "cpu_bf16": {"channels_last": True, "frozen_old_model": True, "valid_taps": True, "fused_sgd": True,
+                 "compile": False},
+    "cpu": {"channels_last": True, "frozen_old_model": False, "valid_taps": True, "fused_sgd": True,
+            "compile": False},
+    "cuda": {"channels_last": True, "frozen_old_model": True, "valid_taps": True, "fused_sgd": True, "compile": True},
 }
 
 
 def fast_path_plan(device: torch.device | str) -> dict[str, bool]:
     """The ``run.*`` switch values ``--fast`` should use on this device (keys: channels_last, frozen_old_model,
-    valid_taps, fused_sgd); amp is ``resolve_amp('auto', device)``."""
+    valid_taps, fused_sgd, compile); amp is ``resolve_amp('auto', device)``."""
     return dict(FAST_PATH_PLANS[hardware_kind(device)])
 
 

@@ -238,8 +238,9 @@ def prepare_models(cfg: Config, module: Trainable, old_model: nn.Module | None, 
         if old_model is not None:
             fast.use_valid_taps_(old_model)
     if old_model is not None and cfg.run.frozen_old_model:
-        # torch.compile traces no_grad, not inference_mode
-        old_model = fast.freeze_old_model(old_model, amp)
+        # The engine never uses the eager old model again: fold it in place, and run it under no_grad (what
+        # torch.compile traces; its outputs need no copy out of inference_mode) — peak RSS stays at fp32 eager's.
+        old_model = fast.freeze_old_model(old_model, amp, inference_mode=False, in_place=True)
     if cfg.run.channels_last:
         module.to(memory_format=torch.channels_last)
         if old_model is not None:

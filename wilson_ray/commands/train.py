@@ -27,7 +27,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], help="mixed precision")
     p.add_argument("--fast", action="store_true", default=None,
                    help="the fast path measured for this hardware (wilson_ray.hardware.fast_path_plan): amp auto (bf16 only where "
-                        "native), channels_last, valid-tap ASPP, fused SGD, frozen old model where it pays")
+                        "native), channels_last, valid-tap ASPP, fused SGD, frozen old model where it pays, "
+                        "torch.compile on CUDA")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set method.alpha=0.7 (repeatable)")
 
