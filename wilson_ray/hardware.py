@@ -181,9 +181,9 @@ def describe_amp_choice(requested: str, resolved: str, device: torch.device | st
 # The fast path's switches other than amp, per hardware kind, as measured (BENCHMARKS.md §1, "Per CPU kind").
 # cpu_bf16 (AMX Xeon, bf16): every switch a win or within noise, and the bf16 frozen old model halves its weights.
 # cpu (AVX2, fp32; paired against fp32 eager at ResNet-101 4x256²): channels_last 1.12x, valid taps 1.12x, fused
-# SGD's step 5x faster than the foreach one; the frozen old model gains only ~3 % per iteration in fp32 but raised
-# the peak RSS at 2x512² by 110-200 MB above fp32 eager (a deep copy made while the eager model is alive leaves
-# freed heap behind, and its outputs are cloned out of inference_mode), so it stays off there.
+# SGD's step 5x faster than the foreach one; the frozen old model gains only ~3 % per iteration in fp32 (within
+# noise), so it stays off there. (It also used to raise the peak RSS by 110-200 MB; folded in place since
+# 2026-11-26 it no longer does: 3604 vs 3666-3678 MB at 2x512².)
 # cuda (H200, ResNet-101 step 1 at 512², paired against fp32 eager): the eager switches gave 1.67x at batch 24 but
 # 0.85-0.89x at batch 2 (launch-bound); torch.compile on top gave 2.15x at batch 24 and 1.01x at batch 2 (about
 # 2 minutes of compilation on the GPU host's 16 cores, cached by inductor across runs), so it is on for CUDA only:
