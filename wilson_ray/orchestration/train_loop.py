@@ -32,7 +32,7 @@ from typing import Any
 from wilson_ray.orchestration.kill_points import kill_point
 
 STATE_META = "wilson_ray_state.json"
-MIOU_KEYS = ("miou_old", "miou_new", "miou_all", "miou_all_mib", "iou_background")
+MIOU_KEYS = ("miou_old", "miou_new", "miou_all", "miou_all_mib", "miou_hm", "iou_background")
 
 # Ray Train V2 controller settings that cut per-trial overhead on a small machine (measured: a trivial 2-worker
 # run 25 s -> 18 s). They travel from the process that builds the trainer to the controller and workers.
@@ -61,7 +61,7 @@ def ray_metrics(metrics: dict[str, float], last_eval: dict[str, float]) -> dict[
         last_eval.update({k: float(metrics[k]) for k in MIOU_KEYS if k in metrics})
     # Order matters: Tune's progress table shows the first few metrics (epoch, mIoU all/old/new).
     out: dict[str, float] = {"epoch": float(metrics.get("epoch", 0))}
-    for k in ("miou_all", "miou_old", "miou_new", "miou_all_mib", "iou_background"):
+    for k in MIOU_KEYS:
         v = last_eval.get(k, 0.0)
         out[k] = v if math.isfinite(v) else 0.0
     for k, v in metrics.items():
@@ -188,6 +188,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point of every Train worker; ``config`` comes from ``build_trainer``'s ``train_loop_config``."""
     import ray.train
 
+    if config.get("worker_logs"):
+        from wilson_ray.orchestration.trial import to_log_file
+
+        to_log_file(Path(config["trial_dir"]) / f"worker-{ray.train.get_context().get_world_rank()}.log")
     device = None
     if config.get("use_gpu"):
         import ray.train.torch
@@ -269,17 +273,17 @@ def run_step(config: dict[str, Any], rank: int, checkpoint, report, device: str 
 
 def loop_config(*, cfg_dict: dict[str, Any], step: int, trial_id: str, trial_dir: str | Path,
                 init_checkpoint: str | Path | None, tracking: dict[str, Any] | None, use_gpu: bool = False,
-                cpus: float = 0) -> dict[str, Any]:
+                cpus: float = 0, worker_logs: bool = False) -> dict[str, Any]:
     """The ``config`` that ``train_loop_per_worker`` / ``run_direct`` receive."""
     return {"cfg": cfg_dict, "step": step, "trial_id": trial_id, "trial_dir": str(trial_dir),
             "init_checkpoint": str(init_checkpoint) if init_checkpoint else None, "tracking": tracking,
-            "use_gpu": use_gpu, "cpus": cpus}
+            "use_gpu": use_gpu, "cpus": cpus, "worker_logs": worker_logs}
 
 
 def build_trainer(*, cfg_dict: dict[str, Any], step: int, trial_id: str, trial_dir: str | Path,
                   storage_path: str | Path, init_checkpoint: str | Path | None, workers: int,
                   cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, max_failures: int = 2,
-                  tracking: dict[str, Any] | None = None, callbacks: list | None = None):
+                  tracking: dict[str, Any] | None = None, callbacks: list | None = None, worker_logs: bool = False):
     """The ``TorchTrainer`` of one trial; its run is named after the trial so a restored trial finds its
     checkpoints (Train V2 restores a run from ``storage_path/name``)."""
     import ray.train
@@ -295,7 +299,8 @@ def build_trainer(*, cfg_dict: dict[str, Any], step: int, trial_id: str, trial_d
     return trainer_class()(
         train_loop_per_worker,
         train_loop_config=loop_config(cfg_dict=cfg_dict, step=step, trial_id=trial_id, trial_dir=trial_dir,
-                                      init_checkpoint=init_checkpoint, tracking=tracking, use_gpu=use_gpu),
+                                      init_checkpoint=init_checkpoint, tracking=tracking, use_gpu=use_gpu,
+                                      worker_logs=worker_logs),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),

@@ -223,3 +223,52 @@ def write_table_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     for r in rows:
         w.writerow(r)
     return atomic_write(path, lambda p: p.write_text(text.getvalue(), encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Learning curves (a trial's summary and the sweep report)
+
+CURVE_KEYS = (("miou_old", "old", "tab:blue"), ("miou_new", "new", "tab:orange"), ("miou_all", "all", "tab:green"))
+
+
+def _evaluated(epochs: dict[int, dict[str, float]]) -> list[tuple[int, dict[str, float]]]:
+    return [(e, m) for e, m in sorted(epochs.items()) if "miou_all" in m and m.get("evaluated", 1)]
+
+
+def learning_curves_png(trials: dict[str, dict[int, dict[str, float]]], path: str | Path,
+                        stopped: dict[str, int] | None = None, best: str | None = None,
+                        max_epochs: int | None = None, marks: Sequence[int] = ()) -> Path:
+    """Old / new / all mIoU per epoch, one panel each, one line per trial (the best one thick); a trial ASHA
+    stopped ends in an x at its rung; ``marks``: epochs drawn as dotted verticals (ASHA's rungs)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
+    cmap = plt.get_cmap("tab10")
+    for i, (name, epochs) in enumerate(trials.items()):
+        pts = _evaluated(epochs)
+        if not pts:
+            continue
+        color = cmap(i % 10)
+        xs = [e for e, _ in pts]
+        for ax, (key, label, _) in zip(axes, CURVE_KEYS):
+            ys = [m.get(key, float("nan")) for _, m in pts]
+            lw = 2.6 if name == best else 1.2
+            ax.plot(xs, ys, marker=".", color=color, lw=lw, label=str(name)[:8] + (" (best)" if name == best else ""))
+            if stopped and name in stopped:
+                ax.plot([xs[-1]], [ys[-1]], marker="x", color=color, ms=9, mew=2)
+    for ax, (_, label, _) in zip(axes, CURVE_KEYS):
+        for m in marks:
+            ax.axvline(m, color="grey", ls=":", lw=1)
+        ax.set_title(f"mIoU {label} classes" if label != "all" else "mIoU all (background included)", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if max_epochs:
+            ax.set_xlim(0.5, max_epochs + 0.5)
+            ax.set_xticks(range(1, max_epochs + 1))
+    axes[0].set_ylabel("mIoU (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        note = " (x: stopped by ASHA; dotted: ASHA rungs)" if stopped or marks else ""
+        fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), fontsize=7,
+                   bbox_to_anchor=(0.5, -0.08), title="trial" + note, title_fontsize=7)
+    fig.tight_layout()
+    return _save(fig, Path(path))
