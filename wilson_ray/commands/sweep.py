@@ -113,6 +113,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     )
     if not args.verbose:
         quiet_python_warnings()
+    import sys
+
+    sys.stdout.reconfigure(line_buffering=True)  # one line per trial event, also into a log file or a pipe
     outcome = run_sweep(opts)
     print_outcome(outcome)
     return 130 if outcome.interrupted else 0
@@ -121,9 +124,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def quiet_python_warnings() -> None:
     """No third-party deprecation/future/user warnings on the sweep's console (a user cannot act on them);
     --verbose keeps them. Ray workers inherit it through PYTHONWARNINGS."""
+    import logging
     import os
     import warnings
 
+    for name in ("mlflow", "alembic", "optuna"):  # "Creating initial MLflow database tables...", trial finished
+        logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)

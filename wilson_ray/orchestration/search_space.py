@@ -108,6 +108,7 @@ class Resources:
     max_failures: int = 2  # Train: worker crashes a trial survives
     trial_max_failures: int = 1  # Tune: trial-driver crashes
     trainer: Trainer = "auto"  # torch: a TorchTrainer per trial; direct: in the trial process (1 worker); auto
+    previous_step_workers: int = 0  # > 1: the earlier steps train once on a TorchTrainer of that many workers
 
 
 @dataclass

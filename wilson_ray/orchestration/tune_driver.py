@@ -203,7 +203,9 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
             from wilson_ray.cache import previous_step_checkpoint
 
             t0 = time.time()
-            ckpt = previous_step_checkpoint(base_cfg, space.step, settings.cache_dir)
+            n = space.resources.previous_step_workers
+            trainer = _ddp_step_trainer(settings, n, log) if n > 1 else None
+            ckpt = previous_step_checkpoint(base_cfg, space.step, settings.cache_dir, trainer=trainer)
             log(f"step {space.step - 1} checkpoint: {ckpt} ({time.time() - t0:.0f} s)")
             if _shared_previous_step(space, extra, base_cfg):
                 settings = dataclasses.replace(settings, init_checkpoint=str(ckpt))
@@ -222,6 +224,30 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
     finally:
         if started:
             ray.shutdown()
+
+
+def _ddp_step_trainer(settings: SweepSettings, workers: int, log):
+    """``cache.cached_step``'s trainer: an earlier step trained once on a ``workers``-worker Ray Train
+    TorchTrainer (DDP, SyncBatchNorm; gloo on CPU), what a cluster user runs for a long step."""
+    from wilson_ray.orchestration.train_loop import build_trainer
+
+    def train(cfg, step: int, init, out_dir: Path) -> Path:
+        folder = Path(settings.sweep_dir) / "earlier_steps" / f"step{step}"
+        log(f"step {step}: training it once on a {workers}-worker Ray Train TorchTrainer (DDP); "
+            f"log: {folder}/worker-0.log")
+        t0 = time.time()
+        cfg.run.val_interval = 5  # the sweep's every-epoch evaluation is for ASHA; evaluation changes no weight
+        build_trainer(cfg_dict=cfg.to_dict(), step=step, trial_id=f"step{step}", trial_dir=folder,
+                      storage_path=Path(settings.sweep_dir) / "train", init_checkpoint=init, workers=workers,
+                      cpus_per_worker=1.0, gpus_per_worker=settings.gpus_per_worker, max_failures=1,
+                      worker_logs=settings.worker_logs).fit()
+        epochs = TrialRecord(folder).epochs()
+        last = epochs[max(epochs)] if epochs else {}
+        miou = ", ".join(f"{k[5:]} {last[k]:.1f}" for k in ("miou_old", "miou_all") if k in last)
+        log(f"step {step}: {len(epochs)} epochs in {time.time() - t0:.0f} s ({miou})")
+        return folder / "model" / f"step{step}.pt"
+
+    return train
 
 
 def _parent_params(space: SearchSpace, base_cfg, num_samples: int, workers: int) -> dict[str, Any]:
