@@ -87,6 +87,8 @@ class StepResult:
     checkpoint: Path | None
     epochs: int
     extra_eval: dict[str, dict[str, float]] = field(default_factory=dict)
+    # the step's live method and Context at its end (rank 0 figures: localizer maps, pseudo-labels); not saved
+    live: tuple | None = None
 
 
 @dataclass
@@ -344,7 +346,8 @@ def train_step(
         if world > 1:
             dist.barrier()
     result = StepResult(step, {k: v for k, v in metrics.items() if not k.startswith("iou/")}, evaluation.per_class,
-                        evaluation.confusion, task.class_names(step), checkpoint, o.epochs, evaluation.extra)
+                        evaluation.confusion, task.class_names(step), checkpoint, o.epochs, evaluation.extra,
+                        live=(method, ctx))
     for cb in callbacks:
         cb.on_step_end(result)
     return result

@@ -130,6 +130,7 @@ def quiet_python_warnings() -> None:
 
     for name in ("mlflow", "alembic", "optuna"):  # "Creating initial MLflow database tables...", trial finished
         logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow sets its loggers' level on import
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)

@@ -49,7 +49,11 @@ class WilsonOptunaSearch(OptunaSearch):
         # optuna-dashboard and study.trials_dataframe() name the objective(s) instead of "Objective 0"
         names = list(self.metric) if isinstance(self.metric, list) else [self.metric]
         if self._ot_study.metric_names is None:
-            self._ot_study.set_metric_names(names)
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # ExperimentalWarning: the API exists since Optuna 3.2
+                self._ot_study.set_metric_names(names)
 
     # Intermediate values are keyed by the trial's ``epoch`` (Ray keys them by its result counter) and include
     # the last epoch, which Tune hands to ``on_trial_complete`` only; an ASHA stop is told to Optuna as PRUNED

@@ -103,6 +103,8 @@ def comparison(rows: list[dict[str, Any]], metric: str, mode: str, defaults: dic
     if best["trial"] == default["trial"]:
         text = (f"the paper-default trial is the best ({metric} {default[metric]:.2f}): on this data and budget the "
                 "sweep found nothing better than the paper's values")
+        if width is not None:
+            text += f" (the default's seed-to-seed spread: {width:.2f} over {seeds})"
     else:
         text = f"best trial {best['trial']} {metric} {best[metric]:.2f} vs paper default {default[metric]:.2f}: " \
                f"margin {margin:+.2f}"
@@ -113,8 +115,8 @@ def comparison(rows: list[dict[str, Any]], metric: str, mode: str, defaults: dic
             if abs(margin) <= width:
                 text += ": not a real difference"
     if width is not None and spread and spread.get("command"):
-        out["spread_note"] = f"seed spread measured once with: {spread['command']}" + (
-            f" ({spread['measured']})" if spread.get("measured") else "")
+        out["spread_note"] = f"seed spread: {spread['command']}" + (
+            f"; {spread['measured']}" if spread.get("measured") else "")
     out["text"] = text
     return out
 

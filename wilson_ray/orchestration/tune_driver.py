@@ -176,6 +176,8 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
                                 artifact_location=default_artifact_location(storage, name) if is_local_store(uri)
                                 else None)
 
+    if opts.verbose < 2:  # Tune's new console output prints its experiment banner even when silent
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     started = init_ray(opts.address, opts.num_cpus, verbose=opts.verbose >= 2)
     try:
         concurrency = check_cluster(workers, cpus, gpus, num_samples)
@@ -198,7 +200,9 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
             tracking.parent_run_id = parent.run_id
         settings = _settings(opts, name, sweep_path, base_cfg, tracking, workers, cpus, gpus, trainer)
 
-        # Earlier steps once, here, with all the driver's cores; trials then only read the cache.
+        log(plan_line(name, num_samples, workers, trainer, concurrency, settings.epochs, space.metric,
+                      _rungs(space, settings), str(sweep_path), uri))
+        # Earlier steps once, here (or on a TorchTrainer); trials then only read the cache.
         if space.step > 0:
             from wilson_ray.cache import previous_step_checkpoint
 
@@ -211,9 +215,8 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
                 settings = dataclasses.replace(settings, init_checkpoint=str(ckpt))
 
         tuner, restored = _tuner(space, settings, sweep_path, storage, name, num_samples, concurrency, opts)
-        log(("resuming " if restored else "") + plan_line(
-            name, num_samples, workers, trainer, concurrency, settings.epochs, space.metric, _rungs(space, settings),
-            str(sweep_path), uri))
+        if restored:
+            log(f"sweep {name}: resuming it (finished trials are kept, unfinished ones continue)")
         interrupted = False
         try:
             tuner.fit()

@@ -96,7 +96,9 @@ def ui_command(uri: str) -> str:
     if urlparse(uri).scheme in ("http", "https"):
         return f"open {uri} in a browser (MLflow server)"
     return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri {uri} --host 127.0.0.1 "
-            "--port 5000 --workers 1   # then open http://127.0.0.1:5000")
+            f"--port 5000 --workers 1   # then open http://127.0.0.1:5000\n"
+            f"             (one process; `mlflow ui --backend-store-uri {uri} --host 127.0.0.1` also works, with "
+            "~15 processes)")
 
 
 def configure_http_client() -> None:
@@ -335,7 +337,8 @@ def trial_params(trial: dict[str, Any]) -> dict[str, Any]:
     optim = (cfg.get("incremental") if step > 0 else cfg.get("step0")) or {}
     out: dict[str, Any] = {names[k]: rounded(v) for k, v in swept.items()}
     out.update({f"config.{k}": v for k, v in swept.items()})
-    out.update({"method": (cfg.get("method") or {}).get("name"), "task": (cfg.get("data") or {}).get("task"),
+    out.update({"config.method.name": (cfg.get("method") or {}).get("name"),
+                "task": (cfg.get("data") or {}).get("task"),
                 "step": step, "epochs": optim.get("epochs"), "iters_per_epoch": optim.get("max_iters_per_epoch"),
                 "seed": (cfg.get("run") or {}).get("seed"), "trial_id": trial["trial_id"]})
     out.update(_amp_params(cfg.get("run") or {}))

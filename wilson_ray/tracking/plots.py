@@ -32,6 +32,10 @@ def _save(fig, path: Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def plt_cmap(name: str = "inferno"):
+    return _plt().get_cmap(name)
+
+
 def palette(n: int) -> np.ndarray:
     """The Pascal VOC colour map (uint8 [n, 3]); index 255 (void) is drawn white by ``colorize``."""
     cmap = np.zeros((max(n, 1), 3), dtype=np.uint8)
@@ -128,8 +132,10 @@ def write_per_class(per_class: dict[str, float], directory: str | Path) -> list[
 
 
 def overlays_png(checkpoint: str | Path, path: str | Path, n: int = 4, data_root: str | None = None,
-                 device: str = "cpu") -> Path | None:
-    """Image | ground truth | prediction for the first ``n`` val images of the checkpoint's task and step.
+                 device: str = "cpu", weak=None) -> Path | None:
+    """Image | ground truth | prediction for the first ``n`` val images of the checkpoint's task and step, and
+    with ``weak(image [1,3,H,W], labels [1,C]) -> (localizer map [H,W] in [0,1], pseudo-label [H,W])`` (a weak
+    method's localizer and its pseudo-label at the end of the step) those two panels too.
 
     Loads the model with ``weights_only=True`` (``checkpoint.model_from_checkpoint``) and the val set of the
     checkpoint's config. Returns None when the val set is empty.
@@ -154,17 +160,29 @@ def overlays_png(checkpoint: str | Path, path: str | Path, n: int = 4, data_root
     k = task.num_classes(step)
     model.to(device)
     rows = []
+    titles = ["image", "ground truth", "prediction"]
+    if weak is not None:
+        titles += ["localizer (new classes)", "pseudo-label"]
+    # images with a new class first: the ones a weak step is about
+    new_ids = set(range(k - len(task.class_names(step)) + len(task.class_names(step - 1)), k)) if step > 0 else set()
+    order = sorted(range(len(dataset)), key=lambda i: not (set(np.unique(dataset[i][1].numpy())) & new_ids))[:count] \
+        if new_ids and len(dataset) <= 400 else list(range(count))
     with torch.no_grad():
-        for i in range(count):
-            image, mask, _ = dataset[i]
+        for i in order:
+            image, mask, labels = dataset[i]
             logits = model(image.unsqueeze(0).to(device), upsample=True).logits
             pred = logits.argmax(1)[0].cpu().numpy().astype(np.int64)
             img = (denormalise(image).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-            rows.append((img, colorize(mask.numpy().astype(np.int64), k), colorize(pred, k)))
+            row = [img, colorize(mask.numpy().astype(np.int64), k), colorize(pred, k)]
+            if weak is not None:
+                heat, pseudo = weak(image.unsqueeze(0), labels.unsqueeze(0))
+                row += [(plt_cmap()(np.clip(heat, 0, 1))[..., :3] * 255).astype(np.uint8),
+                        colorize(np.asarray(pseudo, dtype=np.int64), k)]
+            rows.append(row)
     plt = _plt()
-    fig, axes = plt.subplots(count, 3, figsize=(7.5, 2.5 * count), squeeze=False)
+    fig, axes = plt.subplots(count, len(titles), figsize=(2.5 * len(titles), 2.5 * count), squeeze=False)
     for r, images in enumerate(rows):
-        for c, (im, label) in enumerate(zip(images, ("image", "ground truth", "prediction"))):
+        for c, (im, label) in enumerate(zip(images, titles)):
             axes[r][c].imshow(im)
             axes[r][c].axis("off")
             if r == 0:
@@ -264,6 +282,10 @@ def learning_curves_png(trials: dict[str, dict[int, dict[str, float]]], path: st
         if max_epochs:
             ax.set_xlim(0.5, max_epochs + 0.5)
             ax.set_xticks(range(1, max_epochs + 1))
+        else:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("mIoU (%)")
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
