@@ -17,5 +17,5 @@ TRIALS="${TRIALS:-8}"
 if [[ ! -f "$DATA/splits/val.txt" ]]; then
   wilson-ray data synth --out "$DATA"
 fi
-exec wilson-ray sweep --space search_spaces/demo.yaml --data-root "$DATA" --storage "$STORAGE" \
+exec wilson-ray sweep --space search_spaces/demo-short.yaml --data-root "$DATA" --storage "$STORAGE" \
   --num-samples "$TRIALS" "$@"

@@ -126,3 +126,20 @@ def test_report_writes_html_and_pngs(tmp_path):
     assert text.count("data:image/png;base64,") >= 4  # self-contained: the images are inlined
     assert "t2" in text and "(default)" in text and "stopped by ASHA" in text
     assert "larger than the default&#x27;s seed-to-seed spread" in text
+
+
+def test_make_demo_space_compares_trials_after_the_pseudo_label_epochs():
+    from pathlib import Path
+
+    from wilson_ray.orchestration.search_space import load_search_space
+
+    space = load_search_space(Path(__file__).resolve().parents[1] / "search_spaces" / "demo-short.yaml")
+    cfg = space.base_config()
+    assert space.metric == "miou_hm" and space.mode == "max"
+    # ASHA's first rung comes after the localizer-only epochs and at least one epoch of l_SEG
+    assert space.scheduler.grace_period >= cfg.method.args.pseudo_epochs + 1
+    assert space.scheduler.grace_period < cfg.incremental.epochs
+    assert space.workers_per_trial == 1 and space.resources.previous_step_workers == 2
+    assert space.defaults() == {"incremental.lr": 0.005, "incremental.lr_head": 10.0, "method.alpha": 0.5,
+                                "method.temperature": 1.0}
+    assert len(space.seed_spread.values) >= 3 and space.seed_spread.metric == space.metric

@@ -64,6 +64,8 @@ class WilsonOptunaSearch(OptunaSearch):
         epoch, value = result.get("epoch"), result.get(self.metric)
         if epoch is None or value is None or result.get("evaluated", 1) == 0:
             return
+        if not hasattr(self, "_wr_reported"):  # a searcher unpickled from an older checkpoint
+            self._wr_reported = {}
         done = self._wr_reported.setdefault(trial_id, set())
         if int(epoch) not in done:
             done.add(int(epoch))
@@ -79,7 +81,7 @@ class WilsonOptunaSearch(OptunaSearch):
         if outcome:
             ot_trial.set_user_attr("outcome", outcome)
         record = ot_trial.user_attrs.get(RECORD_ATTR) if hasattr(ot_trial, "user_attrs") else None
-        if self._wr_record_dir:
+        if getattr(self, "_wr_record_dir", None):
             path = Path(self._wr_record_dir) / str(record or trial_id) / "mlflow_run.json"
             try:
                 ot_trial.set_user_attr("mlflow_run_id", json.loads(path.read_text())["run_id"])
@@ -111,8 +113,9 @@ class WilsonOptunaSearch(OptunaSearch):
 
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
-        stopped = (not error and result and self._wr_max_epochs is not None
-                   and float(result.get("epoch", 0) or 0) < self._wr_max_epochs)
+        max_epochs = getattr(self, "_wr_max_epochs", None)
+        stopped = (not error and result and max_epochs is not None and "epoch" in result
+                   and float(result["epoch"] or 0) < max_epochs)
         try:
             self._wr_report(trial_id, result or {})
             self._wr_user_attrs(trial_id, "failed" if error else "stopped_early" if stopped else "completed")

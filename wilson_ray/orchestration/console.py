@@ -56,7 +56,7 @@ def plan_line(name: str, num_samples: int, workers: int, trainer: str, concurren
            else "1 worker each, in the trial's own process")
     asha = (f"ASHA compares trials at epoch {', '.join(map(str, rungs))} and stops the weaker half"
             if rungs else "no early stopping")
-    lines = [f"sweep {name}: {num_samples} trials of up to {epochs} epochs, {how}, {concurrency} at a time; "
+    lines = [f"sweep {name}: {num_samples} trials of up to {epochs} epochs, {how}, up to {concurrency} at a time; "
              f"objective {metric}; {asha}",
              f"  results: {storage}" + (f"   MLflow: {tracking_uri}" if tracking_uri else "")]
     return "\n".join(lines)

@@ -44,6 +44,8 @@ from wilson_ray.tracking.mlflow_tracker import (
     default_artifact_location,
     default_tracking_uri,
     is_local_store,
+    VIEW_KEY,
+    share_view,
     ui_command,
 )
 
@@ -88,6 +90,7 @@ class SweepOutcome:
     mode: str
     interrupted: bool = False
     report: Path | None = None
+    mlflow_view: str | None = None  # the experiment page with the trials' columns (MLflow's shared view)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -382,7 +385,7 @@ def _finish(space: SearchSpace, settings: SweepSettings, storage: Path, name: st
     if best is not None:
         best_yaml = atomic_write_text(sweep_path / "best.yaml", R.best_config_text(best, R.read_sweep(storage, name)))
         files.append(best_yaml)
-    report = None
+    report = mlflow_view = None
     try:
         from wilson_ray.orchestration.report import build_report
 
@@ -404,12 +407,17 @@ def _finish(space: SearchSpace, settings: SweepSettings, storage: Path, name: st
         done = parent.finish(metrics, files, status="KILLED" if interrupted else "FINISHED",
                              tags={"wilson_ray.best_trial": best["trial"]} if best else None, params=best_params,
                              folders={"report": report.parent} if report else None)
+        exp_id = share_view(tracking, tracking.parent_run_id, [names[k] for k in space.keys],
+                            list(dict.fromkeys([space.metric, "miou_old", "miou_new", "miou_all", "miou_hm"])))
+        if exp_id is not None:
+            mlflow_view = f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}"
         if not done:
             log(f"wilson-ray: warning: MLflow at {tracking.uri} unreachable at the end of the sweep; everything is "
                 f"kept in {sweep_path}/trials and uploaded when the same sweep command runs again")
     return SweepOutcome(name=name, path=sweep_path, rows=rows, best=best, best_yaml=best_yaml,
                         tracking_uri=tracking.uri if tracking else None, restored=restored, keys=space.keys,
-                        metric=space.metric, mode=space.mode, interrupted=interrupted, report=report)
+                        metric=space.metric, mode=space.mode, interrupted=interrupted, report=report,
+                        mlflow_view=mlflow_view)
 
 
 def _backfill_from_tune(sweep_path: Path) -> None:
@@ -472,6 +480,8 @@ def print_outcome(out: SweepOutcome, log=print) -> None:
         log("no trial has an evaluation yet")
     if out.tracking_uri:
         log(f"MLflow UI:   {ui_command(out.tracking_uri)}")
+        if out.mlflow_view:
+            log(f"             the trials with their columns: {out.mlflow_view}")
     log(f"Optuna:      optuna-dashboard sqlite:///{out.path / 'optuna.db'} --host 127.0.0.1   "
         "(pip install -e '.[dashboard]')")
     if out.report is not None:

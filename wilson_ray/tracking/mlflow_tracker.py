@@ -285,6 +285,27 @@ class SweepRun:
             return False
 
 
+VIEW_KEY = "wilson-ray"  # the experiment page's shared view: ?viewStateShareKey=wilson-ray
+
+
+def share_view(info: TrackingInfo, parent_run_id: str | None, params: list[str], metrics: list[str]) -> str | None:
+    """Store an experiment-page view in the experiment (MLflow UI's shared view state: the tag
+    ``mlflow.sharedViewState.<key>``): the sweep's trials expanded under its run, with the swept params, the mIoU
+    columns and the outcome as columns. Returns the experiment id (None when MLflow is unreachable)."""
+    conn = _Connection(info, lambda msg: None)
+    try:
+        client = conn.ensure()
+        cols = ([f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in params]
+                + [f"tags.`{TAG_OUTCOME}`", f"tags.`{TAG_RUNG}`"])
+        state = {"selectedColumns": cols, "runsExpanded": {parent_run_id: True} if parent_run_id else {},
+                 "orderByKey": f"metrics.`{metrics[0]}`" if metrics else "attributes.start_time",
+                 "orderByAsc": False}
+        client.set_experiment_tag(conn.experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(state))
+        return conn.experiment_id
+    except Exception:  # noqa: BLE001 - a convenience, never a failure
+        return None
+
+
 def _params(flat: dict[str, Any]) -> dict[str, str]:
     out = {}
     for k, v in flat.items():
