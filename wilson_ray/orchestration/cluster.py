@@ -10,13 +10,17 @@ import ray
 from wilson_ray.errors import UserError
 
 
-def init_ray(address: str | None, num_cpus: int | None, verbose: bool = True) -> bool:
+VERBOSE = True  # the sweep sets it: False keeps workers' output out of the console (``init_ray``)
+
+
+def init_ray(address: str | None, num_cpus: int | None, verbose: bool | None = None) -> bool:
     """Connect to ``address`` (or $RAY_ADDRESS, as under ``ray job submit``), else start a local cluster with
     the dashboard on 127.0.0.1 (stack.md: without it a stopped trial can leak its placement group).
     ``verbose=False``: workers' output stays in their log files (Ray's and each trial's), Ray logs only
     warnings. Returns True when this process started the cluster."""
     if ray.is_initialized():
         return False
+    verbose = VERBOSE if verbose is None else verbose
     level = logging.INFO if verbose else logging.ERROR
     if not verbose:
         for name in ("ray", "ray.tune", "ray.train"):  # placement-group cleanup, checkpoint syncing, ...

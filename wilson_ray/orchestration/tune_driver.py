@@ -26,6 +26,7 @@ from ray import tune
 
 from wilson_ray.errors import UserError
 from wilson_ray.orchestration import results as R
+from wilson_ray.orchestration import cluster
 from wilson_ray.orchestration.cluster import check_cluster, init_ray, trainer_kind
 from wilson_ray.orchestration.compat import WilsonOptunaSearch
 from wilson_ray.orchestration.console import ConsoleReporter, asha_rungs, plan_line
@@ -181,7 +182,8 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
 
     if opts.verbose < 2:  # Tune's new console output prints its experiment banner even when silent
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    started = init_ray(opts.address, opts.num_cpus, verbose=opts.verbose >= 2)
+    cluster.VERBOSE = opts.verbose >= 2
+    started = init_ray(opts.address, opts.num_cpus)
     try:
         concurrency = check_cluster(workers, cpus, gpus, num_samples)
         sweep_path.mkdir(parents=True, exist_ok=True)
