@@ -7,12 +7,12 @@ set -u
 ST=$(realpath "$1"); NAME=$2; OUT=$(realpath -m "$3"); mkdir -p "$OUT"
 B=$(realpath "${VENV:-.venv}/bin"); LOGS=$(mktemp -d)
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
-"$B/mlflow" server --backend-store-uri "sqlite:///$ST/mlflow.db" --host 127.0.0.1 --port 5077 --workers 1 \
+setsid "$B/mlflow" server --backend-store-uri "sqlite:///$ST/mlflow.db" --host 127.0.0.1 --port 5077 --workers 1 \
   >"$LOGS/mlflow.log" 2>&1 &
 MP=$!
-"$B/optuna-dashboard" "sqlite:///$ST/$NAME/optuna.db" --host 127.0.0.1 --port 8077 >"$LOGS/optuna.log" 2>&1 &
+setsid "$B/optuna-dashboard" "sqlite:///$ST/$NAME/optuna.db" --host 127.0.0.1 --port 8077 >"$LOGS/optuna.log" 2>&1 &
 OP=$!
-trap 'pkill -P $MP 2>/dev/null; kill $MP $OP 2>/dev/null' EXIT
+trap 'kill -- -$MP -$OP 2>/dev/null; sleep 1; kill -9 -- -$MP -$OP 2>/dev/null' EXIT  # their process groups
 for _ in $(seq 180); do curl -fsS http://127.0.0.1:5077/health >/dev/null 2>&1 && break; sleep 1; done
 read -r EXP RUN < <("$B/python" - "$ST" "$NAME" <<'PY'
 import sys

@@ -112,7 +112,9 @@ def test_comparison_with_seed_spread(tmp_path):
     assert cmp["margin"] == pytest.approx(harmonic_mean(30, 35) - harmonic_mean(34, 26))
     assert "larger than the default's seed-to-seed spread of 2.00" in cmp["text"]
     narrow = comparison(rows, "miou_hm", "max", DEFAULTS, {"values": [20.0, 35.0]})
-    assert "within" in narrow["text"] and "not a real difference" in narrow["text"]
+    assert "within" in narrow["text"] and "not clearly a real difference" in narrow["text"]
+    edge = comparison(rows, "miou_hm", "max", DEFAULTS, {"values": [20.0, 20.0 + cmp["margin"]]})
+    assert "about equal to" in edge["text"] and "not clearly" in edge["text"]
 
 
 def test_report_writes_html_and_pngs(tmp_path):

@@ -109,11 +109,13 @@ def comparison(rows: list[dict[str, Any]], metric: str, mode: str, defaults: dic
         text = f"best trial {best['trial']} {metric} {best[metric]:.2f} vs paper default {default[metric]:.2f}: " \
                f"margin {margin:+.2f}"
         if width is not None:
-            verdict = ("larger than" if abs(margin) > width else "within")
+            # equal to 0.1 is no evidence either way: the spread itself comes from a handful of seeds
+            verdict = ("larger than" if abs(margin) > width + 0.1 else "about equal to"
+                       if abs(margin) >= width - 0.1 else "within")
             text += f", {verdict} the default's seed-to-seed spread of {width:.2f} ({seeds}: " \
                     f"{', '.join(f'{v:.2f}' for v in vals)})"
-            if abs(margin) <= width:
-                text += ": not a real difference"
+            if verdict != "larger than":
+                text += ": not clearly a real difference"
     if width is not None and spread and spread.get("command"):
         out["spread_note"] = f"seed spread: {spread['command']}" + (
             f"; {spread['measured']}" if spread.get("measured") else "")

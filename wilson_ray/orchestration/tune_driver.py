@@ -474,8 +474,10 @@ def print_outcome(out: SweepOutcome, log=print) -> None:
         log("")
         log(f"best trial {out.best['trial']} ({out.metric} = {out.best[out.metric]:.2f}; "
             f"old {out.best['miou_old']:.2f}, new {out.best['miou_new']:.2f}):")
+        from wilson_ray.sweep_record import rounded
+
         for k, v in out.best["params"].items():
-            log(f"  {k} = {v}")
+            log(f"  {k} = {rounded(v)}")  # exact values: the best config below
         log(f"best config: {out.best_yaml}")
         log(f"reproduce:   wilson-ray train --config {out.best_yaml} --cache-dir {sweep.get('cache_dir')}")
     else:
