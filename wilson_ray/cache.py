@@ -80,9 +80,17 @@ def preflight(cfg: Config, step: int) -> None:
         build_step_dataset(cfg, task, step, "val", source)
 
 
-def cached_step(cfg: Config, step: int, cache_dir: str | Path, verbose: bool = True) -> Path:
-    """Checkpoint of ``step`` for ``cfg``: read from the cache, or trained (with its earlier steps) and stored."""
+def cached_step(cfg: Config, step: int, cache_dir: str | Path, verbose: bool = True, trainer=None) -> Path:
+    """Checkpoint of ``step`` for ``cfg``: read from the cache, or trained (with its earlier steps) and stored.
+
+    ``trainer(cfg, step, init, out_dir) -> checkpoint path`` trains a missing step instead of ``engine.train_step``
+    in this process (e.g. on a Ray Train worker group); what it returns is published like the engine's."""
     from wilson_ray.engine import train_step
+
+    def train(run_cfg, step, init, out_dir):
+        if trainer is not None:
+            return Path(trainer(run_cfg, step, init, Path(out_dir)))
+        return train_step(run_cfg, step, init_checkpoint=init, out_dir=out_dir).checkpoint
 
     cache_dir = Path(cache_dir)
     key = step_key(cfg, step)
@@ -90,7 +98,7 @@ def cached_step(cfg: Config, step: int, cache_dir: str | Path, verbose: bool = T
     if entry.is_file() and valid_entry(entry):
         return entry
     preflight(cfg, step)
-    init = cached_step(cfg, step - 1, cache_dir, verbose) if step > 0 else None
+    init = cached_step(cfg, step - 1, cache_dir, verbose, trainer) if step > 0 else None
     with locked(cache_dir / f"{key}.lock"):
         if entry.is_file():
             if valid_entry(entry):  # another process trained it while we waited
@@ -106,8 +114,7 @@ def cached_step(cfg: Config, step: int, cache_dir: str | Path, verbose: bool = T
         try:
             with tempfile.TemporaryDirectory(dir=entry.parent, prefix=".train-") as tmp:
                 run_cfg = copy.deepcopy(cfg)
-                result = train_step(run_cfg, step, init_checkpoint=init, out_dir=tmp)
-                os.replace(result.checkpoint, entry)  # atomic publish: readers see all or nothing
+                os.replace(train(run_cfg, step, init, tmp), entry)  # atomic publish: readers see all or nothing
         except BaseException:
             with contextlib.suppress(OSError):
                 entry.parent.rmdir()  # only if empty: a failed first training leaves no entry folder
@@ -116,9 +123,10 @@ def cached_step(cfg: Config, step: int, cache_dir: str | Path, verbose: bool = T
     return entry
 
 
-def previous_step_checkpoint(cfg: Config, step: int, cache_dir: str | Path) -> Path | None:
-    """Checkpoint of step ``step - 1`` (trained once and cached), or None at step 0."""
-    return cached_step(cfg, step - 1, cache_dir) if step > 0 else None
+def previous_step_checkpoint(cfg: Config, step: int, cache_dir: str | Path, trainer=None) -> Path | None:
+    """Checkpoint of step ``step - 1`` (trained once and cached), or None at step 0; ``trainer``: see
+    ``cached_step``."""
+    return cached_step(cfg, step - 1, cache_dir, trainer=trainer) if step > 0 else None
 
 
 def default_cache_dir() -> Path:

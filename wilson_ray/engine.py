@@ -87,6 +87,8 @@ class StepResult:
     checkpoint: Path | None
     epochs: int
     extra_eval: dict[str, dict[str, float]] = field(default_factory=dict)
+    # the step's live method and Context at its end (rank 0 figures: localizer maps, pseudo-labels); not saved
+    live: tuple | None = None
 
 
 @dataclass
@@ -159,8 +161,10 @@ def train_one_epoch(method: Method, ctx: Context, batches: DeviceBatches, optimi
                 bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
                 raise NonFiniteLossError(f"non-finite loss at step {loop.step} epoch {epoch + 1} iteration "
                                          f"{it + 1}: {', '.join(bad) or 'total'} = {value}")
-            if progress is not None:
-                progress.set_postfix(loss=f"{value:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.1f}")
+            if progress is not None:  # running means of the epoch so far, per loss term
+                running = {k: f"{float(v) / (it + 1):.3f}" for k, v in sums.items() if k != "total"}
+                progress.set_postfix(loss=f"{float(sums['total']) / (it + 1):.3f}", **running,
+                                     img_s=f"{seen / (time.perf_counter() - t0):.1f}")
         if progress is not None:
             progress.update(1)
     elapsed = time.perf_counter() - t0
@@ -313,10 +317,10 @@ def train_step(
     # --- epochs ----------------------------------------------------------------------------------------------
     metrics: dict[str, float] = {}
     evaluation = Evaluation({}, {}, np.zeros((task.num_classes(step),) * 2, dtype=np.int64), {})
-    progress = _progress(cfg, rank, o.epochs - start_epoch, iters)
     for epoch in range(start_epoch, o.epochs):
         if isinstance(train_loader.sampler, DistributedSampler):
             train_loader.sampler.set_epoch(epoch)
+        progress = _progress(cfg, rank, f"step {step} epoch {epoch + 1}/{o.epochs}", iters)
         metrics = train_one_epoch(method, ctx, batches, optimizer, scheduler, scaler, loop, epoch, progress)
         if epoch + 1 == o.epochs or (epoch + 1) % cfg.run.val_interval == 0:
             evaluation = evaluate_sources(module.model, val_loaders, task, step, view.report, device, amp,
@@ -324,10 +328,14 @@ def train_step(
             metrics.update(evaluation.metrics)
             metrics.update({f"iou/{n}": v for n, v in evaluation.per_class.items()})
             metrics.update({f"{src}/{k}": v for src, table in evaluation.extra.items() for k, v in table.items()})
+        if progress is not None:
+            if "miou_all" in metrics:
+                progress.set_postfix_str(f"loss {metrics.get('loss/total', float('nan')):.3f}  mIoU old "
+                                         f"{metrics['miou_old']:.1f} new {metrics['miou_new']:.1f} "
+                                         f"all {metrics['miou_all']:.1f}")
+            progress.close()
         for cb in callbacks:
             cb.on_epoch_end(epoch + 1, dict(metrics), lambda d, e=epoch + 1: save_state(d, e))
-    if progress is not None:
-        progress.close()
 
     # --- checkpoint ------------------------------------------------------------------------------------------
     checkpoint = None
@@ -338,18 +346,20 @@ def train_step(
         if world > 1:
             dist.barrier()
     result = StepResult(step, {k: v for k, v in metrics.items() if not k.startswith("iou/")}, evaluation.per_class,
-                        evaluation.confusion, task.class_names(step), checkpoint, o.epochs, evaluation.extra)
+                        evaluation.confusion, task.class_names(step), checkpoint, o.epochs, evaluation.extra,
+                        live=(method, ctx))
     for cb in callbacks:
         cb.on_step_end(result)
     return result
 
 
-def _progress(cfg: Config, rank: int, epochs: int, iters: int):
+def _progress(cfg: Config, rank: int, desc: str, iters: int):
+    """One bar per epoch (rank 0, ``run.progress``), kept on screen with the epoch's losses and mIoU."""
     if rank != 0 or not cfg.run.progress:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=epochs * iters, unit="it", dynamic_ncols=True, leave=False, file=sys.stderr)
+    return tqdm(total=iters, desc=desc, unit="it", dynamic_ncols=True, leave=True, file=sys.stderr)
 
 
 def evaluate_checkpoint(path: str | Path, data_root: str | None = None, eval_mode: str | None = None,

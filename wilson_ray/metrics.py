@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -57,13 +59,26 @@ def miou_table(confusion: np.ndarray, old: list[int], new: list[int]) -> dict[st
     ``miou_old``/``miou_new``: means over the old/new foreground internal indices (background excluded);
     ``miou_all``: mean over every class, background included (the WILSON paper's "All");
     ``miou_all_mib``: mean over foreground classes only (MiB's convention, MiB issue #21);
-    ``iou_background``. Means skip classes with no ground-truth pixel.
+    ``miou_hm``: harmonic mean of old and new (``harmonic_mean``); ``iou_background``. Means skip classes
+    with no ground-truth pixel.
     """
     iou = per_class_iou(confusion) * 100.0
+    old_m = _mean(iou[old]) if old else float("nan")
+    new_m = _mean(iou[new]) if new else float("nan")
     return {
-        "miou_old": _mean(iou[old]) if old else float("nan"),
-        "miou_new": _mean(iou[new]) if new else float("nan"),
+        "miou_old": old_m,
+        "miou_new": new_m,
         "miou_all": _mean(iou),
         "miou_all_mib": _mean(iou[1:]),
+        "miou_hm": harmonic_mean(old_m, new_m),
         "iou_background": float(iou[0]),
     }
+
+
+def harmonic_mean(old: float, new: float) -> float:
+    """Harmonic mean 2·old·new / (old + new) of old- and new-class mIoU (the usual single number of
+    class-incremental learning: high only when the step both keeps the old classes and learns the new ones).
+    NaN when either is NaN (no old or no new classes), 0 when both are 0."""
+    if math.isnan(old) or math.isnan(new):
+        return float("nan")
+    return 0.0 if old + new <= 0 else 2.0 * old * new / (old + new)

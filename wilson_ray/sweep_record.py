@@ -54,20 +54,25 @@ class TrialRecord:
     # -- writing ----------------------------------------------------------------------------------------------
     def write_trial(self, trial_id: str, trial_name: str, params: dict[str, Any], config: dict[str, Any],
                     step: int, sweep: str) -> None:
+        old = _read_json(self.dir / "trial.json") or {}
         data = {"trial_id": trial_id, "trial_name": trial_name, "sweep": sweep, "step": step,
-                "params": params, "config": config}
-        if _read_json(self.dir / "trial.json") != json.loads(json.dumps(data, default=str)):
+                "params": params, "config": config, "started": old.get("started") or time.time()}
+        if old != json.loads(json.dumps(data, default=str)):
             atomic_write_text(self.dir / "trial.json", json.dumps(data, indent=1, default=str))
 
     def record_epoch(self, epoch: int, metrics: dict[str, Any]) -> None:
         data = {"epoch": int(epoch), "time": time.time(), "metrics": finite_metrics(metrics)}
         atomic_write_text(self.dir / "epochs" / f"{int(epoch):04d}.json", json.dumps(data))
 
-    def set_outcome(self, outcome: str, reason: str | None = None, overwrite: bool = True) -> None:
+    def set_outcome(self, outcome: str, reason: str | None = None, overwrite: bool = True,
+                    rung: int | None = None) -> None:
+        """``rung``: the epoch of the ASHA rung that stopped the trial (``stopped_early``)."""
         if not overwrite and (self.dir / "outcome.json").is_file():
             return
-        atomic_write_text(self.dir / "outcome.json", json.dumps({"outcome": outcome, "reason": reason,
-                                                                 "time": time.time()}))
+        data = {"outcome": outcome, "reason": reason, "time": time.time()}
+        if rung is not None:
+            data["rung"] = int(rung)
+        atomic_write_text(self.dir / "outcome.json", json.dumps(data))
 
     def mark_failed(self, reason: str) -> None:
         atomic_write_text(self.dir / "failed.json", json.dumps({"reason": reason, "time": time.time()}))
@@ -112,6 +117,20 @@ class TrialRecord:
             if "miou_all" in m:
                 return dict(m)
         return {}
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+    """Readable names of swept config keys: the last part (``method.lambda_loc`` -> ``lambda_loc``) unless two
+    keys share it, then the whole key."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+
+
+def rounded(value: Any) -> Any:
+    """A swept value as a reader wants it: floats to 3 significant digits (0.5, 1.94, 0.00731), others as is."""
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.3g}")
+    return value
 
 
 def record_id(trials_dir: str | Path, tune_trial_id: str) -> str:

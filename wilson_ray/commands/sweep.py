@@ -51,8 +51,21 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base config field for every trial, e.g. --set incremental.epochs=2")
     p.add_argument("--seed", type=int, help="Optuna TPE seed (default: the space's search.seed)")
-    p.add_argument("--quiet", action="store_true", help="no Ray progress table, only the final summary")
+    p.add_argument("--quiet", action="store_true", help="no per-trial lines, only the plan and the final summary")
+    p.add_argument("--verbose", action="store_true",
+                   help="also Ray's worker output and Tune's status table on the console (default: in each "
+                        "trial's folder, trials/<id>/trial.log and worker-<rank>.log)")
     p.set_defaults(func=cmd_sweep)
+
+    r = subparsers.add_parser("report", help="an HTML report (and PNGs) of a sweep: curves, search, best trial",
+                              description="Write <storage>/<name>/report/report.html (images inlined) and its PNGs: "
+                                          "learning curves with the ASHA stops, parallel coordinates and parameter "
+                                          "importances (Optuna), best-so-far against trial-epochs, the best trial's "
+                                          "per-class IoU and prediction overlays.")
+    r.add_argument("--storage", default=DEFAULT_STORAGE, help=f"the sweep's --storage (default: {DEFAULT_STORAGE})")
+    r.add_argument("--name", required=True, help="the sweep's name")
+    r.add_argument("--out", help="output folder (default: <storage>/<name>/report)")
+    r.set_defaults(func=cmd_report)
 
     b = subparsers.add_parser("best", help="export the best trial's full config of a sweep as YAML",
                               description="Write the best trial's full resolved config (a file `wilson-ray train "
@@ -95,11 +108,41 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker, trainer=args.trainer, tracking_uri=args.tracking_uri,
         tracking=not args.no_mlflow,
-        address=args.address, num_cpus=args.num_cpus, extra=extra, verbose=0 if args.quiet else 1, seed=args.seed,
+        address=args.address, num_cpus=args.num_cpus, extra=extra,
+        verbose=2 if args.verbose else 0 if args.quiet else 1, seed=args.seed,
     )
+    if not args.verbose:
+        quiet_python_warnings()
+    import sys
+
+    sys.stdout.reconfigure(line_buffering=True)  # one line per trial event, also into a log file or a pipe
     outcome = run_sweep(opts)
     print_outcome(outcome)
     return 130 if outcome.interrupted else 0
+
+
+def quiet_python_warnings() -> None:
+    """No third-party deprecation/future/user warnings on the sweep's console (a user cannot act on them);
+    --verbose keeps them. Ray workers inherit it through PYTHONWARNINGS."""
+    import logging
+    import os
+    import warnings
+
+    for name in ("mlflow", "alembic", "optuna"):  # "Creating initial MLflow database tables...", trial finished
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow sets its loggers' level on import
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from wilson_ray.orchestration.report import build_report
+
+    path = build_report(args.storage, args.name, args.out)
+    print(f"report: {path}")
+    return 0
 
 
 def cmd_best(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import ray
@@ -9,15 +10,24 @@ import ray
 from wilson_ray.errors import UserError
 
 
-def init_ray(address: str | None, num_cpus: int | None) -> bool:
+VERBOSE = True  # the sweep sets it: False keeps workers' output out of the console (``init_ray``)
+
+
+def init_ray(address: str | None, num_cpus: int | None, verbose: bool | None = None) -> bool:
     """Connect to ``address`` (or $RAY_ADDRESS, as under ``ray job submit``), else start a local cluster with
     the dashboard on 127.0.0.1 (stack.md: without it a stopped trial can leak its placement group).
-    Returns True when this process started the cluster."""
+    ``verbose=False``: workers' output stays in their log files (Ray's and each trial's), Ray logs only
+    warnings. Returns True when this process started the cluster."""
     if ray.is_initialized():
         return False
+    verbose = VERBOSE if verbose is None else verbose
+    level = logging.INFO if verbose else logging.ERROR
+    if not verbose:
+        for name in ("ray", "ray.tune", "ray.train"):  # placement-group cleanup, checkpoint syncing, ...
+            logging.getLogger(name).setLevel(logging.ERROR)
     if address or os.environ.get("RAY_ADDRESS"):
         try:
-            ray.init(address=address or None, log_to_driver=True)
+            ray.init(address=address or None, log_to_driver=verbose, logging_level=level)
         except Exception as err:  # noqa: BLE001 - ConnectionError, auth errors, bad addresses ...
             text = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
             hint = (" (the cluster uses token authentication: export RAY_AUTH_MODE=token)"
@@ -27,7 +37,7 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
                             "(scripts/start_head.sh) or no --address for a local one") from None
         return False
     ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-             log_to_driver=True)
+             log_to_driver=verbose, logging_level=level)
     return True
 
 

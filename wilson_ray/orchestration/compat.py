@@ -38,9 +38,55 @@ class WilsonOptunaSearch(OptunaSearch):
     Written for Ray 2.60 / Optuna 5.0 (private ``_ot_trials``, ``_ot_study``, ``_space``, ``_trial_id``).
     """
 
-    def __init__(self, *args, record_dir: str | Path | None = None, **kwargs):
+    def __init__(self, *args, record_dir: str | Path | None = None, max_epochs: int | None = None, **kwargs):
         self._wr_record_dir = str(record_dir) if record_dir else None
+        self._wr_max_epochs = max_epochs
+        self._wr_reported: dict[str, set[int]] = {}
         super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        # optuna-dashboard and study.trials_dataframe() name the objective(s) instead of "Objective 0"
+        names = list(self.metric) if isinstance(self.metric, list) else [self.metric]
+        if self._ot_study.metric_names is None:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # ExperimentalWarning: the API exists since Optuna 3.2
+                self._ot_study.set_metric_names(names)
+
+    # Intermediate values are keyed by the trial's ``epoch`` (Ray keys them by its result counter) and include
+    # the last epoch, which Tune hands to ``on_trial_complete`` only; an ASHA stop is told to Optuna as PRUNED
+    # (Ray tells COMPLETE), so the dashboard shows what happened.
+    def _wr_report(self, trial_id: str, result: dict) -> None:
+        if isinstance(self.metric, list) or trial_id not in self._ot_trials or not result:
+            return
+        epoch, value = result.get("epoch"), result.get(self.metric)
+        if epoch is None or value is None or result.get("evaluated", 1) == 0:
+            return
+        if not hasattr(self, "_wr_reported"):  # a searcher unpickled from an older checkpoint
+            self._wr_reported = {}
+        done = self._wr_reported.setdefault(trial_id, set())
+        if int(epoch) not in done:
+            done.add(int(epoch))
+            self._ot_trials[trial_id].report(float(value), int(epoch))
+
+    def _wr_user_attrs(self, trial_id: str, outcome: str | None) -> None:
+        import json
+
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return
+        ot_trial.set_user_attr("ray_trial_id", trial_id)
+        if outcome:
+            ot_trial.set_user_attr("outcome", outcome)
+        record = ot_trial.user_attrs.get(RECORD_ATTR) if hasattr(ot_trial, "user_attrs") else None
+        if getattr(self, "_wr_record_dir", None):
+            path = Path(self._wr_record_dir) / str(record or trial_id) / "mlflow_run.json"
+            try:
+                ot_trial.set_user_attr("mlflow_run_id", json.loads(path.read_text())["run_id"])
+            except (OSError, ValueError, KeyError):
+                pass
 
     def restore(self, checkpoint_path: str):
         super().restore(checkpoint_path)
@@ -53,12 +99,34 @@ class WilsonOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict):
         import optuna
 
+        if trial_id in self._completed_trials:
+            return
         try:
-            super().on_trial_result(trial_id, result)
+            self._wr_report(trial_id, result)
         except optuna.exceptions.UpdateFinishedTrialError:
             # A trial that finished (and was told to Optuna) in the run the driver lost, restored by Tune as
             # unfinished, reports its final result again: Optuna already has it; a raise here ends the sweep.
             pass
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        import optuna
+
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        max_epochs = getattr(self, "_wr_max_epochs", None)
+        stopped = (not error and result and max_epochs is not None and "epoch" in result
+                   and float(result["epoch"] or 0) < max_epochs)
+        try:
+            self._wr_report(trial_id, result or {})
+            self._wr_user_attrs(trial_id, "failed" if error else "stopped_early" if stopped else "completed")
+            if stopped:
+                self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+                self._completed_trials.add(trial_id)
+                return None
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._completed_trials.add(trial_id)
+            return None
+        return super().on_trial_complete(trial_id, result, error)
 
     def _orphans(self) -> list:
         if getattr(self, "_wr_orphans", "none") is None:

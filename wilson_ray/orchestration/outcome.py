@@ -20,6 +20,44 @@ def one_line(err: BaseException) -> str:
     return (lines[-1] if lines else type(err).__name__)[:500]
 
 
+def write_summary(rec: TrialRecord) -> None:
+    """``summary/``: the trial's learning curves and the per-class IoU of its last evaluation, drawn from the
+    record by the driver, so every trial (one ASHA stopped too) has its figures in MLflow."""
+    import sys
+    import traceback
+
+    from wilson_ray.atomic import atomic_write_text
+    from wilson_ray.tracking import plots
+
+    folder = rec.dir / "summary"
+    try:
+        epochs = rec.epochs()
+        if not epochs:
+            return
+        trial = rec.trial() or {}
+        plots.learning_curves_png({trial.get("trial_id", rec.dir.name): epochs}, folder / "curves.png")
+        last = rec.last_eval()
+        per_class = {k[4:]: v for k, v in last.items() if k.startswith("iou/")} or (
+            (rec.final() or {}).get("per_class_iou") or {})
+        if per_class:
+            new = new_classes(trial.get("config") or {}, int(trial.get("step") or 0), list(per_class))
+            plots.iou_bar_png(per_class, folder / "iou_bar.png", new_classes=new,
+                              title=f"per-class IoU at epoch {max(epochs)} (trial {trial.get('trial_id')})")
+        atomic_write_text(folder / "done", "1")
+    except Exception:  # noqa: BLE001 - a figure must not fail the sweep
+        print("wilson-ray: warning: trial summary figures failed:\n" + traceback.format_exc(), file=sys.stderr)
+
+
+def new_classes(cfg: dict, step: int, names: list[str]) -> list[str]:
+    """The classes ``names`` that step ``step`` of the config's task adds (empty at step 0)."""
+    if step <= 0:
+        return []
+    from wilson_ray.config import config_from_dict
+    from wilson_ray.orchestration.train_loop import _new_classes
+
+    return _new_classes(config_from_dict(cfg, "trial config"), step, names)
+
+
 class TrialOutcomeCallback(tune.Callback):
     """Records how each trial ended (completed / stopped early by ASHA / failed + reason) and syncs MLflow."""
 
@@ -39,9 +77,12 @@ class TrialOutcomeCallback(tune.Callback):
             if rec.final() is not None:
                 rec.set_outcome("completed")
             elif epoch < self.settings.epochs:
-                rec.set_outcome("stopped_early", f"ASHA stopped it after epoch {int(epoch)}")
+                rec.set_outcome("stopped_early", f"stopped by ASHA at the epoch-{int(epoch)} rung (of "
+                                f"{self.settings.epochs}): {self.settings.space.metric} below the better trials "
+                                "there", rung=int(epoch))
             else:
                 rec.set_outcome("completed")
+        write_summary(rec)
         sync_record(self.settings, rec)
         kill_point("trial_end")
 
@@ -60,4 +101,5 @@ class TrialOutcomeCallback(tune.Callback):
                 pass
             reason = one_line(err) if err is not None else "trial errored"
         rec.set_outcome("failed", reason)
+        write_summary(rec)
         sync_record(self.settings, rec)

@@ -21,7 +21,7 @@ from typing import Any
 
 from wilson_ray.atomic import atomic_write_text
 from wilson_ray.errors import UserError
-from wilson_ray.sweep_record import TrialRecord
+from wilson_ray.sweep_record import TrialRecord, rounded, short_names
 
 SWEEP_FILE = "sweep.json"
 
@@ -80,6 +80,7 @@ def trial_rows(storage: str | Path, name: str) -> list[dict[str, Any]]:
             "miou_new": last.get("miou_new"),
             "miou_all": last.get("miou_all"),
             "miou_all_mib": last.get("miou_all_mib"),
+            "miou_hm": last.get("miou_hm"),
             "epochs": max(epochs) if epochs else 0,
             "outcome": outcome.get("outcome") or ("failed" if rec.failure() else "incomplete"),
             "reason": outcome.get("reason") or rec.failure(),
@@ -109,15 +110,16 @@ def _fmt(v: Any) -> str:
 
 def format_table(rows: list[dict[str, Any]], keys: list[str], best: dict[str, Any] | None = None) -> str:
     """Plain-text table of trials: id, swept values, old/new/all mIoU, epochs, outcome, failure reason."""
-    short = [k.split(".")[-1] for k in keys]
-    header = ["trial", *short, "old", "new", "all", "ep", "status", "reason"]
+    names = short_names(keys)
+    short = [names[k] for k in keys]
+    header = ["trial", *short, "old", "new", "all", "hm", "ep", "status", "reason"]
     body = []
     for r in rows:
         mark = "*" if best is not None and r["trial"] == best["trial"] else ""
         reason = (r.get("reason") or "")
         reason = reason.splitlines()[-1] if reason else ""
-        body.append([f"{r['trial']}{mark}", *[_fmt(r["params"].get(k)) for k in keys],
-                     *[f"{r[m]:.2f}" if _ok(r.get(m)) else "-" for m in ("miou_old", "miou_new", "miou_all")],
+        body.append([f"{r['trial']}{mark}", *[_fmt(rounded(r["params"].get(k))) for k in keys],
+                     *[f"{r[m]:.2f}" if _ok(r.get(m)) else "-" for m in ("miou_old", "miou_new", "miou_all", "miou_hm")],
                      str(r["epochs"]), r["outcome"], reason[:70]])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)] if body else [len(h) for h in header]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731

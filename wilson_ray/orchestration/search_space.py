@@ -43,7 +43,7 @@ from typing import Any, Literal, get_args
 from wilson_ray.config import REMOVED_KEYS, Config, ErrorStyle, config_hash, flatten, from_dict, read_yaml, resolve_config
 from wilson_ray.errors import UserError
 
-Metric = Literal["miou_all", "miou_old", "miou_new", "miou_all_mib", "iou_background", "loss/total"]
+Metric = Literal["miou_all", "miou_old", "miou_new", "miou_all_mib", "miou_hm", "iou_background", "loss/total"]
 Distribution = Literal["uniform", "loguniform", "int", "choice"]
 Sampler = Literal["tpe", "random", "grid"]
 Trainer = Literal["auto", "torch", "direct"]
@@ -108,6 +108,20 @@ class Resources:
     max_failures: int = 2  # Train: worker crashes a trial survives
     trial_max_failures: int = 1  # Tune: trial-driver crashes
     trainer: Trainer = "auto"  # torch: a TorchTrainer per trial; direct: in the trial process (1 worker); auto
+    previous_step_workers: int = 0  # > 1: the earlier steps train once on a TorchTrainer of that many workers
+
+
+@dataclass
+class SeedSpread:
+    """``seed_spread:`` the objective of the paper-default config over several training seeds, measured once
+    (``command`` says how), so the summary can say whether the best trial beats the default by more than
+    seed noise."""
+
+    metric: str | None = None
+    seeds: list[int] | None = None
+    values: list[float] | None = None
+    command: str | None = None
+    measured: str | None = None  # when and where (CPU)
 
 
 @dataclass
@@ -138,6 +152,7 @@ class SpaceFile:
     scheduler: Scheduler | None = field(default_factory=Scheduler)
     resources: Resources = field(default_factory=Resources)
     parameters: Any = None  # {dotted key: ParamSpec mapping or list}; checked below for its message
+    seed_spread: SeedSpread | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -191,6 +206,7 @@ class SearchSpace:
     scheduler: Scheduler | None = field(default_factory=Scheduler)  # None: no early stopping
     resources: Resources = field(default_factory=Resources)
     params: list[Param] = field(default_factory=list)
+    seed_spread: SeedSpread | None = None
 
     # -- the sections' fields, read flat ----------------------------------------------------------------------
     metric = property(lambda self: self.objective.metric)
@@ -433,7 +449,7 @@ def parse_space(data: Any, path: Path) -> SearchSpace:
                         "distribution")
     return SearchSpace(path=path, name=name, preset=base.preset, config_file=config_file, method=base.method,
                        overrides=overrides, step=f.step, objective=obj, search=f.search, scheduler=sched,
-                       resources=f.resources,
+                       resources=f.resources, seed_spread=f.seed_spread,
                        params=[_parse_param(k, v, src) for k, v in f.parameters.items()])
 
 

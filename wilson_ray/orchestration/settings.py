@@ -29,6 +29,7 @@ class SweepSettings:
     tracking: dict[str, Any] | None = None  # TrackingInfo.to_dict(), None without MLflow
     epochs: int = 1  # the most epochs a trial can run (ASHA's max_t; "stopped early" below it)
     init_checkpoint: str | None = None  # the driver's step t-1 checkpoint when no swept key changes it
+    worker_logs: bool = True  # each process of a trial writes its output to the trial's folder (not --verbose)
 
     @property
     def trials_dir(self) -> Path:

@@ -32,7 +32,7 @@ from typing import Any
 from wilson_ray.orchestration.kill_points import kill_point
 
 STATE_META = "wilson_ray_state.json"
-MIOU_KEYS = ("miou_old", "miou_new", "miou_all", "miou_all_mib", "iou_background")
+MIOU_KEYS = ("miou_old", "miou_new", "miou_all", "miou_all_mib", "miou_hm", "iou_background")
 
 # Ray Train V2 controller settings that cut per-trial overhead on a small machine (measured: a trivial 2-worker
 # run 25 s -> 18 s). They travel from the process that builds the trainer to the controller and workers.
@@ -61,7 +61,7 @@ def ray_metrics(metrics: dict[str, float], last_eval: dict[str, float]) -> dict[
         last_eval.update({k: float(metrics[k]) for k in MIOU_KEYS if k in metrics})
     # Order matters: Tune's progress table shows the first few metrics (epoch, mIoU all/old/new).
     out: dict[str, float] = {"epoch": float(metrics.get("epoch", 0))}
-    for k in ("miou_all", "miou_old", "miou_new", "miou_all_mib", "iou_background"):
+    for k in MIOU_KEYS:
         v = last_eval.get(k, 0.0)
         out[k] = v if math.isfinite(v) else 0.0
     for k, v in metrics.items():
@@ -154,7 +154,7 @@ def write_final_artifacts(record, result, cfg, step: int) -> None:
     plots.confusion_png(result.confusion, result.class_names, final / "confusion.png")
     if result.checkpoint is not None and Path(result.checkpoint).is_file():
         try:
-            plots.overlays_png(result.checkpoint, final / "overlays.png", n=4)
+            plots.overlays_png(result.checkpoint, final / "overlays.png", n=4, weak=_weak_panels(result))
         except Exception:  # noqa: BLE001
             print("wilson-ray: warning: prediction overlays failed:\n" + traceback.format_exc(), file=sys.stderr)
     data = {"metrics": {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))},
@@ -163,6 +163,43 @@ def write_final_artifacts(record, result, cfg, step: int) -> None:
     atomic_write_text(final / "final.json", json.dumps(data, indent=1, default=lambda v: None))
     if (record.outcome() or {}).get("outcome") != "stopped_early":  # ASHA's stop raced the last epoch
         record.set_outcome("completed")
+
+
+def _weak_panels(result):
+    """For a method with a localizer and pseudo-labels (WILSON: ``targets``), the function ``overlays_png``
+    calls per image: the localizer's map of the image's new classes (max over them of sigmoid z̄, upsampled)
+    and the argmax of the soft pseudo-label q̂ the segmentation head was trained on. None otherwise."""
+    if result.live is None:
+        return None
+    method, ctx = result.live
+    if ctx.module.localizer is None or not hasattr(method, "targets") or not hasattr(method, "old_outputs") \
+            or ctx.old_model is None:
+        return None
+    import torch
+    import torch.nn.functional as F
+
+    def panels(image, labels):
+        device = next(ctx.module.parameters()).device
+        image, labels = image.to(device), labels.to(device).float()
+        was = ctx.module.training
+        ctx.module.eval()
+        try:
+            with torch.no_grad():
+                out = ctx.module(image, logits=False, localizer_eval=True)
+                s_old = method.old_outputs(ctx, image).logits.float()  # at the features' resolution
+                q_hat, _ = method.targets(out.localizer_eval.float(), labels, s_old)
+                size = image.shape[-2:]
+                c_old = s_old.shape[1]  # z̄ channels c_old.. are the new classes; labels[c - 1] is class c
+                new = torch.sigmoid(out.localizer_eval.float())[0, c_old:]
+                present = labels[0, c_old - 1:] > 0
+                heat = (new[present] if present.any() else new).amax(0, keepdim=True)
+                heat = F.interpolate(heat[None], size=size, mode="bilinear", align_corners=False)[0, 0]
+                pseudo = F.interpolate(q_hat.float(), size=size, mode="bilinear", align_corners=False).argmax(1)[0]
+        finally:
+            ctx.module.train(was)
+        return heat.cpu().numpy(), pseudo.cpu().numpy()
+
+    return panels
 
 
 def _new_classes(cfg, step: int, names: list[str]) -> list[str]:
@@ -188,6 +225,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point of every Train worker; ``config`` comes from ``build_trainer``'s ``train_loop_config``."""
     import ray.train
 
+    if config.get("worker_logs"):
+        from wilson_ray.orchestration.trial import to_log_file
+
+        to_log_file(Path(config["trial_dir"]) / f"worker-{ray.train.get_context().get_world_rank()}.log")
     device = None
     if config.get("use_gpu"):
         import ray.train.torch
@@ -269,17 +310,17 @@ def run_step(config: dict[str, Any], rank: int, checkpoint, report, device: str 
 
 def loop_config(*, cfg_dict: dict[str, Any], step: int, trial_id: str, trial_dir: str | Path,
                 init_checkpoint: str | Path | None, tracking: dict[str, Any] | None, use_gpu: bool = False,
-                cpus: float = 0) -> dict[str, Any]:
+                cpus: float = 0, worker_logs: bool = False) -> dict[str, Any]:
     """The ``config`` that ``train_loop_per_worker`` / ``run_direct`` receive."""
     return {"cfg": cfg_dict, "step": step, "trial_id": trial_id, "trial_dir": str(trial_dir),
             "init_checkpoint": str(init_checkpoint) if init_checkpoint else None, "tracking": tracking,
-            "use_gpu": use_gpu, "cpus": cpus}
+            "use_gpu": use_gpu, "cpus": cpus, "worker_logs": worker_logs}
 
 
 def build_trainer(*, cfg_dict: dict[str, Any], step: int, trial_id: str, trial_dir: str | Path,
                   storage_path: str | Path, init_checkpoint: str | Path | None, workers: int,
                   cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, max_failures: int = 2,
-                  tracking: dict[str, Any] | None = None, callbacks: list | None = None):
+                  tracking: dict[str, Any] | None = None, callbacks: list | None = None, worker_logs: bool = False):
     """The ``TorchTrainer`` of one trial; its run is named after the trial so a restored trial finds its
     checkpoints (Train V2 restores a run from ``storage_path/name``)."""
     import ray.train
@@ -295,7 +336,8 @@ def build_trainer(*, cfg_dict: dict[str, Any], step: int, trial_id: str, trial_d
     return trainer_class()(
         train_loop_per_worker,
         train_loop_config=loop_config(cfg_dict=cfg_dict, step=step, trial_id=trial_id, trial_dir=trial_dir,
-                                      init_checkpoint=init_checkpoint, tracking=tracking, use_gpu=use_gpu),
+                                      init_checkpoint=init_checkpoint, tracking=tracking, use_gpu=use_gpu,
+                                      worker_logs=worker_logs),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),

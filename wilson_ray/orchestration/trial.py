@@ -55,6 +55,8 @@ def trial(config: dict[str, Any], settings: SweepSettings) -> None:
     values = trial_overrides(settings.space, config)
     cfg_dict = trial_config_dict(settings, values)
     record = TrialRecord(trials_dir / trial_id)
+    if settings.worker_logs:
+        to_log_file(record.dir / "trial.log")
     record.write_trial(trial_id, trial_name, values, cfg_dict, settings.step, settings.name)
     kill_point("next_trial_start", when=lambda: any(
         (TrialRecord(p).outcome() or {}).get("outcome") == "completed" for p in trials_dir.iterdir()))
@@ -87,7 +89,7 @@ def trial(config: dict[str, Any], settings: SweepSettings) -> None:
                 storage_path=Path(settings.sweep_dir) / "train", init_checkpoint=init,
                 workers=settings.workers, cpus_per_worker=settings.cpus_per_worker,
                 gpus_per_worker=settings.gpus_per_worker, max_failures=settings.max_failures,
-                tracking=settings.tracking, callbacks=[TuneReportCallback()],
+                tracking=settings.tracking, callbacks=[TuneReportCallback()], worker_logs=settings.worker_logs,
             ).fit()
     except Exception:  # Train's errors wrap the worker's; Tune retries or reports it (TrialOutcomeCallback)
         reason = record.failure()
@@ -99,6 +101,21 @@ def trial(config: dict[str, Any], settings: SweepSettings) -> None:
     if reason is not None:
         sync_record(settings, record)
         raise TrialFailed(reason)
+
+
+def to_log_file(path: Path) -> None:
+    """Send this process's stdout and stderr (Python's and the C level's: torch, gloo) to ``path`` (appended),
+    so a trial's output lives with its record instead of on the sweep's console."""
+    import os
+    import sys
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def final_result(record: TrialRecord) -> dict[str, float]:

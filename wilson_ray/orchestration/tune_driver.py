@@ -26,8 +26,10 @@ from ray import tune
 
 from wilson_ray.errors import UserError
 from wilson_ray.orchestration import results as R
+from wilson_ray.orchestration import cluster
 from wilson_ray.orchestration.cluster import check_cluster, init_ray, trainer_kind
 from wilson_ray.orchestration.compat import WilsonOptunaSearch
+from wilson_ray.orchestration.console import ConsoleReporter, asha_rungs, plan_line
 from wilson_ray.orchestration.kill_points import kill_point
 from wilson_ray.orchestration.outcome import TrialOutcomeCallback
 from wilson_ray.config import flatten
@@ -43,6 +45,8 @@ from wilson_ray.tracking.mlflow_tracker import (
     default_artifact_location,
     default_tracking_uri,
     is_local_store,
+    VIEW_KEY,
+    share_view,
     ui_command,
 )
 
@@ -86,6 +90,8 @@ class SweepOutcome:
     metric: str
     mode: str
     interrupted: bool = False
+    report: Path | None = None
+    mlflow_view: str | None = None  # the experiment page with the trials' columns (MLflow's shared view)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -105,7 +111,7 @@ def _settings(opts: SweepOptions, name: str, sweep_path: Path, base_cfg, trackin
         name=name, sweep_dir=str(sweep_path), step=step, base=base_cfg.to_dict(), space=space,
         workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus, trainer=trainer,
         max_failures=space.max_failures, cache_dir=str(Path(opts.storage) / "step_cache"),
-        tracking=tracking.to_dict() if tracking else None, epochs=epochs,
+        tracking=tracking.to_dict() if tracking else None, epochs=epochs, worker_logs=opts.verbose < 2,
     )
 
 
@@ -174,6 +180,9 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
                                 artifact_location=default_artifact_location(storage, name) if is_local_store(uri)
                                 else None)
 
+    if opts.verbose < 2:  # Tune's new console output prints its experiment banner even when silent
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    cluster.VERBOSE = opts.verbose >= 2
     started = init_ray(opts.address, opts.num_cpus)
     try:
         concurrency = check_cluster(workers, cpus, gpus, num_samples)
@@ -184,32 +193,35 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
             "keys": space.keys, "num_samples": num_samples, "workers_per_trial": workers,
             "cpus_per_worker": cpus, "gpus_per_worker": gpus, "trainer": trainer, "tracking_uri": uri,
             "cache_dir": str(storage / "step_cache"), "created": (previous or {}).get("created", time.time()),
-            "base": base_cfg.to_dict(),
+            "base": base_cfg.to_dict(), "defaults": space.defaults() if space.evaluate_defaults else None,
+            "epochs": _settings(opts, name, sweep_path, base_cfg, None, workers, cpus, gpus, trainer).epochs,
+            "rungs": _rungs_of(space, base_cfg), "seed_spread": dataclasses.asdict(space.seed_spread)
+            if space.seed_spread else None,
         })
         if tracking is not None:
             parent = SweepRun(tracking)
-            parent.open(params={**{f"config.{k}": v for k, v in flatten(base_cfg.to_dict()).items()},
-                                "step": space.step, "metric": space.metric, "mode": space.mode,
-                                "num_samples": num_samples, "workers_per_trial": workers,
-                                **{f"space.{p.key}": p.describe() for p in space.params}},
+            parent.open(params=_parent_params(space, base_cfg, num_samples, workers),
                         tags={"wilson_ray.space": str(space.path.resolve())}, files=[space.path])
             tracking.parent_run_id = parent.run_id
         settings = _settings(opts, name, sweep_path, base_cfg, tracking, workers, cpus, gpus, trainer)
 
-        # Earlier steps once, here, with all the driver's cores; trials then only read the cache.
+        log(plan_line(name, num_samples, workers, trainer, concurrency, settings.epochs, space.metric,
+                      _rungs(space, settings), str(sweep_path), uri))
+        # Earlier steps once, here (or on a TorchTrainer); trials then only read the cache.
         if space.step > 0:
             from wilson_ray.cache import previous_step_checkpoint
 
             t0 = time.time()
-            ckpt = previous_step_checkpoint(base_cfg, space.step, settings.cache_dir)
+            n = space.resources.previous_step_workers
+            trainer = _ddp_step_trainer(settings, n, log) if n > 1 else None
+            ckpt = previous_step_checkpoint(base_cfg, space.step, settings.cache_dir, trainer=trainer)
             log(f"step {space.step - 1} checkpoint: {ckpt} ({time.time() - t0:.0f} s)")
             if _shared_previous_step(space, extra, base_cfg):
                 settings = dataclasses.replace(settings, init_checkpoint=str(ckpt))
 
         tuner, restored = _tuner(space, settings, sweep_path, storage, name, num_samples, concurrency, opts)
-        log(f"sweep {name}: {'resuming' if restored else 'starting'} {num_samples} trials, {workers} worker(s) "
-            f"per trial ({'TorchTrainer' if trainer == 'torch' else 'in the trial process'}), up to {concurrency} "
-            f"at a time; storage {sweep_path}")
+        if restored:
+            log(f"sweep {name}: resuming it (finished trials are kept, unfinished ones continue)")
         interrupted = False
         try:
             tuner.fit()
@@ -222,9 +234,49 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
             ray.shutdown()
 
 
+def _ddp_step_trainer(settings: SweepSettings, workers: int, log):
+    """``cache.cached_step``'s trainer: an earlier step trained once on a ``workers``-worker Ray Train
+    TorchTrainer (DDP, SyncBatchNorm; gloo on CPU), what a cluster user runs for a long step."""
+    from wilson_ray.orchestration.train_loop import build_trainer
+
+    def train(cfg, step: int, init, out_dir: Path) -> Path:
+        folder = Path(settings.sweep_dir) / "earlier_steps" / f"step{step}"
+        log(f"step {step}: training it once on a {workers}-worker Ray Train TorchTrainer (DDP); "
+            f"log: {folder}/worker-0.log")
+        t0 = time.time()
+        cfg.run.val_interval = 5  # the sweep's every-epoch evaluation is for ASHA; evaluation changes no weight
+        build_trainer(cfg_dict=cfg.to_dict(), step=step, trial_id=f"step{step}", trial_dir=folder,
+                      storage_path=Path(settings.sweep_dir) / "train", init_checkpoint=init, workers=workers,
+                      cpus_per_worker=1.0, gpus_per_worker=settings.gpus_per_worker, max_failures=1,
+                      worker_logs=settings.worker_logs).fit()
+        epochs = TrialRecord(folder).epochs()
+        last = epochs[max(epochs)] if epochs else {}
+        miou = ", ".join(f"{k[5:]} {last[k]:.1f}" for k in ("miou_old", "miou_all") if k in last)
+        log(f"step {step}: {len(epochs)} epochs in {time.time() - t0:.0f} s ({miou})")
+        return folder / "model" / f"step{step}.pt"
+
+    return train
+
+
+def _parent_params(space: SearchSpace, base_cfg, num_samples: int, workers: int) -> dict[str, Any]:
+    """The sweep run's params: what was swept (``space.<name>`` = its distribution) and how; the best values
+    come at the end (``best.<name>``), the whole base config is the ``base_config.yaml`` artifact."""
+    from wilson_ray.sweep_record import short_names
+
+    names = short_names(space.keys)
+    flat = flatten(base_cfg.to_dict())
+    return {**{f"space.{names[p.key]}": p.describe() for p in space.params},
+            "method": base_cfg.method.name, "task": base_cfg.data.task, "step": space.step,
+            "epochs": flat.get("incremental.epochs" if space.step > 0 else "step0.epochs"),
+            "metric": space.metric, "mode": space.mode, "num_samples": num_samples, "workers_per_trial": workers}
+
+
 def _tuner(space: SearchSpace, settings: SweepSettings, sweep_path: Path, storage: Path, name: str,
            num_samples: int, concurrency: int, opts: SweepOptions):
     resources = DRIVER_RESOURCES
+    callbacks = [TrialOutcomeCallback(settings)]
+    if opts.verbose >= 1:
+        callbacks.append(ConsoleReporter(space.keys, num_samples, settings.epochs, concurrency, space.metric))
     if settings.trainer == "direct":  # the trial process trains: it holds the one worker's reservation
         resources = {"CPU": settings.cpus_per_worker, "GPU": settings.gpus_per_worker}
     trainable = tune.with_resources(tune.with_parameters(trial, settings=settings), resources)
@@ -245,7 +297,8 @@ def _tuner(space: SearchSpace, settings: SweepSettings, sweep_path: Path, storag
         mode=["max"] * len(metrics) if space.multi_objective else space.mode,
         points_to_evaluate=[space.defaults()] if space.evaluate_defaults and space.sampler != "grid" else None,
         sampler=_sampler(space, opts.seed), study_name=name, storage=storage_obj,
-        record_dir=sweep_path / "trials",
+        record_dir=sweep_path / "trials", max_epochs=space.scheduler.max_t or settings.epochs if space.scheduler
+        else None,
     )
     scheduler = None
     if space.scheduler:
@@ -265,14 +318,26 @@ def _tuner(space: SearchSpace, settings: SweepSettings, sweep_path: Path, storag
                                     reuse_actors=os.environ.get("WILSON_RAY_REUSE_ACTORS", "0") == "1",
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(storage), verbose=opts.verbose,
+            name=name, storage_path=str(storage), verbose=1 if opts.verbose >= 2 else 0,
             # direct trials have no Train worker group: worker crashes land here too
             failure_config=tune.FailureConfig(max_failures=space.trial_max_failures + (
                 settings.max_failures if settings.trainer == "direct" else 0)),
-            callbacks=[TrialOutcomeCallback(settings)],
+            callbacks=callbacks,
         ),
     )
     return tuner, False
+
+
+def _rungs_of(space: SearchSpace, base_cfg) -> list[int]:
+    return _rungs(space, _settings(SweepOptions(space=space, storage=Path(".")), "", Path("."), base_cfg, None,
+                                   1, 1, 0, "direct"))
+
+
+def _rungs(space: SearchSpace, settings: SweepSettings) -> list[int]:
+    if not space.scheduler:
+        return []
+    max_t = space.scheduler.max_t or settings.epochs
+    return asha_rungs(min(space.scheduler.grace_period, max_t), space.scheduler.reduction_factor, max_t)
 
 
 def trial_dirname(trial) -> str:
@@ -309,7 +374,7 @@ def _finish(space: SearchSpace, settings: SweepSettings, storage: Path, name: st
     best_yaml = None
     files: list[Path] = []
     table_rows = [{"trial": r["trial"], **r["params"], **{k: r[k] for k in ("miou_old", "miou_new", "miou_all",
-                  "miou_all_mib", "epochs", "outcome", "reason")}} for r in rows]
+                  "miou_all_mib", "miou_hm", "epochs", "outcome", "reason")}} for r in rows]
     files.append(plots.write_table_csv(table_rows, sweep_path / "summary.csv"))
     files.append(atomic_write_text(sweep_path / "summary.json", json.dumps(
         {"name": name, "metric": space.metric, "mode": space.mode, "best": best and best["trial"],
@@ -322,20 +387,39 @@ def _finish(space: SearchSpace, settings: SweepSettings, storage: Path, name: st
     if best is not None:
         best_yaml = atomic_write_text(sweep_path / "best.yaml", R.best_config_text(best, R.read_sweep(storage, name)))
         files.append(best_yaml)
+    report = mlflow_view = None
+    try:
+        from wilson_ray.orchestration.report import build_report
+
+        report = build_report(storage, name)
+    except Exception as err:  # noqa: BLE001 - a report must not fail a finished sweep
+        log(f"wilson-ray: warning: the sweep report failed: {type(err).__name__}: {err}")
     if tracking is not None:
         parent = SweepRun(tracking)
-        metrics = {f"best_{k}": best[k] for k in ("miou_old", "miou_new", "miou_all", "miou_all_mib")
+        metrics = {f"best_{k}": best[k] for k in ("miou_old", "miou_new", "miou_all", "miou_all_mib", "miou_hm")
                    if best and best.get(k) is not None}
         metrics["trials"] = len(rows)
         metrics["trials_failed"] = sum(r["outcome"] == "failed" for r in rows)
+        from wilson_ray.sweep_record import rounded, short_names
+
+        names = short_names(space.keys)
+        best_params = {f"best.{names[k]}": rounded(v) for k, v in (best or {}).get("params", {}).items()}
+        if best:
+            best_params["best.trial"] = best["trial"]
         done = parent.finish(metrics, files, status="KILLED" if interrupted else "FINISHED",
-                             tags={"wilson_ray.best_trial": best["trial"]} if best else None)
+                             tags={"wilson_ray.best_trial": best["trial"]} if best else None, params=best_params,
+                             folders={"report": report.parent} if report else None)
+        exp_id = share_view(tracking, tracking.parent_run_id, [names[k] for k in space.keys],
+                            list(dict.fromkeys([space.metric, "miou_old", "miou_new", "miou_all", "miou_hm"])))
+        if exp_id is not None:
+            mlflow_view = f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}"
         if not done:
             log(f"wilson-ray: warning: MLflow at {tracking.uri} unreachable at the end of the sweep; everything is "
                 f"kept in {sweep_path}/trials and uploaded when the same sweep command runs again")
     return SweepOutcome(name=name, path=sweep_path, rows=rows, best=best, best_yaml=best_yaml,
                         tracking_uri=tracking.uri if tracking else None, restored=restored, keys=space.keys,
-                        metric=space.metric, mode=space.mode, interrupted=interrupted)
+                        metric=space.metric, mode=space.mode, interrupted=interrupted, report=report,
+                        mlflow_view=mlflow_view)
 
 
 def _backfill_from_tune(sweep_path: Path) -> None:
@@ -378,17 +462,31 @@ def print_outcome(out: SweepOutcome, log=print) -> None:
         f"{sum(r['outcome'] == 'failed' for r in out.rows)} failed)"
         + ("; interrupted: run the same command again to resume" if out.interrupted else ""))
     log(R.format_table(out.rows, out.keys, out.best))
+    sweep = R.read_sweep(out.path.parent, out.name) or {}
     if out.best is not None:
+        from wilson_ray.orchestration.report import comparison
+
+        cmp = comparison(out.rows, out.metric, out.mode, sweep.get("defaults"), sweep.get("seed_spread"))
+        log("")
+        log(cmp["text"])
+        if cmp.get("spread_note"):
+            log(f"  ({cmp['spread_note']})")
         log("")
         log(f"best trial {out.best['trial']} ({out.metric} = {out.best[out.metric]:.2f}; "
             f"old {out.best['miou_old']:.2f}, new {out.best['miou_new']:.2f}):")
+        from wilson_ray.sweep_record import rounded
+
         for k, v in out.best["params"].items():
-            log(f"  {k} = {v}")
+            log(f"  {k} = {rounded(v)}")  # exact values: the best config below
         log(f"best config: {out.best_yaml}")
-        sweep = R.read_sweep(out.path.parent, out.name) or {}
         log(f"reproduce:   wilson-ray train --config {out.best_yaml} --cache-dir {sweep.get('cache_dir')}")
     else:
         log("no trial has an evaluation yet")
     if out.tracking_uri:
         log(f"MLflow UI:   {ui_command(out.tracking_uri)}")
-    log(f"Optuna:      optuna-dashboard sqlite:///{out.path / 'optuna.db'}")
+        if out.mlflow_view:
+            log(f"             the trials with their columns: {out.mlflow_view}")
+    log(f"Optuna:      optuna-dashboard sqlite:///{out.path / 'optuna.db'} --host 127.0.0.1   "
+        "(pip install -e '.[dashboard]')")
+    if out.report is not None:
+        log(f"report:      {out.report}")

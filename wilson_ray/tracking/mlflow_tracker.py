@@ -37,6 +37,12 @@ TAG_TRIAL = "wilson_ray.trial_id"
 TAG_ROLE = "wilson_ray.role"
 TAG_OUTCOME = "wilson_ray.outcome"
 TAG_REASON = "wilson_ray.failure_reason"
+TAG_STOP = "wilson_ray.stop_reason"  # why ASHA stopped a trial, and at which rung (epoch)
+TAG_RUNG = "wilson_ray.asha_rung"
+TAG_SUMMARY = "wilson_ray.summary_logged"
+# MLflow 3 opens an experiment in its GenAI view unless tagged as model training (the UI's experiment kinds)
+TAG_KIND = "mlflow.experimentKind"
+KIND_TRAINING = "custom_model_development"
 TAG_FINAL = "wilson_ray.final_logged"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
@@ -85,10 +91,14 @@ def is_local_store(uri: str) -> bool:
 
 
 def ui_command(uri: str) -> str:
-    """The command that opens the MLflow UI on ``uri`` (a server URI is opened in a browser directly)."""
+    """The command that opens the MLflow UI on ``uri`` (a server URI is opened in a browser directly): one
+    server process without the job runner (``mlflow ui`` starts ~15 processes, 2.4 GiB, 20 s to answer)."""
     if urlparse(uri).scheme in ("http", "https"):
         return f"open {uri} in a browser (MLflow server)"
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri {uri} --host 127.0.0.1 "
+            f"--port 5000 --workers 1   # then open http://127.0.0.1:5000\n"
+            f"             (one process; `mlflow ui --backend-store-uri {uri} --host 127.0.0.1` also works, with "
+            "~15 processes)")
 
 
 def configure_http_client() -> None:
@@ -157,7 +167,7 @@ class _Connection:
                 try:
                     self.experiment_id = self.client.create_experiment(
                         self.info.experiment, artifact_location=self.info.artifact_location,
-                        tags={TAG_SWEEP: self.info.sweep})
+                        tags={TAG_SWEEP: self.info.sweep, TAG_KIND: KIND_TRAINING})
                 except Exception:
                     exp = self.client.get_experiment_by_name(self.info.experiment)  # created concurrently
                     if exp is None:
@@ -166,6 +176,8 @@ class _Connection:
             else:
                 if exp.lifecycle_stage == "deleted":
                     self.client.restore_experiment(exp.experiment_id)
+                if exp.tags.get(TAG_KIND) is None:
+                    self.client.set_experiment_tag(exp.experiment_id, TAG_KIND, KIND_TRAINING)
                 self.experiment_id = exp.experiment_id
         return self.client
 
@@ -242,14 +254,21 @@ class SweepRun:
         return self.run_id
 
     def finish(self, metrics: dict[str, float], files: list[Path], status: str = "FINISHED",
-               tags: dict[str, str] | None = None) -> bool:
-        """Log the sweep summary (best metrics, best config YAML, plots, tables) and close the parent run."""
+               tags: dict[str, str] | None = None, params: dict[str, Any] | None = None,
+               folders: dict[str, Path] | None = None) -> bool:
+        """Log the sweep summary (best metrics and values, best config YAML, plots, tables, the report folder
+        under its artifact path) and close the parent run."""
         if self.run_id is None and self.open() is None:
             return False
         try:
             from mlflow.entities import Metric
 
             client = self.conn.ensure()
+            have = client.get_run(self.run_id).data.params
+            _log_params(client, self.run_id, [(k, v) for k, v in _params(params or {}).items() if k not in have])
+            for artifact_path, folder in (folders or {}).items():
+                if Path(folder).is_dir():
+                    client.log_artifacts(self.run_id, str(folder), artifact_path=artifact_path)
             now = int(time.time() * 1000)
             client.log_batch(self.run_id, metrics=[Metric(metric_key(k), v, now, 0)
                                                    for k, v in finite_metrics(metrics).items()])
@@ -264,6 +283,27 @@ class SweepRun:
         except Exception as err:  # noqa: BLE001
             self.conn.failed(err)
             return False
+
+
+VIEW_KEY = "wilson-ray"  # the experiment page's shared view: ?viewStateShareKey=wilson-ray
+
+
+def share_view(info: TrackingInfo, parent_run_id: str | None, params: list[str], metrics: list[str]) -> str | None:
+    """Store an experiment-page view in the experiment (MLflow UI's shared view state: the tag
+    ``mlflow.sharedViewState.<key>``): the sweep's trials expanded under its run, with the swept params, the mIoU
+    columns and the outcome as columns. Returns the experiment id (None when MLflow is unreachable)."""
+    conn = _Connection(info, lambda msg: None)
+    try:
+        client = conn.ensure()
+        cols = ([f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in params]
+                + [f"tags.`{TAG_OUTCOME}`", f"tags.`{TAG_RUNG}`"])
+        state = {"selectedColumns": cols, "runsExpanded": {parent_run_id: True} if parent_run_id else {},
+                 "orderByKey": f"metrics.`{metrics[0]}`" if metrics else "attributes.start_time",
+                 "orderByAsc": False}
+        client.set_experiment_tag(conn.experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(state))
+        return conn.experiment_id
+    except Exception:  # noqa: BLE001 - a convenience, never a failure
+        return None
 
 
 def _params(flat: dict[str, Any]) -> dict[str, str]:
@@ -298,6 +338,47 @@ def _amp_params(run: dict[str, Any]) -> dict[str, str]:
         return {"amp_resolved": resolved, "hardware": hardware.describe_amp_choice(requested, resolved, device)}
     except Exception:  # noqa: BLE001 - a label must never fail the upload of a trial's metrics
         return {}
+
+
+# Not logged per epoch: ``epoch`` is the step itself (logged last, as the marker of a complete epoch) and
+# ``iou_background`` is ``iou/background`` again (one name per series).
+SKIP_METRICS = ("epoch", "iou_background")
+
+
+def trial_params(trial: dict[str, Any]) -> dict[str, Any]:
+    """What a reader of the runs table needs: the swept values under short names, rounded (``alpha``), and
+    exactly under their config keys (``config.method.alpha``), plus what the trial is (method, task, step,
+    epochs, seed, precision). The full config is the run's ``config.yaml`` artifact."""
+    from wilson_ray.sweep_record import rounded, short_names
+
+    cfg = trial.get("config") or {}
+    swept = trial.get("params") or {}
+    names = short_names(list(swept))
+    step = int(trial.get("step") or 0)
+    optim = (cfg.get("incremental") if step > 0 else cfg.get("step0")) or {}
+    out: dict[str, Any] = {names[k]: rounded(v) for k, v in swept.items()}
+    out.update({f"config.{k}": v for k, v in swept.items()})
+    out.update({"config.method.name": (cfg.get("method") or {}).get("name"),
+                "task": (cfg.get("data") or {}).get("task"),
+                "step": step, "epochs": optim.get("epochs"), "iters_per_epoch": optim.get("max_iters_per_epoch"),
+                "seed": (cfg.get("run") or {}).get("seed"), "trial_id": trial["trial_id"]})
+    out.update(_amp_params(cfg.get("run") or {}))
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _config_yaml(config: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def _log_text(client, run_id: str, text: str, name: str) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(text, encoding="utf-8")
+        client.log_artifact(run_id, str(path))
 
 
 class TrialTracker:
@@ -339,8 +420,9 @@ class TrialTracker:
                         TAG_RUN_NAME: trial.get("trial_name") or trial_id}
                 if self.info.parent_run_id:
                     tags[TAG_PARENT] = self.info.parent_run_id
-                run_id = client.create_run(self.conn.experiment_id, run_name=tags[TAG_RUN_NAME],
-                                           tags=tags).info.run_id
+                started = trial.get("started")
+                run_id = client.create_run(self.conn.experiment_id, run_name=tags[TAG_RUN_NAME], tags=tags,
+                                           start_time=int(started * 1000) if started else None).info.run_id
             self.record.set_run_id(run_id)
         self.run_id = run_id
         return run_id
@@ -367,17 +449,11 @@ class TrialTracker:
                 if not self._params_done:
                     if self.info.parent_run_id and run.data.tags.get(TAG_PARENT) != self.info.parent_run_id:
                         client.set_tag(run_id, TAG_PARENT, self.info.parent_run_id)
-                    from wilson_ray.config import flatten
-
-                    params = {**{f"config.{k}": v for k, v in flatten(trial.get("config") or {}).items()},
-                              "step": trial.get("step"), "trial_id": trial["trial_id"],
-                              **_amp_params((trial.get("config") or {}).get("run") or {})}
+                    params = trial_params(trial)
                     have = run.data.params
                     _log_params(client, run_id, [(k, v) for k, v in _params(params).items() if k not in have])
-                    for k, v in (trial.get("params") or {}).items():
-                        tag = f"wilson_ray.param.{k}"
-                        if run.data.tags.get(tag) != str(v):
-                            client.set_tag(run_id, tag, str(v))
+                    if "config.yaml" not in {a.path for a in client.list_artifacts(run_id)}:
+                        _log_text(client, run_id, _config_yaml(trial.get("config") or {}), "config.yaml")
                     self._params_done = True
                     outcome = (self.record.outcome() or {}).get("outcome")
                     if outcome in (None, "running") and run.info.status != "RUNNING":
@@ -388,6 +464,7 @@ class TrialTracker:
                 self._sync_epochs(client, run_id)
                 self._sync_final(client, run_id)
                 self._sync_outcome(client, run_id)
+                self._sync_summary(client, run_id, run.data.tags)
                 if self.conn.recovered():
                     _default_warn(f"MLflow at {self.info.uri} is reachable again; trial "
                                   f"{trial['trial_id']} is up to date")
@@ -404,7 +481,7 @@ class TrialTracker:
             if epoch in self._logged_epochs:
                 continue
             ts = int(time.time() * 1000)
-            items = [Metric(metric_key(k), v, ts, epoch) for k, v in metrics.items() if k != "epoch"]
+            items = [Metric(metric_key(k), v, ts, epoch) for k, v in metrics.items() if k not in SKIP_METRICS]
             items.append(Metric("epoch", float(epoch), ts, epoch))
             # One batch (MLflow's limit is 1000 metrics) is all-or-nothing; "epoch" goes last either way: it marks
             # the epoch as logged, so a partial upload is retried rather than skipped.
@@ -422,7 +499,8 @@ class TrialTracker:
 
         step = int(final.get("epochs") or 0)
         ts = int(time.time() * 1000)
-        items = [Metric(metric_key(f"final/{k}"), v, ts, step) for k, v in finite_metrics(final.get("metrics", {})).items()]
+        items = [Metric(metric_key(f"final/{k}"), v, ts, step) for k, v in finite_metrics(final.get("metrics", {})).items()
+                 if k not in SKIP_METRICS]
         items += [Metric(metric_key(f"final_iou/{k}"), v, ts, step)
                   for k, v in finite_metrics(final.get("per_class_iou", {})).items()]
         for chunk in _chunks(items, 900):
@@ -441,7 +519,12 @@ class TrialTracker:
         outcome = data.get("outcome")
         if outcome == self._outcome_done:
             return
-        if data.get("reason"):
+        if outcome == "stopped_early":
+            client.set_tag(run_id, TAG_STOP, str(data.get("reason") or "stopped early by ASHA")[:5000])
+            if data.get("rung") is not None:
+                client.set_tag(run_id, TAG_RUNG, str(data["rung"]))
+            client.set_tag(run_id, "mlflow.note.content", str(data.get("reason") or "stopped early by ASHA"))
+        elif data.get("reason"):
             client.set_tag(run_id, TAG_REASON, str(data["reason"])[:5000])
             client.set_tag(run_id, "mlflow.note.content", f"failed: {data['reason']}"[:5000])
         client.set_tag(run_id, TAG_OUTCOME, outcome)
@@ -449,8 +532,20 @@ class TrialTracker:
         if status == "RUNNING":
             client.update_run(run_id, status="RUNNING")
         else:
-            client.set_terminated(run_id, status=status)
+            ended = data.get("time")
+            client.set_terminated(run_id, status=status, end_time=int(ended * 1000) if ended else None)
         self._outcome_done = outcome
+
+    def _sync_summary(self, client, run_id: str, tags: dict[str, str]) -> None:
+        """The figures the driver draws from the record when a trial ends (learning curves; per-class IoU of
+        the last evaluation), so a trial ASHA stopped has artifacts too."""
+        folder = self.record.dir / "summary"
+        if tags.get(TAG_SUMMARY) == "1" or not (folder / "done").is_file():
+            return
+        for f in sorted(folder.iterdir()):
+            if f.is_file() and not f.name.startswith(".") and f.name != "done":
+                client.log_artifact(run_id, str(f), artifact_path="summary")
+        client.set_tag(run_id, TAG_SUMMARY, "1")
 
 
 class BackgroundSync:

@@ -32,6 +32,10 @@ def _save(fig, path: Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def plt_cmap(name: str = "inferno"):
+    return _plt().get_cmap(name)
+
+
 def palette(n: int) -> np.ndarray:
     """The Pascal VOC colour map (uint8 [n, 3]); index 255 (void) is drawn white by ``colorize``."""
     cmap = np.zeros((max(n, 1), 3), dtype=np.uint8)
@@ -128,8 +132,10 @@ def write_per_class(per_class: dict[str, float], directory: str | Path) -> list[
 
 
 def overlays_png(checkpoint: str | Path, path: str | Path, n: int = 4, data_root: str | None = None,
-                 device: str = "cpu") -> Path | None:
-    """Image | ground truth | prediction for the first ``n`` val images of the checkpoint's task and step.
+                 device: str = "cpu", weak=None) -> Path | None:
+    """Image | ground truth | prediction for the first ``n`` val images of the checkpoint's task and step, and
+    with ``weak(image [1,3,H,W], labels [1,C]) -> (localizer map [H,W] in [0,1], pseudo-label [H,W])`` (a weak
+    method's localizer and its pseudo-label at the end of the step) those two panels too.
 
     Loads the model with ``weights_only=True`` (``checkpoint.model_from_checkpoint``) and the val set of the
     checkpoint's config. Returns None when the val set is empty.
@@ -154,17 +160,29 @@ def overlays_png(checkpoint: str | Path, path: str | Path, n: int = 4, data_root
     k = task.num_classes(step)
     model.to(device)
     rows = []
+    titles = ["image", "ground truth", "prediction"]
+    if weak is not None:
+        titles += ["localizer (new classes)", "pseudo-label"]
+    # images with a new class first: the ones a weak step is about
+    new_ids = set(range(k - len(task.class_names(step)) + len(task.class_names(step - 1)), k)) if step > 0 else set()
+    order = sorted(range(len(dataset)), key=lambda i: not (set(np.unique(dataset[i][1].numpy())) & new_ids))[:count] \
+        if new_ids and len(dataset) <= 400 else list(range(count))
     with torch.no_grad():
-        for i in range(count):
-            image, mask, _ = dataset[i]
+        for i in order:
+            image, mask, labels = dataset[i]
             logits = model(image.unsqueeze(0).to(device), upsample=True).logits
             pred = logits.argmax(1)[0].cpu().numpy().astype(np.int64)
             img = (denormalise(image).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-            rows.append((img, colorize(mask.numpy().astype(np.int64), k), colorize(pred, k)))
+            row = [img, colorize(mask.numpy().astype(np.int64), k), colorize(pred, k)]
+            if weak is not None:
+                heat, pseudo = weak(image.unsqueeze(0), labels.unsqueeze(0))
+                row += [(plt_cmap()(np.clip(heat, 0, 1))[..., :3] * 255).astype(np.uint8),
+                        colorize(np.asarray(pseudo, dtype=np.int64), k)]
+            rows.append(row)
     plt = _plt()
-    fig, axes = plt.subplots(count, 3, figsize=(7.5, 2.5 * count), squeeze=False)
+    fig, axes = plt.subplots(count, len(titles), figsize=(2.5 * len(titles), 2.5 * count), squeeze=False)
     for r, images in enumerate(rows):
-        for c, (im, label) in enumerate(zip(images, ("image", "ground truth", "prediction"))):
+        for c, (im, label) in enumerate(zip(images, titles)):
             axes[r][c].imshow(im)
             axes[r][c].axis("off")
             if r == 0:
@@ -223,3 +241,56 @@ def write_table_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     for r in rows:
         w.writerow(r)
     return atomic_write(path, lambda p: p.write_text(text.getvalue(), encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Learning curves (a trial's summary and the sweep report)
+
+CURVE_KEYS = (("miou_old", "old", "tab:blue"), ("miou_new", "new", "tab:orange"), ("miou_all", "all", "tab:green"))
+
+
+def _evaluated(epochs: dict[int, dict[str, float]]) -> list[tuple[int, dict[str, float]]]:
+    return [(e, m) for e, m in sorted(epochs.items()) if "miou_all" in m and m.get("evaluated", 1)]
+
+
+def learning_curves_png(trials: dict[str, dict[int, dict[str, float]]], path: str | Path,
+                        stopped: dict[str, int] | None = None, best: str | None = None,
+                        max_epochs: int | None = None, marks: Sequence[int] = ()) -> Path:
+    """Old / new / all mIoU per epoch, one panel each, one line per trial (the best one thick); a trial ASHA
+    stopped ends in an x at its rung; ``marks``: epochs drawn as dotted verticals (ASHA's rungs)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
+    cmap = plt.get_cmap("tab10")
+    for i, (name, epochs) in enumerate(trials.items()):
+        pts = _evaluated(epochs)
+        if not pts:
+            continue
+        color = cmap(i % 10)
+        xs = [e for e, _ in pts]
+        for ax, (key, label, _) in zip(axes, CURVE_KEYS):
+            ys = [m.get(key, float("nan")) for _, m in pts]
+            lw = 2.6 if name == best else 1.2
+            ax.plot(xs, ys, marker=".", color=color, lw=lw, label=str(name)[:8] + (" (best)" if name == best else ""))
+            if stopped and name in stopped:
+                ax.plot([xs[-1]], [ys[-1]], marker="x", color=color, ms=9, mew=2)
+    for ax, (_, label, _) in zip(axes, CURVE_KEYS):
+        for m in marks:
+            ax.axvline(m, color="grey", ls=":", lw=1)
+        ax.set_title(f"mIoU {label} classes" if label != "all" else "mIoU all (background included)", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if max_epochs:
+            ax.set_xlim(0.5, max_epochs + 0.5)
+            ax.set_xticks(range(1, max_epochs + 1))
+        else:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set_ylabel("mIoU (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        note = " (x: stopped by ASHA; dotted: ASHA rungs)" if stopped or marks else ""
+        fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), fontsize=7,
+                   bbox_to_anchor=(0.5, -0.08), title="trial" + note, title_fontsize=7)
+    fig.tight_layout()
+    return _save(fig, Path(path))

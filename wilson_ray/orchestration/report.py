@@ -1,0 +1,241 @@
+"""``wilson-ray report``: one self-contained HTML page (+ the PNGs beside it) of a sweep, from its folder.
+
+Reads the trial records and the Optuna study of ``<storage>/<name>`` (no Ray, no MLflow) and draws: learning
+curves of old/new/all mIoU per trial with the ASHA stops, parallel coordinates of the swept values coloured by
+the objective and the parameter importances (both Optuna's own), the best objective so far against the
+trial-epochs spent, the best trial's per-class IoU (old and new classes apart) and its prediction overlays; with
+the trials table and the comparison of the best trial with the paper-default trial against the seed-to-seed
+spread of the default.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+from wilson_ray.atomic import atomic_write_text
+from wilson_ray.errors import UserError
+from wilson_ray.orchestration import results as R
+from wilson_ray.sweep_record import rounded, short_names
+from wilson_ray.tracking import plots
+
+
+def _optuna_figure(kind: str, study, path: Path, metric: str) -> Path | None:
+    """Optuna's matplotlib figure ``kind`` (param_importances / parallel_coordinate) of the finished trials."""
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    plt = plots._plt()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ExperimentalWarning of the matplotlib backend
+        done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+        if len(done) < 2:
+            return None
+        if kind == "param_importances":
+            ax = ovm.plot_param_importances(study, target_name=metric)
+        else:
+            ax = ovm.plot_parallel_coordinate(study, target_name=metric)
+        fig = ax.figure if hasattr(ax, "figure") else plt.gcf()
+        fig.set_size_inches(10, 4.2)
+        fig.tight_layout()
+    return plots._save(fig, path)
+
+
+def best_so_far_png(rows: list[dict[str, Any]], records: dict[str, dict[int, dict]], metric: str, mode: str,
+                    path: Path) -> Path:
+    """The best ``metric`` of any evaluation so far against the trial-epochs spent (all trials, in time order)."""
+    events = sorted((m.get("_time", 0.0), tid, m.get(metric)) for tid, epochs in records.items()
+                    for m in epochs.values() if m.get("evaluated", 1) and isinstance(m.get(metric), (int, float)))
+    xs, ys, best = [], [], None
+    for i, (_, _, v) in enumerate(events, 1):
+        if math.isfinite(v):
+            best = v if best is None else (max(best, v) if mode == "max" else min(best, v))
+        xs.append(i)
+        ys.append(best if best is not None else float("nan"))
+    plt = plots._plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ax.step(xs, ys, where="post", color="tab:red")
+    ax.scatter(xs, [v for _, _, v in events], s=12, color="grey", alpha=0.6, label="each evaluation")
+    ax.set_xlabel("trial-epochs spent")
+    ax.set_ylabel(metric)
+    ax.set_title(f"best {metric} so far ({len(rows)} trials)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return plots._save(fig, path)
+
+
+def _epochs_with_time(rec) -> dict[int, dict]:
+    import json
+
+    out = {}
+    folder = rec.dir / "epochs"
+    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        out[int(data["epoch"])] = {**(data.get("metrics") or {}), "_time": data.get("time", 0.0)}
+    return out
+
+
+def comparison(rows: list[dict[str, Any]], metric: str, mode: str, defaults: dict[str, Any] | None,
+               spread: dict[str, Any] | None) -> dict[str, Any]:
+    """The best trial against the paper-default trial, and whether the margin exceeds the default's
+    seed-to-seed spread (max - min over seeds of ``spread['values']``, measured as ``spread['command']``)."""
+    best = R.best_row(rows, metric, mode)
+    default = next((r for r in rows if defaults and _same(r["params"], defaults)), None)
+    out: dict[str, Any] = {"best": best, "default": default, "metric": metric}
+    if best is None or default is None or not isinstance(default.get(metric), (int, float)):
+        out["text"] = "no paper-default trial with an evaluation to compare with"
+        return out
+    margin = best[metric] - default[metric]
+    out["margin"] = margin
+    vals = [float(v) for v in (spread or {}).get("values") or []]
+    width = max(vals) - min(vals) if len(vals) >= 2 else None
+    out["spread"] = width
+    seeds = f"{len(vals)} seeds" if vals else ""
+    if best["trial"] == default["trial"]:
+        text = (f"the paper-default trial is the best ({metric} {default[metric]:.2f}): on this data and budget the "
+                "sweep found nothing better than the paper's values")
+        if width is not None:
+            text += f" (the default's seed-to-seed spread: {width:.2f} over {seeds})"
+    else:
+        text = f"best trial {best['trial']} {metric} {best[metric]:.2f} vs paper default {default[metric]:.2f}: " \
+               f"margin {margin:+.2f}"
+        if width is not None:
+            # equal to 0.1 is no evidence either way: the spread itself comes from a handful of seeds
+            verdict = ("larger than" if abs(margin) > width + 0.1 else "about equal to"
+                       if abs(margin) >= width - 0.1 else "within")
+            text += f", {verdict} the default's seed-to-seed spread of {width:.2f} ({seeds}: " \
+                    f"{', '.join(f'{v:.2f}' for v in vals)})"
+            if verdict != "larger than":
+                text += ": not clearly a real difference"
+    if width is not None and spread and spread.get("command"):
+        out["spread_note"] = f"seed spread: {spread['command']}" + (
+            f"; {spread['measured']}" if spread.get("measured") else "")
+    out["text"] = text
+    return out
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    for k, v in b.items():
+        x = a.get(k)
+        if isinstance(v, float) or isinstance(x, float):
+            if not (isinstance(x, (int, float)) and isinstance(v, (int, float)) and math.isclose(x, v, rel_tol=1e-9)):
+                return False
+        elif x != v:
+            return False
+    return True
+
+
+def _img(path: Path | None, alt: str) -> str:
+    if path is None or not Path(path).is_file():
+        return f"<p><em>{html.escape(alt)}: not available</em></p>"
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>' \
+           f"{html.escape(alt)}</figcaption></figure>"
+
+
+def _table(rows: list[dict[str, Any]], keys: list[str], best: dict[str, Any] | None, default_id: str | None) -> str:
+    names = short_names(keys)
+    head = ["trial", *[names[k] for k in keys], "old", "new", "all", "hm", "epochs", "outcome"]
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
+    for r in rows:
+        cls = ' class="best"' if best and r["trial"] == best["trial"] else ""
+        tag = " (default)" if r["trial"] == default_id else ""
+        cells = [f"{r['trial']}{tag}", *[rounded(r["params"].get(k)) for k in keys],
+                 *[f"{r[m]:.2f}" if isinstance(r.get(m), (int, float)) and math.isfinite(r[m]) else "-"
+                   for m in ("miou_old", "miou_new", "miou_all", "miou_hm")], r["epochs"],
+                 (r.get("reason") or r["outcome"]) if r["outcome"] != "completed" else "completed"]
+        out.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    return "\n".join(out + ["</table>"])
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1250px;margin:1.5em auto;color:#222}
+img{max-width:100%;border:1px solid #ddd}figure{margin:1em 0}figcaption{font-size:.85em;color:#555}
+table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
+tr.best{background:#fff3c4}.verdict{font-size:1.05em;background:#eef5ff;padding:.6em;border-left:4px solid #36c}"""
+
+
+def build_report(storage: str | Path, name: str, out: str | Path | None = None) -> Path:
+    """Write ``<out>/report.html`` (images inlined) and its PNGs; ``out`` defaults to ``<sweep>/report``."""
+    folder = R.sweep_dir(storage, name)
+    sweep = R.read_sweep(storage, name)
+    if sweep is None:
+        raise UserError(f"--storage/--name: no sweep '{name}' under {Path(storage).expanduser()} "
+                        f"(no {folder / R.SWEEP_FILE}), expected the --storage and --name of a sweep")
+    rows = R.trial_rows(storage, name)
+    if not rows:
+        raise UserError(f"sweep '{name}' at {folder}: no trial records yet, expected at least one trial")
+    out = Path(out) if out else folder / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    metric, mode = sweep.get("metric", "miou_all"), sweep.get("mode", "max")
+    keys = list(sweep.get("keys") or [])
+    recs = {(r.trial() or {}).get("trial_id"): r for r in R.records(storage, name)}
+    epochs = {tid: _epochs_with_time(rec) for tid, rec in recs.items()}
+    best = R.best_row(rows, metric, mode)
+    stopped = {r["trial"]: r["epochs"] for r in rows if r["outcome"] == "stopped_early"}
+    max_epochs = int(sweep.get("epochs") or max((r["epochs"] for r in rows), default=1))
+    figs: dict[str, Path | None] = {}
+    figs["curves"] = plots.learning_curves_png(epochs, out / "curves.png", stopped=stopped,
+                                               best=best and best["trial"], max_epochs=max_epochs,
+                                               marks=sweep.get("rungs") or ())
+    figs["best_so_far"] = best_so_far_png(rows, epochs, metric, mode, out / "best_so_far.png")
+    db = folder / "optuna.db"
+    study = None
+    if db.is_file():
+        try:
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+        except Exception:  # noqa: BLE001 - no study: the figures that need it say so
+            study = None
+    for kind in ("parallel_coordinate", "param_importances"):
+        figs[kind] = None
+        if study is not None:
+            try:
+                figs[kind] = _optuna_figure(kind, study, out / f"{kind}.png", metric)
+            except Exception:  # noqa: BLE001 - e.g. importances of a single distinct value
+                figs[kind] = None
+    figs["best_iou"] = figs["overlays"] = None
+    if best is not None:
+        src = recs[best["trial"]].dir
+        for key, fname in (("best_iou", "iou_bar.png"), ("overlays", "overlays.png")):
+            for sub in ("final", "summary"):
+                if (src / sub / fname).is_file():
+                    figs[key] = Path(shutil.copyfile(src / sub / fname, out / f"best_{fname}"))
+                    break
+    cmp = comparison(rows, metric, mode, sweep.get("defaults"), sweep.get("seed_spread"))
+    default_id = cmp["default"]["trial"] if cmp.get("default") else None
+    n_done = sum(r["outcome"] == "completed" for r in rows)
+    n_stop = sum(r["outcome"] == "stopped_early" for r in rows)
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>sweep {html.escape(name)}</title>"
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>Sweep {html.escape(name)}</h1>",
+        f"<p>{len(rows)} trials ({n_done} completed, {n_stop} stopped early by ASHA, "
+        f"{sum(r['outcome'] == 'failed' for r in rows)} failed); objective <b>{html.escape(metric)}</b> ({mode}); "
+        f"step {sweep.get('step')} of task {html.escape(str((sweep.get('base') or {}).get('data', {}).get('task')))}.</p>",
+        f"<p class='verdict'>{html.escape(cmp['text'])}</p>",
+        f"<p><small>{html.escape(cmp.get('spread_note', ''))}</small></p>" if cmp.get("spread_note") else "",
+        "<h2>Trials</h2>", _table(rows, keys, best, default_id),
+        "<h2>Learning curves</h2>", _img(figs["curves"], "old / new / all mIoU per epoch; x = stopped by ASHA"),
+        "<h2>Search</h2>",
+        _img(figs["parallel_coordinate"], f"parallel coordinates of the swept values, coloured by {metric} "
+                                          "(completed trials; Optuna)"),
+        _img(figs["param_importances"], f"parameter importances for {metric} (Optuna, fANOVA)"),
+        _img(figs["best_so_far"], "best objective so far against trial-epochs spent"),
+        f"<h2>Best trial {html.escape(str(best and best['trial']))}</h2>",
+        _img(figs["best_iou"], "per-class IoU (old classes blue, new classes orange)"),
+        _img(figs["overlays"], "validation images: image, ground truth, prediction (and the localizer's map "
+                               "and pseudo-label where the method has them)"),
+        "</body></html>",
+    ]
+    return Path(atomic_write_text(out / "report.html", "\n".join(parts)))
