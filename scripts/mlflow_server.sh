@@ -5,7 +5,7 @@
 #
 # Sweeps write to sqlite:///STORAGE/mlflow.db by default; run them with --tracking-uri http://127.0.0.1:5000 to
 # log through this server instead. For a cluster (several nodes log to it) put the store in PostgreSQL:
-#   BACKEND_STORE_URI=postgresql://wilson@db-host:5432/mlflow MLFLOW_HOST=0.0.0.0 scripts/mlflow_server.sh /shared/runs
+#   PGPASSWORD=... BACKEND_STORE_URI=postgresql://wilson@db-host:5432/mlflow MLFLOW_HOST=head-ip scripts/mlflow_server.sh /shared
 # (the password from PGPASSWORD or ~/.pgpass; artifacts go to STORAGE/mlartifacts, served by this server).
 # Runs in the foreground unless DETACH=1 (then its pid goes to
 # STORAGE/mlflow_server.pid and scripts/stop.sh stops it).
@@ -20,7 +20,10 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false   # lighter: no job runner (docs
 cmd=(mlflow server
   --backend-store-uri "${BACKEND_STORE_URI:-sqlite:///$STORAGE/mlflow.db}"
   --artifacts-destination "$STORAGE/mlartifacts"
-  --host "$HOST" --port "$PORT" --workers 1)
+  --host "$HOST" --port "$PORT" --workers 1
+  # Host headers the server answers (DNS-rebinding guard; MLflow's default is localhost and private ranges):
+  # clients on other machines use $HOST:$PORT; with MLFLOW_HOST=0.0.0.0 name the address they use
+  --allowed-hosts "${MLFLOW_ALLOWED_HOSTS:-$HOST,$HOST:$PORT,localhost,localhost:$PORT,127.0.0.1,127.0.0.1:$PORT}")
 
 if [[ "${DETACH:-0}" == "1" ]]; then
   nohup "${cmd[@]}" >"$STORAGE/mlflow_server.log" 2>&1 &
