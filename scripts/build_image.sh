@@ -90,7 +90,7 @@ run() { docker run --rm --network none --shm-size 512m "$IMAGE" "$@"; }
 [[ "$(run id -u)" == "1000" ]] || { say "the image does not run as uid 1000"; exit 1; }
 run wilson-ray --help | head -3
 run bash -c 'set -e; cd /tmp
-  wilson-ray data synth --out /tmp/synth --train 16 --val 4 --size 64 >/dev/null
+  wilson-ray data synth --out /tmp/synth --train 24 --val 6 --size 64 >/dev/null
   wilson-ray train --preset demo --data-root /tmp/synth --task 15-5 --steps 0 --cache-dir /tmp/cache \
     --set step0.epochs=1 --set step0.max_iters_per_epoch=2 --set data.batch_size=4 --set data.num_workers=0 \
     --out /tmp/out
