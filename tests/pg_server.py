@@ -49,8 +49,10 @@ class PostgresServer:
         self.proc: subprocess.Popen | None = None
         self.run_as = os.environ.get("WILSON_RAY_PG_USER", "nobody") if os.geteuid() == 0 else None
 
-    def url(self, db: str, driver: str = "postgresql") -> str:
-        return f"{driver}://{USER}:{self.password}@{self.host}:{self.port}/{db}"
+    def url(self, db: str, driver: str = "postgresql", password: bool = True) -> str:
+        """The database's URL; ``password=False`` leaves it out (libpq then reads PGPASSWORD or ~/.pgpass)."""
+        auth = f"{USER}:{self.password}" if password else USER
+        return f"{driver}://{auth}@{self.host}:{self.port}/{db}"
 
     def _cmd(self, *argv: str) -> list[str]:
         # setpriv execs (runuser would fork and sit between us and postgres's signals)
