@@ -6,15 +6,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo splits test test-ray table clean-demo
+.PHONY: setup demo splits test test-ray test-cluster table clean-demo
 
 # uv installs the same pinned set as pip about 3x faster here (57 s vs 192 s, 2 cores); pip is the fallback.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv || true
 	$(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode $$($(BIN)/python scripts/uv_sources.py) \
-		-c constraints.txt -e '.[dev]' \
-	|| $(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+		-c constraints.txt -e '.[dev,postgres]' \
+	|| $(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,postgres]'
 	# the editable package's bytecode: every Ray worker imports it, and with PYTHONDONTWRITEBYTECODE set (as on
 	# the reference machine) each one would compile it from source again
 	$(BIN)/python -m compileall -q wilson_ray
@@ -33,10 +33,14 @@ splits: $(STAMP) data/synthetic/splits/val.txt
 	$(BIN)/wilson-ray data splits --root data/synthetic --task 15-5 --overlap
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not ray"
+	$(BIN)/python -m pytest -q -m "not ray and not cluster"
 
 test-ray: $(STAMP)
 	$(BIN)/python -m pytest -q -m ray
+
+# the two-node cluster in network namespaces (root, iproute2, PostgreSQL 15: see README "Running on a cluster")
+test-cluster: $(STAMP)
+	$(BIN)/python -m pytest -q -m cluster
 
 table: $(STAMP) data/synthetic/splits/val.txt
 	$(BIN)/wilson-ray table --preset demo --task 15-5 --out runs/table-15-5

@@ -4,6 +4,7 @@ several workers is a TorchTrainer run, a single-worker trial trains in its Tune 
     wilson-ray sweep --space search_spaces/demo.yaml [--num-samples N] [--workers-per-trial K]
                      [--gpus-per-worker G] [--storage PATH] [--tracking-uri URI] [--address auto|URI]
                      [--name NAME] [--data-root DIR] [--set KEY=VALUE ...] [--trainer auto|torch|direct]
+                     [--optuna-storage URL]
     wilson-ray best --storage PATH --name NAME [--out best.yaml]
 
 Running the same ``sweep`` command again resumes the sweep (finished trials are kept, running ones resume from
@@ -42,6 +43,9 @@ def register(subparsers) -> None:
                         "use an absolute or shared path on a cluster)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<storage>/mlflow.db); "
                                           "e.g. http://127.0.0.1:5000")
+    p.add_argument("--optuna-storage", metavar="URL",
+                   help="Optuna study storage (default: sqlite:///<storage>/<name>/optuna.db); on a cluster e.g. "
+                        "postgresql://user@db-host:5432/optuna (password from PGPASSWORD or ~/.pgpass)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow (results stay in --storage)")
     p.add_argument("--address", help="Ray cluster to join: auto, or ray://host:10001 / host:6379 "
                                      "(default: $RAY_ADDRESS, else a local cluster)")
@@ -96,6 +100,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise UserError(f"{flag}: {value}, expected a number >= 0")
     if args.tracking_uri and not args.no_mlflow:
         check_tracking_uri(args.tracking_uri)
+    if args.optuna_storage:
+        from wilson_ray.orchestration.backends import check_optuna_storage
+
+        check_optuna_storage(args.optuna_storage)
     extra = _extra(args)
     space = load_search_space(args.space, extra)
     if args.name is not None and not args.name.replace("-", "").replace("_", "").replace(".", "").isalnum():
@@ -107,7 +115,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         space=space, storage=Path(args.storage), name=args.name, num_samples=args.num_samples,
         workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker, trainer=args.trainer, tracking_uri=args.tracking_uri,
-        tracking=not args.no_mlflow,
+        tracking=not args.no_mlflow, optuna_storage=args.optuna_storage,
         address=args.address, num_cpus=args.num_cpus, extra=extra,
         verbose=2 if args.verbose else 0 if args.quiet else 1, seed=args.seed,
     )

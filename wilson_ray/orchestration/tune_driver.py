@@ -27,6 +27,7 @@ from ray import tune
 from wilson_ray.errors import UserError
 from wilson_ray.orchestration import results as R
 from wilson_ray.orchestration import cluster
+from wilson_ray.orchestration.backends import alive_nodes, check_shared_sqlite, optuna_storage_url, redact
 from wilson_ray.orchestration.cluster import check_cluster, init_ray, trainer_kind
 from wilson_ray.orchestration.compat import WilsonOptunaSearch
 from wilson_ray.orchestration.console import ConsoleReporter, asha_rungs, plan_line
@@ -69,6 +70,7 @@ class SweepOptions:
     gpus_per_worker: float | None = None
     tracking_uri: str | None = None
     tracking: bool = True
+    optuna_storage: str | None = None  # SQLAlchemy URL of the Optuna study (default: sqlite in the sweep folder)
     trainer: str | None = None  # auto | torch | direct (default: the space's resources.trainer)
     address: str | None = None
     num_cpus: int | None = None  # logical CPUs of a local cluster (default: this machine's)
@@ -186,12 +188,15 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
     started = init_ray(opts.address, opts.num_cpus)
     try:
         concurrency = check_cluster(workers, cpus, gpus, num_samples)
+        optuna_url = optuna_storage_url(opts.optuna_storage, sweep_path)
+        check_shared_sqlite(storage, alive_nodes(), uri, optuna_url, log)  # no SQLite written from many nodes
         sweep_path.mkdir(parents=True, exist_ok=True)
         R.write_sweep(storage, name, {
             "name": name, "fingerprint": fingerprint, "space": str(space.path.resolve()), "step": space.step,
             "metric": space.metric, "mode": space.mode, "multi_objective": space.multi_objective,
             "keys": space.keys, "num_samples": num_samples, "workers_per_trial": workers,
-            "cpus_per_worker": cpus, "gpus_per_worker": gpus, "trainer": trainer, "tracking_uri": uri,
+            "cpus_per_worker": cpus, "gpus_per_worker": gpus, "trainer": trainer, "tracking_uri": uri and redact(uri),
+            "optuna_storage": redact(optuna_url),
             "cache_dir": str(storage / "step_cache"), "created": (previous or {}).get("created", time.time()),
             "base": base_cfg.to_dict(), "defaults": space.defaults() if space.evaluate_defaults else None,
             "epochs": _settings(opts, name, sweep_path, base_cfg, None, workers, cpus, gpus, trainer).epochs,
@@ -285,8 +290,10 @@ def _tuner(space: SearchSpace, settings: SweepSettings, sweep_path: Path, storag
         return tuner, True
     import optuna
 
-    db = f"sqlite:///{sweep_path / 'optuna.db'}"
-    storage_obj = optuna.storages.RDBStorage(db)
+    db = optuna_storage_url(opts.optuna_storage, sweep_path)
+    # a database server may restart during a long sweep: check pooled connections before use
+    storage_obj = optuna.storages.RDBStorage(db, engine_kwargs=None if db.startswith("sqlite") else
+                                             {"pool_pre_ping": True})
     try:  # a study left by a run that died before Tune's first experiment checkpoint: start it over
         optuna.delete_study(study_name=name, storage=storage_obj)
     except KeyError:
@@ -483,10 +490,10 @@ def print_outcome(out: SweepOutcome, log=print) -> None:
     else:
         log("no trial has an evaluation yet")
     if out.tracking_uri:
-        log(f"MLflow UI:   {ui_command(out.tracking_uri)}")
+        log(f"MLflow UI:   {ui_command(redact(out.tracking_uri))}")
         if out.mlflow_view:
             log(f"             the trials with their columns: {out.mlflow_view}")
-    log(f"Optuna:      optuna-dashboard sqlite:///{out.path / 'optuna.db'} --host 127.0.0.1   "
-        "(pip install -e '.[dashboard]')")
+    study = (R.read_sweep(out.path.parent, out.name) or {}).get("optuna_storage") or optuna_storage_url(None, out.path)
+    log(f"Optuna:      optuna-dashboard {study} --host 127.0.0.1   (pip install -e '.[dashboard]')")
     if out.report is not None:
         log(f"report:      {out.report}")
