@@ -30,7 +30,7 @@ def step0_ckpt(synth_root, tmp_path_factory):
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_runs_a_step(method, synth_root, step0_ckpt, tmp_path):
     overrides = {**TINY, "data.root": str(synth_root)}
-    if method in ("wilson", "cam"):
+    if method in ("wilson", "cam_online"):
         overrides["method.pseudo_epochs"] = 1  # one localizer-only epoch, then the full loss
     cfg = resolve_config("demo", method=method, overrides=overrides)
     joint = not METHODS[method].shares_step0  # the joint bound trains its own single step

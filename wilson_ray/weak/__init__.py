@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from wilson_ray.weak.base import LearnerSchedule, WeakLearner, denormalize, multiscale_flip
 
-LEARNERS: dict[str, type[WeakLearner]] = {}
+from wilson_ray.weak.cam import CamLearner
+from wilson_ray.weak.eps import EpsLearner
+
+LEARNERS: dict[str, type[WeakLearner]] = {cls.name: cls for cls in (CamLearner, EpsLearner)}
 
 
-def register(cls: type[WeakLearner]) -> type[WeakLearner]:
-    """Add ``cls`` to ``LEARNERS`` under its ``name``."""
-    LEARNERS[cls.name] = cls
-    return cls
-
-
-__all__ = ["LEARNERS", "LearnerSchedule", "WeakLearner", "denormalize", "multiscale_flip", "register"]
+__all__ = ["LEARNERS", "LearnerSchedule", "WeakLearner", "denormalize", "multiscale_flip"]
