@@ -155,6 +155,15 @@ def train_dataset(cfg: Config, task: Task, step: int, method: Method, check_only
     return dataset
 
 
+def check_step_inputs(cfg: Config, step: int) -> None:
+    """Raise the UserError the method's extra inputs at ``step`` would cause (e.g. a missing or mis-sized saliency
+    map), without preparing anything: a run that cannot reach that step writes nothing."""
+    task = task_of(cfg).train
+    method = get_method(cfg.method.name).for_step(cfg.method.args, task, step, no_mask=cfg.data.no_mask)
+    if method.extra_inputs:
+        train_dataset(cfg, task, step, method, check_only=True)
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, cfg: Config, device: torch.device, seed: int,
                 drop_last: bool) -> DataLoader:
     """DataLoader of one rank: a DistributedSampler for training under several ranks, an exact shard (every

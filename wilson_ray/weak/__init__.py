@@ -10,8 +10,11 @@ from wilson_ray.weak.base import LearnerSchedule, WeakLearner, denormalize, mult
 
 from wilson_ray.weak.cam import CamLearner
 from wilson_ray.weak.eps import EpsLearner
+from wilson_ray.weak.seam import SeamLearner
+from wilson_ray.weak.ss import SSLearner
 
-LEARNERS: dict[str, type[WeakLearner]] = {cls.name: cls for cls in (CamLearner, EpsLearner)}
+# Table order of the paper (Table 1): CAM, SEAM, SS, EPS.
+LEARNERS: dict[str, type[WeakLearner]] = {cls.name: cls for cls in (CamLearner, SeamLearner, SSLearner, EpsLearner)}
 
 
 __all__ = ["LEARNERS", "LearnerSchedule", "WeakLearner", "denormalize", "multiscale_flip"]
