@@ -106,3 +106,18 @@ def test_pseudo_mask_input_gets_the_image_crop_and_flip(synth_copy):
         image, mask, labels, extras = ds[i]
         assert extras["pseudo_mask"].shape == mask.shape == (40, 40)
         assert torch.equal(extras["pseudo_mask"], mask)  # same random resized crop and flip
+
+
+@pytest.mark.parametrize("name, keys", [("cam", {"method.bg_threshold", "method.lr"}),
+                                        ("eps", {"method.tau", "method.lam", "method.bg_threshold"})])
+def test_shipped_weak_spaces_load_with_the_paper_point_inside(name, keys):
+    from pathlib import Path
+
+    from wilson_ray.orchestration.search_space import flatten, load_search_space
+
+    space = load_search_space(Path(__file__).resolve().parents[1] / "search_spaces" / f"{name}.yaml")
+    assert keys <= set(space.keys) and space.base_config().method.name == name
+    defaults = space.defaults()
+    assert all(p.contains(defaults[p.key]) for p in space.params)
+    flat = flatten(space.resolve(defaults).to_dict())
+    assert all(flat[k] == v for k, v in defaults.items())
