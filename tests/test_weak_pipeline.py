@@ -157,3 +157,14 @@ def test_short_eps_run_gives_masks_well_above_chance(synth48):
     chance = _labelled_class_everywhere_iou(view)
     assert quality["images"] == len(view) > 50
     assert quality["mask_miou_new"] > max(1.6 * chance, chance + MARGIN), (quality["mask_miou_new"], chance)
+
+
+def test_learner_backbone_is_the_runs_or_its_own_at_stride_8():
+    cfg = resolve_config("voc-15-5", method="eps")
+    own = pipeline.learner_model_config(cfg, cfg.method.args)
+    assert (own.backbone, own.pretrained, own.output_stride) == ("resnet101", "torchvision", 8)
+    cfg = resolve_config("voc-15-5", method="eps", overrides={"method.backbone": "wideresnet38",
+                                                              "method.pretrained": "iabn:/w/wrn38.pth.tar"})
+    own = pipeline.learner_model_config(cfg, cfg.method.args)
+    assert (own.backbone, own.pretrained, own.output_stride) == ("wideresnet38", "iabn:/w/wrn38.pth.tar", 8)
+    assert cfg.model.backbone == "resnet101"  # the segmenter keeps the run's backbone

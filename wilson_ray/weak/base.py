@@ -41,6 +41,8 @@ class LearnerSchedule:
     momentum: float = 0.9
     power: float = 0.9  # poly decay of the learning rate
     max_iters_per_epoch: int | None = None  # cap for short runs; None = full epochs
+    backbone: str | None = None  # None: the run's model.backbone; e.g. wideresnet38 (the WSSS repos' ResNet-38)
+    pretrained: str | None = None  # the learner's ImageNet init when it has its own backbone (model.pretrained format)
 
 
 class WeakLearner(abc.ABC):

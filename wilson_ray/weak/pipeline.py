@@ -157,9 +157,16 @@ def learner_datasets(cfg: Config, task: Task, step: int, learner_cls: type[WeakL
     return _LearnerView(dataset, columns), InferenceView(dataset, columns)
 
 
-def learner_model_config(cfg: Config):
-    """The learner's backbone settings: the run's backbone and init at the WSSS nets' output stride 8."""
-    return dataclasses.replace(cfg.model, output_stride=LEARNER_OUTPUT_STRIDE)
+def learner_model_config(cfg: Config, params: Any):
+    """The learner's backbone settings at the WSSS nets' output stride 8: the run's backbone and init, or the
+    learner's own ``backbone`` with its ``pretrained`` init (e.g. Wide-ResNet-38 as in the paper's rows)."""
+    m = cfg.model
+    backbone, pretrained = getattr(params, "backbone", None), getattr(params, "pretrained", None)
+    if backbone is not None and backbone != m.backbone:
+        m = dataclasses.replace(m, backbone=backbone, pretrained=pretrained)
+    elif pretrained is not None:
+        m = dataclasses.replace(m, pretrained=pretrained)
+    return dataclasses.replace(m, output_stride=LEARNER_OUTPUT_STRIDE)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -174,7 +181,7 @@ def train_learner(learner: WeakLearner, cfg: Config, dataset: Dataset, device: t
 
     p = learner.p
     torch.manual_seed(seed)
-    net = learner.build_net(learner_model_config(cfg)).to(device)
+    net = learner.build_net(learner_model_config(cfg, p)).to(device)
     optimizer = torch.optim.SGD(learner.param_groups(net, p.lr, p.weight_decay), lr=p.lr, momentum=p.momentum)
     batch_size = min(p.batch_size, len(dataset))
     workers = cfg.data.num_workers
