@@ -40,10 +40,15 @@ def _densecrf():
     return dcrf
 
 
+def require_crf() -> None:
+    """Raise the one-line UserError when ``pydensecrf2`` is missing."""
+    _densecrf()
+
+
 def crf_available() -> bool:
     """Whether ``pydensecrf2`` imports here."""
     try:
-        _densecrf()
+        require_crf()
     except UserError:
         return False
     return True
@@ -84,4 +89,4 @@ def dense_crf(
     return np.asarray(crf.inference(int(iterations)), dtype=np.float32).reshape(c, h, w)
 
 
-__all__ = ["CrfKernels", "MISSING", "crf_available", "dense_crf"]
+__all__ = ["CrfKernels", "MISSING", "crf_available", "dense_crf", "require_crf"]

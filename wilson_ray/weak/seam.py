@@ -35,7 +35,7 @@ from wilson_ray.models.backbone import build_backbone
 from wilson_ray.models.weights import load_backbone_weights
 from wilson_ray.weak import affinity as aff
 from wilson_ray.weak.base import LearnerSchedule, WeakLearner, denormalize, multiscale_flip
-from wilson_ray.weak.crf import CrfKernels, dense_crf
+from wilson_ray.weak.crf import CrfKernels, dense_crf, require_crf
 from wilson_ray.weak.frozen_bn import FrozenBNMixin, freeze_bn_, wants_frozen_bn
 
 IGNORE = 255
@@ -248,6 +248,8 @@ class SeamLearner(WeakLearner):
 
     def __init__(self, params, num_classes: int):
         super().__init__(params, num_classes)
+        if params.mask_mode == "full":
+            require_crf()  # fail before training, not after it
         self.model_cfg = None
         self.affinity_net: aff.AffinityNet | None = None
 

@@ -28,7 +28,7 @@ from wilson_ray.models.head import DeepLabV3Head
 from wilson_ray.models.weights import load_backbone_weights
 from wilson_ray.pamr import pamr
 from wilson_ray.weak.base import LearnerSchedule, WeakLearner, denormalize, multiscale_flip
-from wilson_ray.weak.crf import dense_crf
+from wilson_ray.weak.crf import dense_crf, require_crf
 from wilson_ray.weak.frozen_bn import FrozenBNMixin, wants_frozen_bn
 
 
@@ -146,6 +146,11 @@ def background_power(probs: torch.Tensor, power: float) -> torch.Tensor:
 class SSLearner(WeakLearner):
     name = "ss"
     Params = SSParams
+
+    def __init__(self, params, num_classes: int):
+        super().__init__(params, num_classes)
+        if params.crf:
+            require_crf()  # fail before training, not after it
 
     def build_net(self, model_cfg) -> nn.Module:
         body = build_backbone(model_cfg.backbone, output_stride=model_cfg.output_stride, norm=model_cfg.norm,
