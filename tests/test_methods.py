@@ -20,6 +20,15 @@ TINY = {
 }
 
 
+_LEARNER = {"method.epochs": 1, "method.max_iters_per_epoch": 2, "method.batch_size": 4, "method.crop_size": 32,
+            "method.scales": [1.0], "method.flip": False}
+WEAK_TINY = {
+    "cam": _LEARNER, "eps": _LEARNER,
+    "seam": {**_LEARNER, "method.aff_epochs": 1, "method.aff_crop_size": 32, "method.aff_batch_size": 4},
+    "ss": {**_LEARNER, "method.pretrain_epochs": 0, "method.pamr_iterations": 2},
+}
+
+
 @pytest.fixture(scope="module")
 def step0_ckpt(synth_root, tmp_path_factory):
     cfg = resolve_config("demo", overrides={**TINY, "data.root": str(synth_root)})
@@ -30,8 +39,10 @@ def step0_ckpt(synth_root, tmp_path_factory):
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_runs_a_step(method, synth_root, step0_ckpt, tmp_path):
     overrides = {**TINY, "data.root": str(synth_root)}
-    if method in ("wilson", "cam"):
+    if method in ("wilson", "cam_online"):
         overrides["method.pseudo_epochs"] = 1  # one localizer-only epoch, then the full loss
+    if method in WEAK_TINY:  # an image-label row: a tiny learner makes its pseudo-masks first
+        overrides.update(WEAK_TINY[method])
     cfg = resolve_config("demo", method=method, overrides=overrides)
     joint = not METHODS[method].shares_step0  # the joint bound trains its own single step
     seen = []

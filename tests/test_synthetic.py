@@ -30,7 +30,7 @@ def test_same_seed_same_bytes_different_seed_differs(tmp_path):
     synthetic.generate(tmp_path / "c", seed=4, **SMALL)
     a, b, c = (tree_hashes(tmp_path / n) for n in "abc")
     assert a == b
-    assert len(a) == 2 * (12 + 6) + 5  # images + masks, 2 lists, 2 label files, synthetic.json
+    assert len(a) == 3 * (12 + 6) + 5  # images + masks + saliency maps, 2 lists, 2 label files, synthetic.json
     assert set(a) == set(c)
     differing = [k for k in a if a[k] != c[k]]
     assert len(differing) > 30

@@ -40,7 +40,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: Literal["resnet101", "resnet50", "small"] = "resnet101"
+    backbone: Literal["resnet101", "resnet50", "small", "wideresnet38"] = "resnet101"
     output_stride: Literal[8, 16] = 16
     norm: Literal["bn_leaky", "bn_relu"] = "bn_leaky"
     pretrained: str | None = None  # None, "torchvision", a torchvision-format .pth, or "iabn:<path>"

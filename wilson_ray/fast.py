@@ -51,13 +51,16 @@ def fold_conv_bn_(module: nn.Module) -> int:
 
     Recognised patterns (all those of the models in ``wilson_ray.models``): attributes ``convN``/``bnN`` of
     torchvision blocks and of the ResNet stem, ``downsample = Sequential(conv, bn)``, and ``Sequential(conv,
-    Sequential(bn, act))`` / ``(conv, bn)`` pairs. The head's ``map_bn`` follows a concatenation and is left alone.
+    Sequential(bn, act))`` / ``(conv, bn)`` pairs (WRN-38's ``convs``). The head's ``map_bn`` follows a
+    concatenation and a pre-activation block's ``bn1`` precedes its convs: both are left alone.
     Only valid for a module that stays in eval mode.
     """
     count = 0
     for parent in list(module.modules()):
-        # torchvision Bottleneck / BasicBlock and the ResNet stem: conv1/bn1, conv2/bn2, conv3/bn3
-        for i in (1, 2, 3):
+        # torchvision Bottleneck / BasicBlock and the ResNet stem: conv1/bn1, conv2/bn2, conv3/bn3. Not inside a
+        # Sequential: its order is known (rule below), and a pre-activation block's ``convs`` (WRN-38: conv1, bn2,
+        # conv2, bn3, conv3) has bnN *before* convN.
+        for i in (1, 2, 3) if not isinstance(parent, nn.Sequential) else ():
             conv, bn = getattr(parent, f"conv{i}", None), getattr(parent, f"bn{i}", None)
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
                 setattr(parent, f"conv{i}", _fold(conv, bn))

@@ -16,7 +16,7 @@ from wilson_ray.checkpoint import load_checkpoint
 from wilson_ray.engine import Callback, StepResult, train_step
 from wilson_ray.methods import get_method
 from wilson_ray.protocol import get_task
-from wilson_ray.step_setup import task_of
+from wilson_ray.step_setup import check_step_inputs, task_of
 
 
 @dataclass
@@ -50,6 +50,9 @@ def run_task(cfg: Config, out_dir: str | Path | None, cache_dir: str | Path, ste
     task = task_of(cfg).train
     steps = list(range(task.num_steps)) if steps is None else list(steps)
     out = Path(out_dir) if out_dir else None
+    for step in steps:  # a missing saliency map or pseudo-mask input fails here, before anything is written
+        if step > 0:
+            check_step_inputs(cfg, task.check_step(step))
     rows: list[StepRow] = []
     for step in steps:
         task.check_step(step)
@@ -73,6 +76,20 @@ def run_task(cfg: Config, out_dir: str | Path | None, cache_dir: str | Path, ste
         write_results(out / "results.json", cfg, rows)
         atomic_write_text(out / "config.yaml", dump_config(cfg))
     return rows
+
+
+def mask_quality(cfg: Config, step: int) -> float | None:
+    """The pseudo-mask mIoU (background + new classes, vs the ground truth of the step's training images) of an
+    image-label row's cached masks at ``step``; None for a method without offline masks."""
+    from wilson_ray.methods.wsss import WsssRow
+    from wilson_ray.weak import pipeline
+
+    method = get_method(cfg.method.name)
+    if step == 0 or not issubclass(method, WsssRow):
+        return None
+    task = task_of(cfg).train
+    quality = pipeline.read_quality(pipeline.mask_folder(cfg, task, step, method.learner.name, cfg.method.args))
+    return None if quality is None else quality["mask_miou"]
 
 
 def results_dict(cfg: Config, rows: list[StepRow]) -> dict:

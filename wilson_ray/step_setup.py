@@ -121,15 +121,47 @@ class WithExtraInputs(Dataset):
         return image, mask, labels, {name: self.dataset.extra_input(name, index) for name in self.names}
 
 
-def train_dataset(cfg: Config, task: Task, step: int, method: Method) -> Dataset:
-    """The step's training set, with the method's extra inputs; an empty one is a UserError."""
+def extra_inputs(cfg: Config, task: Task, step: int, method: Method, check_only: bool = False) -> tuple:
+    """The ``ExtraInput`` folders of the method's ``extra_inputs`` at ``step``: those the method prepares itself
+    (``Method.prepare_inputs``, e.g. offline pseudo-masks; left out under ``check_only``, which writes nothing)
+    and those the data supplies (saliency maps)."""
+    from wilson_ray.data.extras import data_input
+
+    if not method.extra_inputs:
+        return ()
+    own = method.prepare_inputs(cfg, check_only=check_only)
+    root = data_root(cfg, task.train_data[step])
+    out = []
+    for name in method.extra_inputs:
+        if name not in own:
+            out.append(data_input(name, root, method.name))
+        elif own[name] is not None:
+            out.append(own[name])
+    return tuple(out)
+
+
+def train_dataset(cfg: Config, task: Task, step: int, method: Method, check_only: bool = False) -> Dataset:
+    """The step's training set, with the method's extra inputs (each file checked); an empty one is a UserError.
+    ``check_only``: the same checks, without preparing the method's own inputs (nothing is written)."""
     dataset = build_step_dataset(cfg, task, step, "train")
     if len(dataset) == 0:
         raise UserError(f"data.root {cfg.data.root}: no training image of task '{task.name}' step {step} "
                         f"({'overlap' if cfg.data.overlap else 'disjoint'}), expected at least one")
     if method.extra_inputs:
-        dataset = WithExtraInputs(dataset, tuple(method.extra_inputs), method.name)
+        if callable(getattr(dataset, "with_extras", None)):
+            dataset = dataset.with_extras(extra_inputs(cfg, task, step, method, check_only))
+        else:
+            dataset = WithExtraInputs(dataset, tuple(method.extra_inputs), method.name)
     return dataset
+
+
+def check_step_inputs(cfg: Config, step: int) -> None:
+    """Raise the UserError the method's extra inputs at ``step`` would cause (e.g. a missing or mis-sized saliency
+    map), without preparing anything: a run that cannot reach that step writes nothing."""
+    task = task_of(cfg).train
+    method = get_method(cfg.method.name).for_step(cfg.method.args, task, step, no_mask=cfg.data.no_mask)
+    if method.extra_inputs:
+        train_dataset(cfg, task, step, method, check_only=True)
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, cfg: Config, device: torch.device, seed: int,

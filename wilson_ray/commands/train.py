@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 from pathlib import Path
 
 from wilson_ray.atomic import atomic_write_text
 from wilson_ray.config import Config, parse_overrides, resolve_config
 from wilson_ray.errors import UserError
 
-PAPER_TABLE_METHODS = ("joint", "finetune", "lwf", "ilt", "mib", "cam", "wilson")
+PAPER_TABLE_METHODS = ("joint", "finetune", "lwf", "ilt", "mib", "cam", "seam", "ss", "eps", "wilson")
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
@@ -97,22 +98,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_table(args: argparse.Namespace) -> int:
     """Every method of the paper's table on one task, sharing one cached step 0."""
-    from wilson_ray.runner import format_table, run_task
+    from wilson_ray.cache import cached_step
+    from wilson_ray.methods import get_method
+    from wilson_ray.runner import format_table, mask_quality, run_task
+    from wilson_ray.step_setup import check_step_inputs, task_of
 
     methods = args.methods.split(",") if args.methods else list(PAPER_TABLE_METHODS)
     out = Path(args.out)
+    configs = {method: config_from_args(args, method=method) for method in methods}  # bad name: error first
+    for cfg in configs.values():  # every row's inputs (saliency maps) checked before anything trains
+        view = task_of(cfg)
+        for step in range(1, view.train.num_steps):
+            check_step_inputs(cfg, step)
+    shared = next((c for c in configs.values() if get_method(c.method.name).shares_step0), None)
+    if shared is not None:  # the shared step 0 first, so no row's time includes it
+        cached_step(shared, 0, _cache_dir(args))
     table = []
-    for method in methods:
-        cfg = config_from_args(args, method=method)
+    for method, cfg in configs.items():
+        start = time.perf_counter()
         rows = run_task(cfg, out / method, _cache_dir(args))
+        seconds = time.perf_counter() - start
         print(format_table(cfg, rows), flush=True)
         first, last = rows[0].metrics, rows[-1].metrics
         table.append({"method": method, "step0_old": first.get("miou_old"), **{
-            k: last.get(k) for k in ("miou_old", "miou_new", "miou_all", "miou_all_mib")}})
+            k: last.get(k) for k in ("miou_old", "miou_new", "miou_all", "miou_all_mib")},
+            "mask_miou": mask_quality(cfg, rows[-1].step), "seconds": round(seconds, 1)})
     fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}"  # noqa: E731
-    md = ["| method | step-0 old | old | new | all | all (MiB) |", "|---|---|---|---|---|---|"]
+    md = ["| method | step-0 old | old | new | all | all (MiB) | mask mIoU | time (s) |",
+          "|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['method']} | {fmt(r['step0_old'])} | {fmt(r['miou_old'])} | {fmt(r['miou_new'])} | "
-           f"{fmt(r['miou_all'])} | {fmt(r['miou_all_mib'])} |" for r in table]
+           f"{fmt(r['miou_all'])} | {fmt(r['miou_all_mib'])} | {fmt(r['mask_miou'])} | {r['seconds']:.0f} |"
+           for r in table]
     atomic_write_text(out / "table.md", "\n".join(md) + "\n")
     atomic_write_text(out / "table.json", json.dumps(table, indent=2, default=lambda v: None))
     print("\n".join(md))
@@ -123,7 +139,8 @@ def cmd_table(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("train", help="run an incremental task in one process (step 0 cached, then every step)")
     add_config_arguments(p)
-    p.add_argument("--method", help="joint, finetune, lwf, ilt, mib, cam, wilson (default: the preset's)")
+    p.add_argument("--method", help="joint, finetune, lwf, ilt, mib, cam_online, wilson, cam, seam, ss, eps "
+                                    "(default: the preset's)")
     p.add_argument("--out", help="folder for the checkpoints, results.json and the resolved config.yaml")
     p.add_argument("--steps", help="comma-separated steps to run (default: all)")
     p.add_argument("--cache-dir", help="step cache (default: $WILSON_RAY_CACHE or ~/.cache/wilson-ray/steps)")

@@ -8,6 +8,7 @@ explicit ``source``).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -16,9 +17,11 @@ from typing import Callable, Mapping, Union
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
 
 from wilson_ray import protocol
 from wilson_ray.data import coco, voc
+from wilson_ray.data.extras import ExtraInput
 from wilson_ray.data.manifest import Manifest, read_image, read_mask
 from wilson_ray.data.transforms import EVAL_MODES, eval_transform, to_tv_tensors, train_transform
 from wilson_ray.errors import UserError
@@ -97,10 +100,13 @@ def label_matrix(task: Task, step: int, presence: np.ndarray, no_mask: bool = Fa
 
 
 class SegmentationDataset(Dataset):
-    """Images of ``manifest`` at ``indices``; items are ``(image [3,H,W] float, mask [H,W] long, labels [C-1] float)``.
+    """Images of ``manifest`` at ``indices``; items are ``(image [3,H,W] float, mask [H,W] long, labels [C-1] float)``,
+    plus ``{name: tensor}`` of the ``extras`` (``with_extras``), which get the image's crop and flip.
 
     Masks are validated on load (values, size) and mapped through ``lut`` (dataset id -> internal index).
     """
+
+    extras: tuple[ExtraInput, ...] = ()
 
     def __init__(self, manifest: Manifest, indices: np.ndarray, lut: np.ndarray, labels: np.ndarray,
                  transform: Callable, num_classes: int, class_names: list[str], task: Task | None = None,
@@ -141,10 +147,28 @@ class SegmentationDataset(Dataset):
             )
         return image, self.lut[mask]
 
+    def with_extras(self, extras: tuple[ExtraInput, ...]) -> "SegmentationDataset":
+        """A copy whose items also carry ``extras``; every file is checked first (exists, image's size), so a
+        missing or mis-sized one is a UserError before anything trains."""
+        images = self._images
+        for item in range(len(self)):
+            i = int(self.indices[item])
+            for extra in extras:
+                extra.check(self.image_id(item), self.manifest.root / images[i], self.manifest.where(i))
+        out = copy.copy(self)
+        out.extras = tuple(extras)
+        return out
+
     def __getitem__(self, item: int):
         image, mask = self.load(item)
-        image, mask = self.transform(*to_tv_tensors(image, mask))
-        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long(), self.labels[item]
+        if not self.extras:
+            image, mask = self.transform(*to_tv_tensors(image, mask))
+            return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long(), self.labels[item]
+        where = self.manifest.where(int(self.indices[item]))
+        raw = [tv_tensors.Mask(torch.from_numpy(e.read(self.image_id(item), image.size, where))) for e in self.extras]
+        image, mask, *raw = self.transform(*to_tv_tensors(image, mask), *raw)  # one crop/flip for all of them
+        extras = {e.name: e.finish(v.as_subclass(torch.Tensor)) for e, v in zip(self.extras, raw)}
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long(), self.labels[item], extras
 
 
 def task_lut(task: Task, step: int, training: bool, source: str) -> np.ndarray:

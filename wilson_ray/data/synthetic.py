@@ -13,7 +13,10 @@ What makes incremental learning on it non-trivial:
   noise, lines and blobs that are labelled background;
 * class frequencies are uneven, and a seed-dependent co-occurrence graph makes some classes appear together,
   so disjoint and overlap selections differ (e.g. 15-5 step 0 overlap keeps clearly more images);
-* like VOC, a void (255) band surrounds object boundaries.
+* like VOC, a void (255) band surrounds object boundaries;
+* ``SaliencyMaps/<id>.png`` (grey, 0..255) imitates an off-the-shelf salient-object detector for EPS: it fires on
+  every object whatever its label (old classes included), misses some objects and parts of others, fires on
+  some background clutter, and has soft blurred edges, so it is never the exact mask (``saliency_map``).
 
 Same arguments, same bytes: every random draw comes from ``numpy.random.default_rng`` seeded by (seed, split,
 image, attempt), and no timestamps are written.
@@ -38,7 +41,7 @@ from wilson_ray.data import voc
 from wilson_ray.errors import UserError
 from wilson_ray.protocol import VOC_CLASSES, VOID
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: SaliencyMaps/
 META_FILE = "synthetic.json"
 DEFAULT_SEED = 0
 DEFAULT_TRAIN = 1000
@@ -295,6 +298,13 @@ def void_band(label: np.ndarray, width: int) -> np.ndarray:
 
 def render_scene(rng: np.random.Generator, classes: list[int], size: int) -> tuple[np.ndarray, np.ndarray]:
     """One scene: image uint8 [S, S, 3] and mask uint8 [S, S] (VOC ids, 255 boundary band); objects drawn in order."""
+    img, mask, _ = render_scene_layers(rng, classes, size)
+    return img, mask
+
+
+def render_scene_layers(rng: np.random.Generator, classes: list[int], size: int
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``render_scene`` plus the object label map uint8 [S, S] without the void band."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     img = _background(rng, yy, xx)
     label = np.zeros((size, size), dtype=np.uint8)
@@ -305,7 +315,36 @@ def render_scene(rng: np.random.Generator, classes: list[int], size: int) -> tup
     img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
     mask = label.copy()
     mask[void_band(label, 3 if size < 200 else 5)] = VOID
-    return img, mask
+    return img, mask, label
+
+
+def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Low-frequency noise [S, S] in 0..1 (a random cells×cells grid, bicubic-upsampled)."""
+    grid = Image.fromarray((rng.random((cells, cells)) * 255).astype(np.uint8))
+    return np.asarray(grid.resize((size, size), Image.BICUBIC), np.float32) / 255.0
+
+
+def saliency_map(rng: np.random.Generator, label: np.ndarray) -> np.ndarray:
+    """An imperfect saliency map uint8 [S, S] of a scene's label map, as a salient-object detector gives: every
+    object fires whatever its class (p = 0.85) with its own confidence and a smooth fade over its parts, a
+    background blob fires sometimes (p = 0.35), edges are Gaussian-blurred and a little noise is added."""
+    s = label.shape[0]
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) + 0.5
+    sal = np.zeros((s, s), np.float32)
+    for cls in np.unique(label[label > 0]):
+        if rng.random() < 0.15:  # missed object
+            continue
+        region = label == cls
+        gain = 0.5 + 0.5 * _smooth_field(rng, s, int(rng.integers(2, 5)))  # parts fade
+        sal[region] = np.maximum(sal[region], rng.uniform(0.8, 1.0) * gain[region])
+    if rng.random() < 0.35:  # salient clutter: fires on an unlabelled background region
+        cx, cy = rng.uniform(0.1, 0.9, 2) * s
+        r = rng.uniform(0.06, 0.16) * s
+        blob = np.hypot((xx - cx) / rng.uniform(0.6, 1.4), yy - cy) <= r
+        sal[blob] = np.maximum(sal[blob], rng.uniform(0.4, 0.9))
+    blurred = Image.fromarray((sal * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(rng.uniform(0.015, 0.03) * s))
+    out = np.asarray(blurred, np.float32) / 255.0 + rng.normal(0, 0.03, (s, s))
+    return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -345,15 +384,15 @@ def image_id(split: str, i: int) -> str:
 
 
 def _render_with_coverage(seed: int, split: str, i: int, classes: list[int], n_forced: int,
-                          size: int) -> tuple[np.ndarray, np.ndarray]:
+                          size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render image ``i``, redrawing (new attempt seed) until its forced classes keep enough visible pixels."""
     forced = classes[len(classes) - n_forced:]
     for attempt in range(_MAX_ATTEMPTS):
         rng = np.random.default_rng([seed, _split_code(split), i, attempt])
-        img, mask = render_scene(rng, classes, size)
+        img, mask, label = render_scene_layers(rng, classes, size)
         counts = np.bincount(mask.ravel(), minlength=256)
         if all(counts[c] >= _MIN_FORCED_PIXELS for c in forced):
-            return img, mask
+            return img, mask, label
     raise RuntimeError(f"synthetic {split} image {i}: forced classes {forced} not visible after {_MAX_ATTEMPTS} draws")
 
 
@@ -362,8 +401,11 @@ def _write_split(folder: Path, model: SceneModel, params: SynthParams, split: st
     n = getattr(params, split)
     lines, presence = [], np.zeros((n, NUM_FG), dtype=np.float64)
     for i, (classes, n_forced) in enumerate(plan_split(model, params.seed, split, n)):
-        img, mask = _render_with_coverage(params.seed, split, i, classes, n_forced, params.size)
+        img, mask, label = _render_with_coverage(params.seed, split, i, classes, n_forced, params.size)
         name = image_id(split, i)
+        # Its own random stream: the images and masks stay those of a dataset without saliency maps.
+        sal = saliency_map(np.random.default_rng([params.seed, _split_code(split), i, 0x5A1]), label)
+        Image.fromarray(sal).save(folder / voc.SALIENCY_DIR / f"{name}.png", format="PNG")
         Image.fromarray(img).save(folder / voc.IMAGE_DIR / f"{name}.jpg", format="JPEG", quality=90)
         png = Image.fromarray(mask)
         png.putpalette(VOC_PALETTE)
@@ -433,7 +475,7 @@ def generate(out: str | Path, seed: int = DEFAULT_SEED, train: int = DEFAULT_TRA
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        for folder in (voc.IMAGE_DIR, voc.MASK_DIR, "splits"):
+        for folder in (voc.IMAGE_DIR, voc.MASK_DIR, voc.SALIENCY_DIR, "splits"):
             (tmp / folder).mkdir()
         counts = {}
         for split in voc.SPLITS:

@@ -4,6 +4,7 @@ Layout under the dataset root::
 
     JPEGImages/<id>.jpg
     SegmentationClassAug/<id>.png          values 0..20 and 255
+    SaliencyMaps/<id>.png                  optional, for EPS: a salient-object detector's map (grey or RGB)
     splits/train_aug.txt, splits/val.txt   lines "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png"
     voc_1h_labels_train.npy, voc_1h_labels_val.npy   optional presence tables [N, 20]
 
@@ -25,6 +26,7 @@ LIST_FILES = {"train": "splits/train_aug.txt", "val": "splits/val.txt"}
 LABEL_FILES = {"train": "voc_1h_labels_train.npy", "val": "voc_1h_labels_val.npy"}
 IMAGE_DIR = "JPEGImages"
 MASK_DIR = "SegmentationClassAug"
+SALIENCY_DIR = "SaliencyMaps"  # optional: <id>.png per image from a salient-object detector (EPS, data/extras.py)
 LINE_FORMAT = "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png"
 
 VOC_SPEC = SourceSpec("voc", len(VOC_CLASSES) - 1, valid_value_table(len(VOC_CLASSES) - 1))

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from wilson_ray.errors import UserError
 from wilson_ray.methods.base import Method
-from wilson_ray.methods.cam import Cam
+from wilson_ray.methods.cam_online import CamOnline
 from wilson_ray.methods.finetune import Finetune
 from wilson_ray.methods.ilt import ILT
 from wilson_ray.methods.joint import Joint
 from wilson_ray.methods.lwf import LwF
 from wilson_ray.methods.mib import MiB
 from wilson_ray.methods.wilson import Wilson
+from wilson_ray.methods.wsss import wsss_method
+from wilson_ray.weak import LEARNERS
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Joint, Finetune, LwF, ILT, MiB, Cam, Wilson)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Joint, Finetune, LwF, ILT, MiB, CamOnline, Wilson)}
+# The image-label rows on offline pseudo-masks (cam, seam, ss, eps): one per registered weak learner.
+METHODS.update({name: wsss_method(learner) for name, learner in LEARNERS.items()})
 
 
 def get_method(name: str) -> type[Method]:

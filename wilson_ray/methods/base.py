@@ -7,6 +7,8 @@ where the methods of the literature differ, so the engine never branches on a me
 - ``for_step``       the strategy of a step: at step 0 every method that ``shares_step0`` trains the same
                      fully-supervised BCE step (``StepZero``, method.md §3.1), so a sweep shares one step-0 checkpoint;
 - ``extra_inputs``   per-sample inputs beyond (image, mask, labels) the dataset must supply (e.g. saliency maps);
+- ``prepare_inputs`` before the step's datasets exist: build the inputs the method makes itself (offline
+                     pseudo-masks, computed once and cached) so every loader worker and rank reads them;
 - ``before_training`` a pass before the first epoch given the old model and the step's training data
                      (e.g. thresholds, prototypes, offline pseudo-masks);
 - ``param_groups``   which parameters train and at which learning rate (e.g. a frozen encoder);
@@ -31,7 +33,8 @@ from wilson_ray.models.segmenter import ModelOutput
 from wilson_ray.protocol import Task
 
 if TYPE_CHECKING:
-    from wilson_ray.config import OptimConfig
+    from wilson_ray.config import Config, OptimConfig
+    from wilson_ray.data.extras import ExtraInput
 
 
 @dataclass
@@ -145,6 +148,13 @@ class Method(abc.ABC):
         ``lr``, head + classifiers at ``lr × lr_head``, localizer at ``lr_localizer``. A method that freezes a
         part leaves its group out (and sets ``requires_grad_(False)`` in ``on_model_ready``)."""
         return default_param_groups(module, optim)
+
+    def prepare_inputs(self, cfg: Config, check_only: bool = False) -> dict[str, ExtraInput | None]:
+        """Before the step's datasets exist: make the per-sample inputs this method supplies itself (e.g. offline
+        pseudo-masks, trained once and cached) and return them by name; the data supplies the other
+        ``extra_inputs`` (saliency maps). ``check_only``: validate what making them needs and write nothing; the
+        inputs it would make map to None."""
+        return {}
 
     def before_training(self, ctx: Context, loader: Any) -> None:
         """Hook after the models and loaders are ready and before the first epoch: ``ctx.old_model`` is the frozen

@@ -1,4 +1,5 @@
-"""Encoders ("body") for the segmenter: torchvision ResNet-50/101 and a tiny CPU ResNet (method.md §2.1).
+"""Encoders ("body") for the segmenter: torchvision ResNet-50/101, a tiny CPU ResNet (method.md §2.1) and
+Wide-ResNet-38 (``wideresnet.py``).
 
 Every norm is a plain ``nn.BatchNorm2d`` so ``nn.SyncBatchNorm.convert_sync_batchnorm`` works unchanged; the
 activation is LeakyReLU(0.01) (``bn_leaky``, the InPlace-ABN equivalent of §2.4) or ReLU (``bn_relu``).
@@ -13,7 +14,9 @@ from torchvision.models.resnet import BasicBlock, resnet50, resnet101
 from wilson_ray.errors import UserError
 
 NORMS = ("bn_leaky", "bn_relu")
-BACKBONES = ("resnet50", "resnet101", "small")
+BACKBONES = ("resnet50", "resnet101", "small", "wideresnet38")
+# forward_features keys, shallow to deep; every backbone returns all of them (see ResNetBody.forward_features).
+STAGES = ("conv3", "conv4", "conv5", "conv6", "out")
 LEAKY_SLOPE = 0.01
 
 
@@ -99,10 +102,27 @@ class ResNetBody(nn.Module):
         self.out_channels = out_channels
         self.arch = arch
         self.output_stride = output_stride
+        self.stage_channels = dict(zip(STAGES, [_out_width(s) for s in layers] + [out_channels]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Stage outputs under the names of :class:`~wilson_ray.models.wideresnet.WideResNet38.forward_features`:
+        conv3..conv6 = layer1..layer4 (strides 4, 8, then the output stride; ResNet-50/101 widths 256/512/1024/2048,
+        as WRN-38's conv3..conv6), ``out`` = layer4 (what ``forward`` returns)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        feats = {}
+        for name, layer in zip(STAGES, (self.layer1, self.layer2, self.layer3, self.layer4)):
+            x = feats[name] = layer(x)
+        feats["out"] = x
+        return feats
+
+
+def _out_width(stage: nn.Sequential) -> int:
+    """Output channels of a torchvision ResNet stage (its last block's last BN)."""
+    return [m for m in stage[-1].modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
 
 
 def _torchvision_resnet(name: str, output_stride: int, norm: str) -> ResNetBody:
@@ -157,18 +177,24 @@ def _small_resnet(output_stride: int, norm: str, width: int) -> ResNetBody:
 
 def build_backbone(
     name: str, output_stride: int = 16, norm: str = "bn_leaky", small_width: int = 16
-) -> ResNetBody:
-    """Build the encoder of method.md §2.1: ``resnet50``/``resnet101`` (torchvision, random init) or ``small``.
+) -> nn.Module:
+    """Build the encoder of method.md §2.1: ``resnet50``/``resnet101`` (torchvision, random init), ``small``, or
+    ``wideresnet38`` (:class:`~wilson_ray.models.wideresnet.WideResNet38`, 4096 channels; OS 8 as the paper ran it).
 
-    Output stride 16 dilates all of stage 5 by 2; output stride 8 dilates stage 4 by 2 and stage 5 by 4.
-    The returned module has ``out_channels``, ``arch`` and ``output_stride`` attributes.
+    ResNets: output stride 16 dilates all of stage 5 by 2; output stride 8 dilates stage 4 by 2 and stage 5 by 4.
+    The returned module has ``out_channels``, ``arch``, ``output_stride`` and ``stage_channels`` attributes and a
+    ``forward_features(x) -> dict`` over :data:`STAGES` (shallow stage features for WSSS nets).
     """
     check_norm(norm)
     if name in ("resnet50", "resnet101"):
         return _torchvision_resnet(name, output_stride, norm)
     if name == "small":
         return _small_resnet(output_stride, norm, small_width)
+    if name == "wideresnet38":
+        from wilson_ray.models.wideresnet import WideResNet38  # wideresnet imports this module's norm helpers
+
+        return WideResNet38(output_stride=output_stride, norm=norm)
     raise UserError(f"model.backbone: found {name!r}, expected one of {', '.join(BACKBONES)}")
 
 
-__all__ = ["BACKBONES", "NORMS", "ResNetBody", "activation", "build_backbone", "check_norm", "norm_act"]
+__all__ = ["BACKBONES", "NORMS", "STAGES", "ResNetBody", "activation", "build_backbone", "check_norm", "norm_act"]

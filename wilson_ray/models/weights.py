@@ -1,5 +1,6 @@
 """ImageNet weights for the encoder: local torchvision-format files, torchvision's hub, and conversion of the
-Mapillary InPlace-ABN checkpoints used by WILSON (method.md §2.5)."""
+Mapillary InPlace-ABN checkpoints used by WILSON (method.md §2.5): ResNet-101 (``resnet101_iabn_sync.pth.tar``) and
+Wide-ResNet-38 A2 (``wide_resnet38_ipabn_lr_256.pth.tar``)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,21 @@ _IABN_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 # Classifier: not part of the body. bn_out: the final BN+act of pre-activation nets (WRN-38); a post-activation
 # ResNet has no place for it.
 _IABN_DROPPED = re.compile(r"^(classifier\.|bn_out\.)")
+# Wide-ResNet-38 A2 (pre-activation blocks, mod1..mod7): wideresnet.WideResNet38 uses the checkpoint's own names,
+# so these rules only validate; its bn_out is part of the body and kept.
+_WRN_RULES: tuple[re.Pattern[str], ...] = tuple(
+    re.compile(pattern)
+    for pattern in (
+        r"^mod1\.conv1\.weight$",
+        r"^mod[2-7]\.block\d+\.bn1\.\w+$",
+        r"^mod[2-7]\.block\d+\.convs\.(conv[123]\.weight|bn[23]\.\w+)$",
+        r"^mod[2-7]\.block\d+\.proj_conv\.weight$",
+        r"^bn_out\.\w+$",
+    )
+)
+_WRN_DROPPED = re.compile(r"^classifier\.")
+# Only the pre-activation net has mod6/mod7 or a BN at block level (the ResNet's BNs sit inside ``convs``).
+_WRN_MARKER = re.compile(r"^(mod[67]\.|mod\d\.block\d+\.bn1\.)")
 IABN_PREFIX = "iabn:"  # model.pretrained "iabn:<path>": a Mapillary InPlace-ABN checkpoint
 
 
@@ -82,6 +98,48 @@ def _is_iabn_layout(state: dict[str, torch.Tensor]) -> bool:
     return any(k.removeprefix("module.").startswith("mod1.") for k in state)
 
 
+def _is_wrn_layout(state: dict[str, torch.Tensor]) -> bool:
+    return any(_WRN_MARKER.match(k.removeprefix("module.")) for k in state)
+
+
+def _iabn_wrn38(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """Validate a Mapillary InPlace-ABN Wide-ResNet-38 A2 state dict and return it under WideResNet38's names
+    (``module.`` stripped, classifier dropped); every key of the net must be present."""
+    from wilson_ray.models.wideresnet import WideResNet38  # wideresnet -> backbone; weights stays importable alone
+
+    out: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if _WRN_DROPPED.match(key):
+            continue
+        if any(rule.match(key) for rule in _WRN_RULES):
+            out[key] = value  # IABN affine/running stats have BN's names and shapes
+        else:
+            unknown.append(key)
+    if unknown:
+        raise UserError(
+            f"{source}: {len(unknown)} keys do not fit the InPlace-ABN Wide-ResNet-38 layout (e.g. {unknown[:3]}), "
+            "expected mod1.conv1, mod2..mod7.blockN.bn1 / convs.convK / convs.bnK / proj_conv, bn_out, classifier.fc"
+        )
+    with torch.device("meta"):  # the key set only: no memory, no init cost
+        expected = [k for k in WideResNet38().state_dict() if not k.endswith("num_batches_tracked")]
+    missing = [k for k in expected if k not in out]
+    if missing:
+        raise UserError(
+            f"{source}: {len(missing)} keys of Wide-ResNet-38 are missing (e.g. {missing[:3]}), "
+            "expected a complete wide_resnet38 InPlace-ABN checkpoint (block counts 3/3/6/3/1/1)"
+        )
+    return out
+
+
+def _convert_iabn(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """Names of the InPlace-ABN state dict ``state`` in this toolkit's backbones: WRN-38 or torchvision ResNet."""
+    if _is_wrn_layout(state):
+        return _iabn_wrn38(state, source)
+    return _iabn_to_torchvision(state, source)
+
+
 def _iabn_to_torchvision(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     """Rename a Mapillary InPlace-ABN ResNet state dict to torchvision names (table-driven)."""
     out: dict[str, torch.Tensor] = {}
@@ -111,9 +169,13 @@ def _iabn_to_torchvision(state: dict[str, torch.Tensor], source: str) -> dict[st
 
 
 def convert_iabn_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Convert a Mapillary InPlace-ABN ImageNet ResNet checkpoint (e.g. ``resnet101_iabn_sync.pth.tar``,
-    method.md §2.5) to a torchvision-named ResNet state dict: strips ``module.``, drops the classifier (and a
-    pre-activation ``bn_out``), maps mod1 -> conv1/bn1 and mod2..mod5 -> layer1..layer4."""
+    """Convert a Mapillary InPlace-ABN ImageNet checkpoint (method.md §2.5) to a backbone state dict.
+
+    ResNet (``resnet101_iabn_sync.pth.tar``): torchvision names; strips ``module.``, drops the classifier, maps
+    mod1 -> conv1/bn1 and mod2..mod5 -> layer1..layer4. Wide-ResNet-38 A2 (``wide_resnet38_ipabn_lr_256.pth.tar``,
+    recognised by mod6/mod7 and block-level ``bn1``): :class:`~wilson_ray.models.wideresnet.WideResNet38` names
+    (the checkpoint's own without ``module.``), classifier dropped, ``bn_out`` kept, every key required.
+    """
     p = Path(path)
     state = _as_state_dict(_read_checkpoint(p, "iabn checkpoint"), p, "iabn checkpoint")
     if not _is_iabn_layout(state):
@@ -121,7 +183,7 @@ def convert_iabn_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Ten
             f"iabn checkpoint: {str(p)!r} has keys like {list(state)[:3]}, "
             "expected the InPlace-ABN layout ('module.mod1.conv1.weight', ...)"
         )
-    return _iabn_to_torchvision(state, f"iabn checkpoint {str(p)!r}")
+    return _convert_iabn(state, f"iabn checkpoint {str(p)!r}")
 
 
 def _load_into(backbone: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -132,10 +194,13 @@ def _load_into(backbone: nn.Module, state: dict[str, torch.Tensor], source: str)
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
+        arch = getattr(backbone, "arch", "?")
+        wanted = ("a Wide-ResNet-38 state dict (InPlace-ABN mod1..mod7 names)" if arch == "wideresnet38"
+                  else "a torchvision-format ResNet state dict of the same depth")
         raise UserError(
-            f"model.pretrained: {source} does not match backbone {getattr(backbone, 'arch', '?')!r}: "
+            f"model.pretrained: {source} does not match backbone {arch!r}: "
             f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected keys "
-            f"(e.g. {unexpected[:3]}); expected a torchvision-format ResNet state dict of the same depth"
+            f"(e.g. {unexpected[:3]}); expected {wanted}"
         )
     wrong = [
         f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state.items() if v.shape != expected[k].shape
@@ -179,7 +244,8 @@ def load_backbone_weights(backbone: nn.Module, source: str | None) -> None:
     ``source``: ``None``/``"none"`` keeps the random init; ``"torchvision"`` uses torchvision's
     IMAGENET1K_V2 ResNet weights from the hub cache, downloading only if the host answers within 3 s;
     ``"iabn:<path>"`` a Mapillary InPlace-ABN checkpoint (``module.`` prefix, BN parameters and running
-    statistics in the fused ``bn`` modules), converted with :func:`convert_iabn_checkpoint`'s mapping;
+    statistics in the fused ``bn`` modules; ResNet or Wide-ResNet-38), converted with
+    :func:`convert_iabn_checkpoint`'s mapping;
     otherwise a path to a torchvision-format ResNet state dict (``fc.*`` dropped, strict on the rest) or to a
     Mapillary InPlace-ABN checkpoint (converted with :func:`convert_iabn_checkpoint`'s mapping).
     """
@@ -196,10 +262,10 @@ def load_backbone_weights(backbone: nn.Module, source: str | None) -> None:
                 f"model.pretrained: {str(path)!r} (given as {IABN_PREFIX}) has keys like {list(state)[:3]}, "
                 "expected the InPlace-ABN layout ('module.mod1.conv1.weight', ...)"
             )
-        _load_into(backbone, _iabn_to_torchvision(state, f"model.pretrained {str(path)!r}"), repr(str(path)))
+        _load_into(backbone, _convert_iabn(state, f"model.pretrained {str(path)!r}"), repr(str(path)))
         return
     path = Path(source).expanduser()
     state = _as_state_dict(_read_checkpoint(path, "model.pretrained"), path, "model.pretrained")
     if _is_iabn_layout(state):
-        state = _iabn_to_torchvision(state, f"model.pretrained {str(path)!r}")
+        state = _convert_iabn(state, f"model.pretrained {str(path)!r}")
     _load_into(backbone, state, repr(str(path)))

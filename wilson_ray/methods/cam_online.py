@@ -1,5 +1,6 @@
-"""CAM baseline (paper's "CAM" rows): the localizer is trained with plain global-average-pooling image
-classification, no ℓ_LOC prior, and its class activation maps become the pseudo-labels of ℓ_SEG.
+"""Online CAM (``cam_online``; not the paper's CAM row, which is ``cam``: offline masks, baselines.md §0, §6):
+WILSON's localizer trained with plain global-average-pooling image classification, no ℓ_LOC prior, and its class
+activation maps become the pseudo-labels of ℓ_SEG during the step.
 
 Everything else (schedule, encoder distillation, old-model targets on old classes) is WILSON's, so the rows
 differ only in how the new classes are localised.
@@ -17,7 +18,7 @@ from wilson_ray.methods.wilson import Wilson
 
 
 @dataclass
-class CamParams:
+class CamOnlineParams:
     bkg_beta: float | None = None
     pseudo_epochs: int = 5
     lambda_cls: float = 1.0
@@ -25,9 +26,9 @@ class CamParams:
     lambda_seg: float = 1.0
 
 
-class Cam(Wilson):
-    name = "cam"
-    Params = CamParams
+class CamOnline(Wilson):
+    name = "cam_online"
+    Params = CamOnlineParams
 
     def localizer_losses(self, z: torch.Tensor, s_old: torch.Tensor, labels: torch.Tensor) -> dict:
         """GAP multi-label classification on the new classes only; no prior."""
