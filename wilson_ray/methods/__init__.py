@@ -10,9 +10,13 @@ from wilson_ray.methods.ilt import ILT
 from wilson_ray.methods.joint import Joint
 from wilson_ray.methods.lwf import LwF
 from wilson_ray.methods.mib import MiB
+from wilson_ray.methods.plop import PLOP
+from wilson_ray.methods.recall import RECALL
+from wilson_ray.methods.sdr import SDR
 from wilson_ray.methods.wilson import Wilson
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (Joint, Finetune, LwF, ILT, MiB, Cam, Wilson)}
+METHODS.update({m.name: m for m in (PLOP, SDR, RECALL)})  # the paper's other pixel rows (baselines.md §1-§3)
 
 
 def get_method(name: str) -> type[Method]:
