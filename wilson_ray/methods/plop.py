@@ -56,12 +56,13 @@ def entropy(p: torch.Tensor, num_classes: int) -> torch.Tensor:
 def released_threshold(hist: torch.Tensor) -> float:
     """τ of one class from its 100-bin histogram of u on [0, 1], by the released median loop: the running sum adds
     the bin *index* instead of its count, so the loop stops at the first bin b with running ≤ half ≤ running +
-    count_b, and τ = b/100 + (half − running)/count_b · 0.01; ∞ when no bin qualifies."""
+    count_b, and τ = b/100 + (half − running)/count_b · 0.01; ∞ when no bin qualifies (an empty bin never does:
+    the released code would divide by zero there too)."""
     half = float(hist.sum()) / 2
     running = 0.0
     width = 1.0 / len(hist)
     for b, count in enumerate(hist.tolist()):
-        if running <= half <= running + count:
+        if count > 0 and running <= half <= running + count:
             return b * width + (half - running) / count * width
         running += b  # the quirk: the index, not the count
     return math.inf

@@ -88,17 +88,16 @@ def repulsion_loss(f: torch.Tensor, gt: torch.Tensor, num_classes: int) -> torch
 
 
 def sparsity_loss(f: torch.Tensor, gt: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """ℓ_FS (corrected, see the module docstring): f̂ = max(f, 0) ÷ the per-channel maximum over the batch pixels
-    of the same GT class; per pixel ‖f̂‖₁ / (‖f̂‖₂ · √D); mean over labelled pixels."""
+    """ℓ_FS (corrected, see the module docstring): f̂ = max(f, 0) ÷ the maximum of f over the batch pixels (and
+    channels) of the same GT class; per pixel ‖f̂‖₁ / (‖f̂‖₂ · √D); mean over labelled pixels."""
     x = prototypes.pixel_features(f.float()).clamp_min(0)
     y = gt.reshape(-1)
     keep = y < num_classes
     x, y = x[keep], y[keep]
     if x.shape[0] == 0:
         return f.sum() * 0.0
-    peak = torch.zeros(num_classes, x.shape[1], device=x.device).scatter_reduce_(
-        0, y[:, None].expand_as(x), x, "amax", include_self=True)
-    x = x / peak[y].clamp_min(1e-6)
+    peak = torch.zeros(num_classes, device=x.device).scatter_reduce(0, y, x.amax(1), "amax", include_self=True)
+    x = x / peak[y].clamp_min(1e-6)[:, None]
     ratio = x.sum(1) / (torch.linalg.vector_norm(x, dim=1) * math.sqrt(x.shape[1])).clamp_min(1e-6)
     return ratio.mean()
 
