@@ -133,3 +133,12 @@ def test_ce_step0_is_cached_apart_from_the_bce_step0_and_shared_by_plop_and_sdr(
     assert keys["wilson"] == keys["mib"] and keys["plop"] == keys["sdr"] and keys["plop"] != keys["wilson"]
     swept = resolve_config("demo", method="plop", overrides={"method.pod_weight": 0.1})
     assert step_key(swept, 0) == keys["plop"] and step_key(swept, 1) != step_key(resolve_config("demo", method="plop"), 1)
+
+
+def test_plop_search_space_loads_with_the_published_defaults_first():
+    from pathlib import Path
+
+    from wilson_ray.orchestration.search_space import load_search_space
+
+    space = load_search_space(Path(__file__).resolve().parents[1] / "search_spaces" / "plop.yaml")
+    assert space.base_config().method.name == "plop" and len(space.params) >= 4

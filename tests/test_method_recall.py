@@ -119,3 +119,12 @@ def test_batches_mix_replay_and_inpainted_new_images_and_the_encoder_stays_froze
     assert torch.equal(bn.running_mean, stats) and all(torch.equal(a, b) for a, b in
                                                         zip(before, module.model.backbone.parameters()))
     assert method.cursor == 3
+
+
+def test_recall_search_space_loads_with_the_published_defaults_first():
+    from pathlib import Path
+
+    from wilson_ray.orchestration.search_space import load_search_space
+
+    space = load_search_space(Path(__file__).resolve().parents[1] / "search_spaces" / "recall.yaml")
+    assert space.base_config().method.name == "recall" and len(space.params) >= 4

@@ -96,3 +96,12 @@ def test_sdr_refuses_a_checkpoint_without_prototypes():
 
     with pytest.raises(UserError, match="no prototype bank"):
         sdr.SDR(sdr.SDRParams(), get_task("15-5"), 1).load_state_dict({})
+
+
+def test_sdr_search_space_loads_with_the_published_defaults_first():
+    from pathlib import Path
+
+    from wilson_ray.orchestration.search_space import load_search_space
+
+    space = load_search_space(Path(__file__).resolve().parents[1] / "search_spaces" / "sdr.yaml")
+    assert space.base_config().method.name == "sdr" and len(space.params) >= 4

@@ -76,9 +76,14 @@ class RECALL(Method):
 
     def before_training(self, ctx: Context, loader: Any) -> None:
         """List and check the replay folder, then label it with the old model (cached per step)."""
+        self.prepare(ctx, int(next(iter(loader)).images.shape[-1]))
+
+    def prepare(self, ctx: Context, size: int) -> None:
+        """The replay listing and its labels at the training crop ``size`` (also on a resumed step, from the
+        cache, since ``before_training`` does not run there)."""
+        # Decoding every image was the preflight's job; a file broken since then still fails on load, in one line.
         self.listing = replay_listing(self.p.replay_root, self.task.class_names(self.step - 1)[1:],
-                                      self.p.replay_per_class)
-        size = int(next(iter(loader)).images.shape[-1])
+                                      self.p.replay_per_class, check_images=False)
         stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for _, p in self.listing]
         settings = {"files": stamp, "size": size, "restrict": self.p.restrict_labels}
         result = cached_pass(ctx.cache_dir, ctx.pass_key, "recall-labels", settings,
@@ -129,6 +134,8 @@ class RECALL(Method):
             s_old = self.old_outputs(ctx, batch.images, upsample=True).logits
             masks = torch.where(masks == 0, s_old.argmax(1), masks)
         images = batch.images
+        if self.labels is None:  # a resumed step skips before_training
+            self.prepare(ctx, int(images.shape[-1]))
         k = int(round(self.p.replay_ratio * images.shape[0]))
         if k > 0:
             r_images, r_labels = self.draw(k, images.shape[-1], images.device)
