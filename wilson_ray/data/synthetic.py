@@ -419,7 +419,7 @@ def render_replay(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
 
 def _write_replay(folder: Path, params: SynthParams) -> None:
     """``replay/<class name>/replay_NNNN.jpg``: ``params.replay`` unlabelled images per foreground class."""
-    for cls in range(1, NUM_FG + 1):
+    for cls in range(1, NUM_FG + 1 if params.replay else 1):
         sub = folder / REPLAY_DIR / VOC_CLASSES[cls]
         sub.mkdir(parents=True)
         for i in range(params.replay):
