@@ -14,7 +14,7 @@ from wilson_ray.data import synthetic
 
 VOC_META = Path(__file__).parent / "data" / "voc"  # real VOC lists + presence files, no images
 
-TINY = dict(seed=0, train=40, val=10, size=64)
+TINY = dict(seed=0, train=40, val=10, size=64, replay=2)
 
 
 @pytest.fixture(scope="session", autouse=True)

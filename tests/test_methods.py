@@ -36,13 +36,24 @@ def step0_ckpt(synth_root, tmp_path_factory):
     return train_step(cfg, 0, out_dir=out).checkpoint
 
 
+@pytest.fixture(scope="module")
+def step0_ce_ckpt(synth_root, tmp_path_factory):
+    """The softmax-CE step 0 of PLOP and SDR (with SDR's prototype bank)."""
+    cfg = resolve_config("demo", method="plop", overrides={**TINY, "data.root": str(synth_root)})
+    return train_step(cfg, 0, out_dir=tmp_path_factory.mktemp("step0ce")).checkpoint
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_runs_a_step(method, synth_root, step0_ckpt, tmp_path):
+def test_every_method_runs_a_step(method, synth_root, step0_ckpt, step0_ce_ckpt, tmp_path):
     overrides = {**TINY, "data.root": str(synth_root)}
     if method in ("wilson", "cam_online"):
         overrides["method.pseudo_epochs"] = 1  # one localizer-only epoch, then the full loss
     if method in WEAK_TINY:  # an image-label row: a tiny learner makes its pseudo-masks first
         overrides.update(WEAK_TINY[method])
+    if method == "recall":
+        overrides["method.replay_root"] = str(synth_root / "replay")
+    if METHODS[method].step0_kind == "ce":
+        step0_ckpt = step0_ce_ckpt
     cfg = resolve_config("demo", method=method, overrides=overrides)
     joint = not METHODS[method].shares_step0  # the joint bound trains its own single step
     seen = []

@@ -13,7 +13,7 @@ from wilson_ray import protocol
 from wilson_ray.data import synthetic, voc
 from wilson_ray.errors import UserError
 
-SMALL = dict(train=12, val=6, size=48)
+SMALL = dict(train=12, val=6, size=48, replay=0)  # replay images: tests/test_method_recall.py
 
 
 def tree_hashes(root: Path) -> dict[str, str]:

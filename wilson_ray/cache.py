@@ -46,12 +46,16 @@ def step_key(cfg: Config, step: int) -> str:
     d = cfg.to_dict()
     for section, fields in _NEUTRAL.items():
         d[section] = {k: v for k, v in d[section].items() if k not in fields}
-    shared_step0 = get_method(cfg.method.name).shares_step0
+    method = get_method(cfg.method.name)
+    shared_step0 = method.shares_step0
+    # The BCE step 0 keeps its historical key (None); another shared strategy is keyed by its kind only, so every
+    # method of that kind (and every sweep trial of it) reuses one checkpoint.
+    shared_key = None if method.step0_kind == "bce" else {"step0_kind": method.step0_kind}
     parts = {
         "data": d["data"], "stamp": _data_stamp(cfg.data.root) + (_data_stamp(cfg.data.voc_root) if cfg.data.voc_root else []),
         "model": d["model"], "step0": d["step0"], "run": d["run"], "step": step,
         # Step 0 is the same BCE step for every method that shares it (the joint bound trains differently).
-        "method": d["method"] if (step > 0 or not shared_step0) else None,
+        "method": d["method"] if (step > 0 or not shared_step0) else shared_key,
         "incremental": d["incremental"] if step > 0 else None,
         "previous": step_key(cfg, step - 1) if step > 0 else None,
     }
@@ -75,6 +79,8 @@ def preflight(cfg: Config, step: int) -> None:
 
     task = task_of(cfg).train
     task.check_step(step)
+    if step > 0:
+        get_method(cfg.method.name).preflight(cfg.method.args, task, step)
     build_step_dataset(cfg, task, step, "train")
     for source in task.eval_data:
         build_step_dataset(cfg, task, step, "val", source)
@@ -90,7 +96,7 @@ def cached_step(cfg: Config, step: int, cache_dir: str | Path, verbose: bool = T
     def train(run_cfg, step, init, out_dir):
         if trainer is not None:
             return Path(trainer(run_cfg, step, init, Path(out_dir)))
-        return train_step(run_cfg, step, init_checkpoint=init, out_dir=out_dir).checkpoint
+        return train_step(run_cfg, step, init_checkpoint=init, out_dir=out_dir, cache_dir=cache_dir).checkpoint
 
     cache_dir = Path(cache_dir)
     key = step_key(cfg, step)

@@ -249,13 +249,15 @@ def train_step(
     out_dir: str | Path | None = None,
     callbacks: Sequence[Callback] = (),
     resume_from: str | Path | None = None,
+    cache_dir: str | Path | None = None,
 ) -> StepResult:
     """Train step ``step`` of ``cfg.data.task`` with ``cfg.method`` and evaluate it.
 
     Step 0 starts from the (pretrained) backbone; step t >= 1 loads ``init_checkpoint`` (the step t-1 checkpoint)
     into the new model non-strictly and into a frozen old model (method.md §2.5). Which losses train the step is
     the method's choice (``Method.for_step``: the shared BCE step 0, method.md §3.1). The final weights and the
-    method's state are written to ``out_dir/step<t>.pt`` (rank 0, atomically).
+    method's state are written to ``out_dir/step<t>.pt`` (rank 0, atomically). ``cache_dir`` (default: the step
+    cache) also holds what a method's ``before_training`` pass caches (``wilson_ray.pass_cache``).
     """
     # --- where and how ---------------------------------------------------------------------------------------
     method_cls = get_method(cfg.method.name)
@@ -280,7 +282,11 @@ def train_step(
     method.on_model_ready(model)
     module = Trainable(model, method.build_localizer(model.backbone.out_channels, cfg.model.norm))
     module, net, old_model = prepare_models(cfg, module, old_model, device, world, method.uses_localizer, amp=amp)
-    ctx = Context(net=net, module=module, old_model=old_model)
+    from wilson_ray.cache import default_cache_dir, step_key
+
+    ctx = Context(net=net, module=module, old_model=old_model,
+                  cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
+                  pass_key=f"{step_key(cfg, step - 1)}-step{step}" if step > 0 else None)
 
     # --- data ------------------------------------------------------------------------------------------------
     train_set = step_setup.train_dataset(cfg, task, step, method)

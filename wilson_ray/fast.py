@@ -106,17 +106,18 @@ class FrozenOldModel(nn.Module):
     def train(self, mode: bool = True):  # always eval: folded BNs are only valid with running statistics
         return super().train(False)
 
-    def forward(self, x: torch.Tensor, upsample: bool = True):
+    def forward(self, x: torch.Tensor, upsample: bool = True, maps: bool = False):
         with torch.inference_mode() if self.inference_mode else torch.no_grad():
             if self.dtype is not None:
                 # Own dtype, no autocast: the weights are already cast, inputs follow.
                 with torch.autocast(x.device.type, enabled=False):
-                    out = self.model(x.to(self.dtype), upsample=upsample)
+                    out = self.model(x.to(self.dtype), upsample=upsample, maps=maps)
             else:
-                out = self.model(x, upsample=upsample)
+                out = self.model(x, upsample=upsample, maps=maps)
         if not self.inference_mode:
-            return ModelOutput(out.logits, out.features)
-        return ModelOutput(out.logits.clone(), out.features.clone())
+            return ModelOutput(out.logits, out.features, maps=out.maps if maps else None)
+        return ModelOutput(out.logits.clone(), out.features.clone(),
+                           maps=tuple(m.clone() for m in out.maps) if maps else None)
 
 
 def freeze_old_model(model: nn.Module, amp: str = "none", fold_bn: bool = True,
@@ -180,7 +181,8 @@ class ChannelsLastGradients(nn.Module):
 
     def forward(self, *args, **kwargs):
         out = self.inner(*args, **kwargs)
-        return ModelOutput(*(None if v is None else channels_last_grad(v) for v in out))
+        return ModelOutput(*(None if v is None else tuple(map(channels_last_grad, v)) if isinstance(v, tuple)
+                             else channels_last_grad(v) for v in out))
 
 
 # ---------------------------------------------------------------------------------------------------------------

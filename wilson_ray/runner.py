@@ -50,9 +50,10 @@ def run_task(cfg: Config, out_dir: str | Path | None, cache_dir: str | Path, ste
     task = task_of(cfg).train
     steps = list(range(task.num_steps)) if steps is None else list(steps)
     out = Path(out_dir) if out_dir else None
-    for step in steps:  # a missing saliency map or pseudo-mask input fails here, before anything is written
-        if step > 0:
+    for step in steps:  # a missing external input (saliency map, pseudo-mask input, replay folder) fails here,
+        if step > 0:      # before anything is written or trained
             check_step_inputs(cfg, task.check_step(step))
+            get_method(cfg.method.name).preflight(cfg.method.args, task, step)
     rows: list[StepRow] = []
     for step in steps:
         task.check_step(step)
@@ -71,7 +72,8 @@ def run_task(cfg: Config, out_dir: str | Path | None, cache_dir: str | Path, ste
         if out is None:
             rows.append(_row_from_checkpoint(cached_step(cfg, step, cache_dir), step))
         else:
-            rows.append(_row(train_step(cfg, step, init_checkpoint=init, out_dir=out, callbacks=callbacks)))
+            rows.append(_row(train_step(cfg, step, init_checkpoint=init, out_dir=out, callbacks=callbacks,
+                                        cache_dir=cache_dir)))
     if out is not None:
         write_results(out / "results.json", cfg, rows)
         atomic_write_text(out / "config.yaml", dump_config(cfg))

@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--train", type=int, default=synthetic.DEFAULT_TRAIN, help="training images (default %(default)s)")
     p.add_argument("--val", type=int, default=synthetic.DEFAULT_VAL, help="validation images (default %(default)s)")
     p.add_argument("--size", type=int, default=synthetic.DEFAULT_SIZE, help="image side, pixels (default %(default)s)")
+    p.add_argument("--replay", type=int, default=synthetic.DEFAULT_REPLAY,
+                   help="unlabelled replay images per class in replay/<class>/ for RECALL (default %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing, different dataset at --out")
     p.set_defaults(func=cmd_synth)
 
@@ -56,10 +58,12 @@ def register(subparsers) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    result = synthetic.generate(args.out, args.seed, args.train, args.val, args.size, force=args.force)
+    result = synthetic.generate(args.out, args.seed, args.train, args.val, args.size, force=args.force,
+                                replay=args.replay)
     p = result.params
     verb = f"wrote in {result.seconds:.1f}s" if result.generated else "already present, kept"
-    print(f"synthetic dataset {verb}: {result.root} (seed {p.seed}, {p.train} train / {p.val} val, {p.size}px)")
+    print(f"synthetic dataset {verb}: {result.root} (seed {p.seed}, {p.train} train / {p.val} val, {p.size}px, "
+          f"{p.replay} replay images per class in {synthetic.REPLAY_DIR}/)")
     print("images per class (train / val):")
     for k, (tr, va) in enumerate(zip(result.train_class_counts, result.val_class_counts), 1):
         print(f"  {k:2d} {protocol.VOC_CLASSES[k]:<12} {tr:6d} {va:6d}")

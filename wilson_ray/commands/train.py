@@ -42,6 +42,10 @@ def config_from_args(args: argparse.Namespace, method: str | None = None) -> Con
         if value is not None:
             overrides.setdefault(key, value)
     method = method or getattr(args, "method", None)
+    if getattr(args, "replay_root", None):
+        # Only a method with a replay folder (RECALL) takes it, so `table --replay-root` leaves the others alone.
+        if hasattr(resolve_config(args.preset, args.config, method, overrides).method.args, "replay_root"):
+            overrides.setdefault("method.replay_root", args.replay_root)
     if getattr(args, "fast", None):
         # The fast path depends on the hardware (bf16 is a trap on a CPU without it): resolve the device first,
         # then take that device's measured plan; explicit flags and --set still win.
@@ -139,8 +143,9 @@ def cmd_table(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("train", help="run an incremental task in one process (step 0 cached, then every step)")
     add_config_arguments(p)
-    p.add_argument("--method", help="joint, finetune, lwf, ilt, mib, cam_online, wilson, cam, seam, ss, eps "
-                                    "(default: the preset's)")
+    p.add_argument("--method", help="joint, finetune, lwf, ilt, mib, plop, sdr, recall, cam_online, wilson, cam, "
+                                    "seam, ss, eps (default: the preset's)")
+    p.add_argument("--replay-root", help="RECALL's replay folder: one sub-folder of images per old class name")
     p.add_argument("--out", help="folder for the checkpoints, results.json and the resolved config.yaml")
     p.add_argument("--steps", help="comma-separated steps to run (default: all)")
     p.add_argument("--cache-dir", help="step cache (default: $WILSON_RAY_CACHE or ~/.cache/wilson-ray/steps)")
@@ -157,6 +162,7 @@ def register(sub) -> None:
     p = sub.add_parser("table", help="the paper's table: every method on one task, one shared step 0")
     add_config_arguments(p)
     p.add_argument("--methods", help=f"comma-separated (default: {','.join(PAPER_TABLE_METHODS)})")
+    p.add_argument("--replay-root", help="RECALL's replay folder: one sub-folder of images per old class name")
     p.add_argument("--out", required=True, help="folder for per-method results and table.md / table.json")
     p.add_argument("--cache-dir", help="step cache (default: $WILSON_RAY_CACHE or ~/.cache/wilson-ray/steps)")
     p.set_defaults(func=cmd_table)

@@ -47,6 +47,8 @@ DEFAULT_SEED = 0
 DEFAULT_TRAIN = 1000
 DEFAULT_VAL = 200
 DEFAULT_SIZE = 96
+DEFAULT_REPLAY = 16  # unlabelled replay images per class (RECALL's web-image folder, ``replay/<class name>/``)
+REPLAY_DIR = "replay"
 MIN_SIZE = 32
 MAX_OBJECTS = 4
 NUM_FG = len(VOC_CLASSES) - 1
@@ -117,8 +119,11 @@ class SynthParams:
     train: int = DEFAULT_TRAIN
     val: int = DEFAULT_VAL
     size: int = DEFAULT_SIZE
+    replay: int = DEFAULT_REPLAY
 
     def check(self) -> "SynthParams":
+        if not isinstance(self.replay, int) or self.replay < 0:
+            raise UserError(f"--replay: got {self.replay!r}, expected an integer >= 0")
         min_images = -(-NUM_FG // MAX_OBJECTS)  # every class must fit in each split
         for name in ("train", "val"):
             n = getattr(self, name)
@@ -415,6 +420,55 @@ def _write_split(folder: Path, model: SceneModel, params: SynthParams, split: st
     return lines, presence
 
 
+def render_replay(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
+    """One unlabelled "web image" of VOC id ``cls`` [S, S, 3] uint8, from another distribution than the training
+    scenes: a saturated studio gradient or dense clutter of class-less shapes behind the object, the object larger
+    and centred (web photos are object-centric), wider colour and texture jitter, sometimes blurred, and now and
+    then a smaller second object of another class (web images are not single-class)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    c1 = _hsv(rng.random(), rng.uniform(0.4, 0.9), rng.uniform(0.5, 1.0))
+    c2 = _hsv(rng.random(), rng.uniform(0.4, 0.9), rng.uniform(0.2, 0.7))
+    a = rng.uniform(0, 2 * np.pi)
+    t = np.clip(0.5 + ((xx - size / 2) * np.cos(a) + (yy - size / 2) * np.sin(a)) / size, 0, 1)[..., None]
+    img = c1 * (1 - t) + c2 * t
+    if rng.random() < 0.5:  # clutter: many small shapes in random colours, none of them a class's style
+        for _ in range(int(rng.integers(6, 14))):
+            cx, cy, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(0.03, 0.09) * size
+            inside = np.maximum(np.abs(xx - cx), np.abs(yy - cy) * rng.uniform(0.5, 2.0)) <= r
+            img[inside] = _hsv(rng.random(), rng.uniform(0, 0.3), rng.uniform(0.1, 1.0))
+    objects = [(cls, rng.uniform(0.25, 0.42), rng.uniform(0.35, 0.65, 2))]
+    if rng.random() < 0.25:
+        other = int(rng.integers(1, NUM_FG))
+        objects.insert(0, (other + (other >= cls), rng.uniform(0.12, 0.2), rng.uniform(0.15, 0.85, 2)))
+    for k, scale, (px, py) in objects:
+        style = CLASS_STYLES[k - 1]
+        r, theta, aspect = scale * size, rng.uniform(0, 2 * np.pi), rng.uniform(0.8, 1.25)
+        dx, dy = xx - px * size, yy - py * size
+        u = (dx * np.cos(theta) + dy * np.sin(theta)) / (r * aspect)
+        v = (-dx * np.sin(theta) + dy * np.cos(theta)) * aspect / r
+        inside = shape_mask(style.shape, u, v)
+        hue, sat, val = style.hue + rng.uniform(-0.06, 0.06), rng.uniform(0.35, 1.0), rng.uniform(0.45, 1.0)
+        o1 = _hsv(hue, sat, val)
+        o2 = _hsv(hue + 0.12, sat, val * 0.8) if style.texture == "gradient" else _hsv(hue, sat * 0.6, val * 0.45)
+        w = texture_field(style.texture, u, v, rng.uniform(1.2, 4.0), rng.uniform(0, 1, 2))[inside]
+        img[inside] = o1 * (1 - w[:, None]) + o2 * w[:, None]
+    img = img + rng.normal(0, 0.04, img.shape)
+    out = Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8))
+    if rng.random() < 0.3:
+        out = out.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.2)))
+    return np.asarray(out)
+
+
+def _write_replay(folder: Path, params: SynthParams) -> None:
+    """``replay/<class name>/replay_NNNN.jpg``: ``params.replay`` unlabelled images per foreground class."""
+    for cls in range(1, NUM_FG + 1 if params.replay else 1):
+        sub = folder / REPLAY_DIR / VOC_CLASSES[cls]
+        sub.mkdir(parents=True)
+        for i in range(params.replay):
+            img = render_replay(np.random.default_rng([params.seed, 3, cls, i]), cls, params.size)
+            Image.fromarray(img).save(sub / f"replay_{i:04d}.jpg", format="JPEG", quality=90)
+
+
 def _metadata(params: SynthParams, model: SceneModel) -> dict:
     return {
         "generator": "wilson-ray synthetic",
@@ -449,14 +503,14 @@ class SynthResult:
 
 
 def generate(out: str | Path, seed: int = DEFAULT_SEED, train: int = DEFAULT_TRAIN, val: int = DEFAULT_VAL,
-             size: int = DEFAULT_SIZE, force: bool = False) -> SynthResult:
+             size: int = DEFAULT_SIZE, force: bool = False, replay: int = DEFAULT_REPLAY) -> SynthResult:
     """Write a synthetic VOC-layout dataset to ``out``; return what was written.
 
     The dataset is generated in a temporary sibling folder and renamed onto ``out`` when complete, so a killed run
     never leaves a half-written dataset at ``out``. If ``out`` already holds a dataset generated with the same
     arguments it is kept (nothing is written); any other non-empty ``out`` is refused unless ``force``.
     """
-    params = SynthParams(seed, train, val, size).check()
+    params = SynthParams(seed, train, val, size, replay).check()
     out = Path(out).expanduser()
     model = SceneModel.from_seed(seed)
     meta = _metadata(params, model)
@@ -483,6 +537,7 @@ def generate(out: str | Path, seed: int = DEFAULT_SEED, train: int = DEFAULT_TRA
             np.save(tmp / voc.LABEL_FILES[split], presence)
             (tmp / voc.LIST_FILES[split]).write_text("\n".join(lines) + "\n", encoding="utf-8")
             counts[split] = presence.sum(0).astype(int).tolist()
+        _write_replay(tmp, params)
         atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=1) + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp creates 0700
         _swap_into_place(tmp, out)

@@ -58,16 +58,17 @@ class Trainable(nn.Module):
 
     def forward(
         self, images: torch.Tensor, logits: bool = True, upsample: bool = False, localizer: bool = False,
-        localizer_eval: bool = False,
+        localizer_eval: bool = False, maps: bool = False,
     ) -> ModelOutput:
         """``ModelOutput`` with body features always, logits (upsampled to the input when ``upsample``) when
         ``logits``, the train-mode localizer logits z when ``localizer``, and the eval-mode localizer logits z̄
         on the detached features in fp32 without gradient when ``localizer_eval``.
 
         z̄ is computed before z, as in the reference: it uses the BatchNorm running statistics from before this
-        batch, which the train-mode pass then updates (method.md §3.5)."""
+        batch, which the train-mode pass then updates (method.md §3.5). ``maps`` adds PLOP's intermediate maps
+        (``ModelOutput.maps``; needs ``logits``)."""
         model = self.model
-        features = model.backbone(images)
+        features, sums = model.backbone(images, stages=True) if maps else (model.backbone(images), ())
         s = z = z_bar = None
         if logits:
             pre = model.head(features)
@@ -82,7 +83,7 @@ class Trainable(nn.Module):
                 self.localizer.train(was_training)
         if localizer:
             z = self.localizer(features)
-        return ModelOutput(s, features, z, z_bar)
+        return ModelOutput(s, features, z, z_bar, maps=(*sums, pre) if maps and logits else None)
 
 
 @dataclass
@@ -93,6 +94,10 @@ class Context:
     net: nn.Module
     module: Trainable
     old_model: nn.Module | None
+    # Where a method caches what its ``before_training`` pass computes (``wilson_ray.pass_cache``), and the key of
+    # what that pass reads: the step t-1 checkpoint's cache key, the step and the training data settings.
+    cache_dir: Any = None
+    pass_key: str | None = None
 
 
 class TaskView(NamedTuple):
@@ -110,7 +115,10 @@ class Method(abc.ABC):
     Params: ClassVar[type]
     supervision: ClassVar[str] = "pixel"  # what steps >= 1 read: "pixel" masks or "image" labels
     uses_localizer: ClassVar[bool] = False  # some parameters get no gradient in some iterations (DDP must know)
-    shares_step0: ClassVar[bool] = True  # step 0 is StepZero's BCE step (one cached checkpoint for every method)
+    shares_step0: ClassVar[bool] = True  # step 0 is a shared step-0 strategy (one cached checkpoint per strategy)
+    # Which shared step 0 (part of its cache key): "bce" is StepZero (WILSON's, method.md §3.1); "ce" is the
+    # softmax cross-entropy step 0 of PLOP and SDR (``ce_step0.CEStepZero``), cached apart from it.
+    step0_kind: ClassVar[str] = "bce"
     extra_inputs: ClassVar[tuple[str, ...]] = ()  # per-sample inputs the dataset must supply (``Batch.extras``)
 
     def __init__(self, params: Any, task: Task, step: int, no_mask: bool = False):
@@ -130,10 +138,21 @@ class Method(abc.ABC):
 
     @classmethod
     def for_step(cls, params: Any, task: Task, step: int, no_mask: bool = False) -> "Method":
-        """The method that trains ``step``: ``StepZero`` at step 0 when the method ``shares_step0``, else itself."""
+        """The method that trains ``step``: its shared step-0 strategy (``step0_strategy``) at step 0 when the
+        method ``shares_step0``, else itself."""
         if step == 0 and cls.shares_step0:
-            return StepZero(params, task, step, no_mask=no_mask)
+            return cls.step0_strategy()(params, task, step, no_mask=no_mask)
         return cls(params, task, step, no_mask=no_mask)
+
+    @classmethod
+    def step0_strategy(cls) -> type["Method"]:
+        """The class that trains the shared step 0 of ``step0_kind`` (default: WILSON's BCE ``StepZero``)."""
+        return StepZero
+
+    @classmethod
+    def preflight(cls, params: Any, task: Task, step: int) -> None:
+        """Raise the UserError a missing external input of ``step`` would cause (e.g. a replay folder), before
+        anything trains; the default needs nothing beyond the dataset."""
 
     # --- what to build --------------------------------------------------------------------------------------
     def build_localizer(self, in_channels: int, norm: str) -> nn.Module | None:

@@ -104,9 +104,30 @@ class ResNetBody(nn.Module):
         self.output_stride = output_stride
         self.stage_channels = dict(zip(STAGES, [_out_width(s) for s in layers] + [out_channels]))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stages: bool = False):
+        """Body features; with ``stages`` also the pre-activation residual sum of each stage's last block
+        (stride 4/8/16/16 at OS 16), the maps PLOP distils (baselines.md §1): ``(features, (s1, s2, s3, s4))``."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        if not stages:
+            return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        sums = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer[:-1]:
+                x = block(x)
+            pre = residual_sum(layer[-1], x)
+            sums.append(pre)
+            x = layer[-1].relu(pre.clone())  # the block's own (in-place) activation must not overwrite the sum
+        return x, tuple(sums)
+
+
+def residual_sum(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The torchvision BasicBlock / Bottleneck forward up to the residual addition, before the last activation."""
+    identity = block.downsample(x) if block.downsample is not None else x
+    out = block.relu(block.bn1(block.conv1(x)))
+    out = block.bn2(block.conv2(out))
+    if hasattr(block, "conv3"):  # Bottleneck
+        out = block.bn3(block.conv3(block.relu(out)))
+    return out + identity
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Stage outputs under the names of :class:`~wilson_ray.models.wideresnet.WideResNet38.forward_features`:

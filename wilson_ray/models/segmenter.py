@@ -24,6 +24,9 @@ class ModelOutput(NamedTuple):
     features: torch.Tensor
     localizer: torch.Tensor | None = None
     localizer_eval: torch.Tensor | None = None
+    # PLOP's distilled intermediate maps when asked for (``maps=True``): the pre-activation residual sum of each
+    # encoder stage's last block, then the head output (baselines.md §1).
+    maps: tuple[torch.Tensor, ...] | None = None
 
 
 class Segmenter(nn.Module):
@@ -51,15 +54,16 @@ class Segmenter(nn.Module):
         """Total number of output channels (background + all classes seen so far)."""
         return sum(self.classes_per_step)
 
-    def forward(self, x: torch.Tensor, upsample: bool = True) -> ModelOutput:
+    def forward(self, x: torch.Tensor, upsample: bool = True, maps: bool = False) -> ModelOutput:
         """Return ``ModelOutput(logits, features)``. Logits are bilinearly upsampled (align_corners=False) to the input
-        size when ``upsample``, else left at feature resolution as every step ≥ 1 loss needs (§2.6)."""
-        body = self.backbone(x)
+        size when ``upsample``, else left at feature resolution as every step ≥ 1 loss needs (§2.6). ``maps`` adds
+        the per-stage residual sums and the head output (``ModelOutput.maps``)."""
+        body, sums = self.backbone(x, stages=True) if maps else (self.backbone(x), ())
         pre_logits = self.head(body)
         logits = torch.cat([cls(pre_logits) for cls in self.classifiers], dim=1)
         if upsample:
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return ModelOutput(logits, body)
+        return ModelOutput(logits, body, maps=(*sums, pre_logits) if maps else None)
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Encoder parameters (their own learning rate, §4)."""
