@@ -36,9 +36,10 @@ def synth_root(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def synth_copy(synth_root, tmp_path) -> Path:
-    """A private copy of the tiny synthetic dataset (without its manifest cache) that a test may damage."""
+    """A private copy of the tiny synthetic dataset that a test may damage, without what other tests derived from
+    it in the shared root (the manifest cache, pseudo-masks cached under PseudoLabels/)."""
     dst = tmp_path / "voc"
-    shutil.copytree(synth_root, dst, ignore=shutil.ignore_patterns(".wilson-ray"))
+    shutil.copytree(synth_root, dst, ignore=shutil.ignore_patterns(".wilson-ray", "PseudoLabels"))
     return dst
 
 

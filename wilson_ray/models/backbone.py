@@ -119,16 +119,6 @@ class ResNetBody(nn.Module):
             x = layer[-1].relu(pre.clone())  # the block's own (in-place) activation must not overwrite the sum
         return x, tuple(sums)
 
-
-def residual_sum(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The torchvision BasicBlock / Bottleneck forward up to the residual addition, before the last activation."""
-    identity = block.downsample(x) if block.downsample is not None else x
-    out = block.relu(block.bn1(block.conv1(x)))
-    out = block.bn2(block.conv2(out))
-    if hasattr(block, "conv3"):  # Bottleneck
-        out = block.bn3(block.conv3(block.relu(out)))
-    return out + identity
-
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Stage outputs under the names of :class:`~wilson_ray.models.wideresnet.WideResNet38.forward_features`:
         conv3..conv6 = layer1..layer4 (strides 4, 8, then the output stride; ResNet-50/101 widths 256/512/1024/2048,
@@ -139,6 +129,16 @@ def residual_sum(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
             x = feats[name] = layer(x)
         feats["out"] = x
         return feats
+
+
+def residual_sum(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The torchvision BasicBlock / Bottleneck forward up to the residual addition, before the last activation."""
+    identity = block.downsample(x) if block.downsample is not None else x
+    out = block.relu(block.bn1(block.conv1(x)))
+    out = block.bn2(block.conv2(out))
+    if hasattr(block, "conv3"):  # Bottleneck
+        out = block.bn3(block.conv3(block.relu(out)))
+    return out + identity
 
 
 def _out_width(stage: nn.Sequential) -> int:
