@@ -185,10 +185,12 @@ def collect(storage: str, name: str, tracking_uri: str, optuna_url: str) -> dict
         runs.append({"role": r.data.tags.get("wilson_ray.role"), "trial": r.data.tags.get("wilson_ray.trial_id"),
                      "status": r.info.status, "metrics": metrics})
     from wilson_ray.sweep_record import TrialRecord
-    from wilson_ray.tracking.mlflow_tracker import metric_key
+    from wilson_ray.tracking.mlflow_tracker import SKIP_METRICS, metric_key
 
-    # what each trial's record holds per epoch (the metrics MLflow must have once each, at that step)
-    recorded = {p.name: {e: sorted({metric_key(k) for k in m} | {"epoch"}) for e, m in TrialRecord(p).epochs().items()}
+    # what each trial's record holds per epoch (the metrics MLflow must have once each, at that step; the tracker
+    # leaves out the duplicate series it skips, e.g. iou_background = iou/background)
+    recorded = {p.name: {e: sorted({metric_key(k) for k in m if k not in SKIP_METRICS} | {"epoch"})
+                         for e, m in TrialRecord(p).epochs().items()}
                 for p in (sweep / "trials").iterdir() if p.is_dir()}
     study = optuna.load_study(study_name=name, storage=optuna_url)
     return {"tune_trials": tune_trials, "summary": summary["trials"], "runs": runs,
