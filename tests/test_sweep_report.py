@@ -117,6 +117,21 @@ def test_comparison_with_seed_spread(tmp_path):
     assert "about equal to" in edge["text"] and "not clearly" in edge["text"]
 
 
+def test_comparison_with_a_default_stopped_by_asha_uses_its_full_length_runs(tmp_path):
+    storage, name = fake_sweep(tmp_path)
+    rows = R.trial_rows(storage, name)
+    for r in rows:  # the default stopped at its first rung: its value there is not its full-length value
+        if r["trial"] == "t1":
+            r.update(outcome="stopped_early", epochs=1, miou_hm=5.0)
+    best = next(r for r in rows if r["trial"] == "t2")["miou_hm"]
+    cmp = comparison(rows, "miou_hm", "max", DEFAULTS, {"values": [31.0, 32.0, 33.0]})
+    assert cmp["margin"] == pytest.approx(best - 32.0)  # against the seeds' mean, not the truncated 5.0
+    assert "stopped by ASHA at epoch 1" in cmp["text"] and "mean 32.00" in cmp["text"]
+    assert "larger than" not in cmp["text"] and "not clearly a real difference" in cmp["text"]
+    bare = comparison(rows, "miou_hm", "max", DEFAULTS, None)
+    assert "no full-length run of it" in bare["text"] and "margin" not in bare
+
+
 def test_report_writes_html_and_pngs(tmp_path):
     storage, name = fake_sweep(tmp_path)
     html_path = build_report(storage, name)

@@ -100,6 +100,33 @@ def comparison(rows: list[dict[str, Any]], metric: str, mode: str, defaults: dic
     width = max(vals) - min(vals) if len(vals) >= 2 else None
     out["spread"] = width
     seeds = f"{len(vals)} seeds" if vals else ""
+    cut = default.get("outcome") == "stopped_early" and best.get("outcome") != "stopped_early"
+    if cut and best["trial"] != default["trial"]:
+        # The default's value is from the epoch ASHA stopped it at, the best's from the last epoch: comparing
+        # those would credit the sweep with the default's missing epochs. Its full-length seed runs are the
+        # honest reference, when measured.
+        stopped = (f"the paper-default trial {default['trial']} was stopped by ASHA at epoch "
+                   f"{default.get('epochs')} ({metric} {default[metric]:.2f} there)")
+        if not vals:
+            out.pop("margin")  # against the truncated value it would mislead
+            out["text"] = f"{stopped}; no full-length run of it to compare the best trial with"
+            return out
+        mean = sum(vals) / len(vals)
+        margin = out["margin"] = best[metric] - mean
+        verdict = ("larger than" if abs(margin) > width + 0.1 else "about equal to"
+                   if abs(margin) >= width - 0.1 else "within") if width is not None else "against"
+        text = (f"best trial {best['trial']} {metric} {best[metric]:.2f}; {stopped}, so it is compared with the "
+                f"default's full-length runs over {seeds} (mean {mean:.2f}: {', '.join(f'{v:.2f}' for v in vals)}): "
+                f"margin {margin:+.2f}, {verdict} their spread of {width:.2f}" if width is not None else
+                f"best trial {best['trial']} {metric} {best[metric]:.2f}; {stopped}; its full-length run: "
+                f"{mean:.2f}, margin {margin:+.2f}")
+        if verdict not in ("larger than", "against"):
+            text += ": not clearly a real difference"
+        if spread and spread.get("command"):
+            out["spread_note"] = f"seed spread: {spread['command']}" + (
+                f"; {spread['measured']}" if spread.get("measured") else "")
+        out["text"] = text
+        return out
     if best["trial"] == default["trial"]:
         text = (f"the paper-default trial is the best ({metric} {default[metric]:.2f}): on this data and budget the "
                 "sweep found nothing better than the paper's values")
