@@ -14,6 +14,7 @@ their last epoch checkpoint) instead of starting over, so a resubmitted ``ray jo
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from wilson_ray.config import parse_overrides
@@ -121,8 +122,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     )
     if not args.verbose:
         quiet_python_warnings()
-    import sys
-
     sys.stdout.reconfigure(line_buffering=True)  # one line per trial event, also into a log file or a pipe
     outcome = run_sweep(opts)
     print_outcome(outcome)
