@@ -104,6 +104,8 @@ class PostgresServer:
             self.sql("postgres", f"CREATE DATABASE {db}")
 
     def _ready(self) -> bool:
+        import psycopg  # noqa: F401 - a missing client is an error, not a server that is not ready yet
+
         try:
             self.sql("postgres", "SELECT 1")
             return True

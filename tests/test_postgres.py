@@ -180,3 +180,32 @@ def test_redact_hides_only_the_password():
         "postgresql://wilson:***@198.18.0.1:5432/optuna"
     assert backends.redact("postgresql://wilson@db/optuna") == "postgresql://wilson@db/optuna"
     assert backends.redact("sqlite:////x/optuna.db") == "sqlite:////x/optuna.db"
+
+
+@pytest.mark.timeout(120)
+def test_report_draws_the_search_figures_from_a_study_on_postgresql(pg, tmp_path, monkeypatch, capsys):
+    """A sweep whose study is on a server: the report reopens it from the recorded (redacted) URL with the password
+    from PGPASSWORD, or from ``--optuna-storage``; without the password it says why instead of the figures."""
+    from test_sweep_report import fake_sweep
+
+    storage, name = fake_sweep(tmp_path, optuna_url=pg.url("optuna"))
+    recorded = (storage / name / "sweep.json").read_text()
+    assert pg.password not in recorded and ":***@" in recorded  # the driver records the URL redacted
+
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-pgpass"))
+    assert main(["report", "--storage", str(storage), "--name", name, "--out", str(tmp_path / "r0")]) == 0
+    text = (tmp_path / "r0" / "report.html").read_text()
+    assert "could not be opened" in text and "--optuna-storage" in text and pg.password not in text
+    assert not (tmp_path / "r0" / "parallel_coordinate.png").exists()
+
+    monkeypatch.setenv("PGPASSWORD", pg.password)
+    assert main(["report", "--storage", str(storage), "--name", name, "--out", str(tmp_path / "r1")]) == 0
+    monkeypatch.delenv("PGPASSWORD")
+    assert main(["report", "--storage", str(storage), "--name", name, "--out", str(tmp_path / "r2"),
+                 "--optuna-storage", pg.url("optuna")]) == 0
+    for out in ("r1", "r2"):
+        for png in ("parallel_coordinate.png", "param_importances.png"):
+            assert (tmp_path / out / png).stat().st_size > 5000, (out, png)
+        assert "could not be opened" not in (tmp_path / out / "report.html").read_text()
+    assert "report:" in capsys.readouterr().out

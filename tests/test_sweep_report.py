@@ -8,6 +8,7 @@ import pytest
 
 from wilson_ray.metrics import harmonic_mean
 from wilson_ray.orchestration import results as R
+from wilson_ray.orchestration.backends import redact
 from wilson_ray.orchestration.console import (
     Eta, asha_rungs, epoch_line, fmt_duration, fmt_params, progress_line, started_line, stopped_line,
 )
@@ -72,7 +73,8 @@ def _trial(trials, tid, params, curve, outcome, per_class=None):
     return rec
 
 
-def fake_sweep(tmp_path):
+def fake_sweep(tmp_path, optuna_url=None):
+    """Four trial records and their Optuna study (a SQLite file in the sweep folder, or ``optuna_url``)."""
     import optuna
 
     storage, name = tmp_path / "sweeps", "sw"
@@ -88,9 +90,11 @@ def fake_sweep(tmp_path):
     R.write_sweep(storage, name, {"name": name, "metric": "miou_hm", "mode": "max", "keys": KEYS, "step": 1,
                                   "epochs": 4, "rungs": [2], "defaults": DEFAULTS,
                                   "base": {"data": {"task": "15-5"}},
+                                  "optuna_storage": redact(optuna_url) if optuna_url else None,
                                   "seed_spread": {"metric": "miou_hm", "values": [29.0, 31.0, 30.0],
                                                   "command": "three seeds"}})
-    study = optuna.create_study(study_name=name, storage=f"sqlite:///{folder / 'optuna.db'}", direction="maximize")
+    study = optuna.create_study(study_name=name, storage=optuna_url or f"sqlite:///{folder / 'optuna.db'}",
+                                direction="maximize")
     dists = {"incremental.lr": optuna.distributions.FloatDistribution(0.005, 0.03, log=True),
              "method.alpha": optuna.distributions.FloatDistribution(0.3, 0.9)}
     for tid, params, curve, outcome in specs:
@@ -143,6 +147,14 @@ def test_report_writes_html_and_pngs(tmp_path):
     assert text.count("data:image/png;base64,") >= 4  # self-contained: the images are inlined
     assert "t2" in text and "(default)" in text and "stopped by ASHA" in text
     assert "larger than the default&#x27;s seed-to-seed spread" in text
+    assert "no Optuna study" not in text
+
+
+def test_report_without_a_study_says_so(tmp_path):
+    storage, name = fake_sweep(tmp_path)
+    (R.sweep_dir(storage, name) / "optuna.db").unlink()
+    text = build_report(storage, name).read_text()
+    assert "no Optuna study found" in text and text.count("data:image/png;base64,") >= 2
 
 
 def test_make_demo_space_compares_trials_after_the_pseudo_label_epochs():

@@ -70,6 +70,9 @@ def register(subparsers) -> None:
     r.add_argument("--storage", default=DEFAULT_STORAGE, help=f"the sweep's --storage (default: {DEFAULT_STORAGE})")
     r.add_argument("--name", required=True, help="the sweep's name")
     r.add_argument("--out", help="output folder (default: <storage>/<name>/report)")
+    r.add_argument("--optuna-storage", metavar="URL",
+                   help="the study's URL with its password, where the sweep used a server (default: the URL the "
+                        "sweep recorded, password from PGPASSWORD or ~/.pgpass; else <storage>/<name>/optuna.db)")
     r.set_defaults(func=cmd_report)
 
     b = subparsers.add_parser("best", help="export the best trial's full config of a sweep as YAML",
@@ -147,7 +150,7 @@ def quiet_python_warnings() -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from wilson_ray.orchestration.report import build_report
 
-    path = build_report(args.storage, args.name, args.out)
+    path = build_report(args.storage, args.name, args.out, args.optuna_storage)
     print(f"report: {path}")
     return 0
 

@@ -41,6 +41,16 @@ def redact(url: str) -> str:
     return urlunparse(parts._replace(netloc=netloc))
 
 
+def without_password(url: str) -> str:
+    """``url`` with no password in it: libpq then takes it from ``PGPASSWORD`` or ``~/.pgpass``, as any client
+    of a server would; used to reopen a study whose recorded URL was redacted."""
+    parts = urlparse(url)
+    if parts.password is None:
+        return url
+    netloc = (parts.username or "") + "@" + (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urlunparse(parts._replace(netloc=netloc))
+
+
 def check_optuna_storage(url: str, flag: str = "--optuna-storage") -> str:
     """An SQLAlchemy URL Optuna's ``RDBStorage`` can open (sqlite file, PostgreSQL, MySQL), or a one-line error."""
     url = (url or "").strip()
@@ -116,6 +126,6 @@ def alive_nodes() -> int:
     return sum(1 for n in ray.nodes() if n.get("Alive"))
 
 
-__all__ = ["check_optuna_storage", "optuna_storage_url", "check_shared_sqlite", "storage_sharing",
+__all__ = ["check_optuna_storage", "without_password", "optuna_storage_url", "check_shared_sqlite", "storage_sharing",
            "filesystem_type", "redact", "is_sqlite", "alive_nodes", "NETWORK_FS"]
 

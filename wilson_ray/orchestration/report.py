@@ -21,6 +21,7 @@ from typing import Any
 from wilson_ray.atomic import atomic_write_text
 from wilson_ray.errors import UserError
 from wilson_ray.orchestration import results as R
+from wilson_ray.orchestration.backends import check_optuna_storage, is_sqlite, redact, without_password
 from wilson_ray.sweep_record import rounded, short_names
 from wilson_ray.tracking import plots
 
@@ -190,8 +191,36 @@ table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;paddi
 tr.best{background:#fff3c4}.verdict{font-size:1.05em;background:#eef5ff;padding:.6em;border-left:4px solid #36c}"""
 
 
-def build_report(storage: str | Path, name: str, out: str | Path | None = None) -> Path:
-    """Write ``<out>/report.html`` (images inlined) and its PNGs; ``out`` defaults to ``<sweep>/report``."""
+def load_study(sweep: dict[str, Any], folder: Path, name: str, override: str | None = None):
+    """The sweep's Optuna study and, when it cannot be opened, a line saying why (else ``None``).
+
+    Where it lives: ``override`` (``report --optuna-storage``), else the storage the sweep recorded (a server's URL
+    is recorded with its password redacted, so it is reopened without one: libpq reads ``PGPASSWORD`` or
+    ``~/.pgpass``), else the SQLite file in the sweep folder."""
+    recorded = sweep.get("optuna_storage")
+    if override:
+        url = check_optuna_storage(override)
+    elif recorded and not is_sqlite(recorded):
+        url = without_password(recorded) if "***" in recorded else recorded
+    elif (folder / "optuna.db").is_file():
+        url = f"sqlite:///{folder / 'optuna.db'}"
+    else:
+        return None, f"no Optuna study found (no {folder / 'optuna.db'} and no --optuna-storage)"
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        return optuna.load_study(study_name=name, storage=url), None
+    except Exception as err:  # noqa: BLE001 - the report still has everything that needs no study
+        why = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        return None, (f"the Optuna study '{name}' at {redact(url)} could not be opened ({why}); pass "
+                      "--optuna-storage URL with its password, or set PGPASSWORD")
+
+
+def build_report(storage: str | Path, name: str, out: str | Path | None = None,
+                 optuna_storage: str | None = None) -> Path:
+    """Write ``<out>/report.html`` (images inlined) and its PNGs; ``out`` defaults to ``<sweep>/report``.
+    ``optuna_storage`` opens the study where the recorded URL cannot (see ``load_study``)."""
     folder = R.sweep_dir(storage, name)
     sweep = R.read_sweep(storage, name)
     if sweep is None:
@@ -214,16 +243,7 @@ def build_report(storage: str | Path, name: str, out: str | Path | None = None) 
                                                best=best and best["trial"], max_epochs=max_epochs,
                                                marks=sweep.get("rungs") or ())
     figs["best_so_far"] = best_so_far_png(rows, epochs, metric, mode, out / "best_so_far.png")
-    db = folder / "optuna.db"
-    study = None
-    if db.is_file():
-        try:
-            import optuna
-
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-            study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
-        except Exception:  # noqa: BLE001 - no study: the figures that need it say so
-            study = None
+    study, study_note = load_study(sweep, folder, name, optuna_storage)
     for kind in ("parallel_coordinate", "param_importances"):
         figs[kind] = None
         if study is not None:
@@ -255,6 +275,7 @@ def build_report(storage: str | Path, name: str, out: str | Path | None = None) 
         "<h2>Trials</h2>", _table(rows, keys, best, default_id),
         "<h2>Learning curves</h2>", _img(figs["curves"], "old / new / all mIoU per epoch; x = stopped by ASHA"),
         "<h2>Search</h2>",
+        f"<p><em>{html.escape(study_note)}</em></p>" if study_note else "",
         _img(figs["parallel_coordinate"], f"parallel coordinates of the swept values, coloured by {metric} "
                                           "(completed trials; Optuna)"),
         _img(figs["param_importances"], f"parameter importances for {metric} (Optuna, fANOVA)"),

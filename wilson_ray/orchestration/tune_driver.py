@@ -233,7 +233,7 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
         except KeyboardInterrupt:
             interrupted = True
         kill_point("before_summary")
-        return _finish(space, settings, storage, name, tracking, restored, interrupted, log)
+        return _finish(space, settings, storage, name, tracking, restored, interrupted, log, optuna_url)
     finally:
         if started:
             ray.shutdown()
@@ -365,7 +365,7 @@ def _sampler(space: SearchSpace, seed: int | None):
 
 
 def _finish(space: SearchSpace, settings: SweepSettings, storage: Path, name: str, tracking: TrackingInfo | None,
-            restored: bool, interrupted: bool, log) -> SweepOutcome:
+            restored: bool, interrupted: bool, log, optuna_url: str | None = None) -> SweepOutcome:
     from wilson_ray.atomic import atomic_write_text
     from wilson_ray.tracking import plots
 
@@ -398,7 +398,7 @@ def _finish(space: SearchSpace, settings: SweepSettings, storage: Path, name: st
     try:
         from wilson_ray.orchestration.report import build_report
 
-        report = build_report(storage, name)
+        report = build_report(storage, name, optuna_storage=optuna_url)
     except Exception as err:  # noqa: BLE001 - a report must not fail a finished sweep
         log(f"wilson-ray: warning: the sweep report failed: {type(err).__name__}: {err}")
     if tracking is not None:
