@@ -495,16 +495,8 @@ class TrialTracker:
         final = self.record.final()
         if not final:
             return
-        from mlflow.entities import Metric
-
-        step = int(final.get("epochs") or 0)
-        ts = int(time.time() * 1000)
-        items = [Metric(metric_key(f"final/{k}"), v, ts, step) for k, v in finite_metrics(final.get("metrics", {})).items()
-                 if k not in SKIP_METRICS]
-        items += [Metric(metric_key(f"final_iou/{k}"), v, ts, step)
-                  for k, v in finite_metrics(final.get("per_class_iou", {})).items()]
-        for chunk in _chunks(items, 900):
-            client.log_batch(run_id, metrics=chunk)
+        # Artifacts only: the final metrics are the last epoch's, already in the per-epoch series (a `final/*`
+        # copy would be a second, single-point name for the same series in MLflow's charts).
         folder = self.record.dir / "final"
         for f in sorted(folder.iterdir()):
             if f.is_file() and not f.name.startswith("."):
