@@ -35,7 +35,6 @@ from wilson_ray.config import Config, config_hash
 from wilson_ray.data.extras import data_input
 from wilson_ray.data.manifest import _root_writable, user_cache_dir
 from wilson_ray.data.transforms import eval_transform
-from wilson_ray.errors import UserError
 from wilson_ray.filelock import locked
 from wilson_ray.metrics import ConfusionMatrix, per_class_iou
 from wilson_ray.protocol import VOID, Task
