@@ -26,7 +26,8 @@ from wilson_ray.methods import get_method
 # Fields that do not change the trained weights, so they are left out of the key.
 _NEUTRAL = {
     "data": {"num_workers", "val_batch_size", "eval_mode", "val_crop_size"},
-    "run": {"device", "progress", "log_interval", "val_interval", "fail_on_nonfinite", "compile"},
+    "run": {"device", "progress", "log_interval", "val_interval", "fail_on_nonfinite", "compile",
+            "ddp_find_unused"},
 }
 
 

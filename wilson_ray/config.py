@@ -74,6 +74,9 @@ class RunConfig:
     frozen_old_model: bool = False  # old model with BN folded into convs, weights in the amp dtype, inference_mode
     valid_taps: bool = False  # ASPP dilated convs as per-tap GEMMs over valid pixels (CPU: avoids oneDNN's slow path)
     fused_sgd: bool = False  # torch.optim.SGD(fused=True): one kernel over all parameters
+    # DDP's find_unused_parameters (an extra autograd-graph traversal per iteration); None: only for a method that
+    # needs it (WILSON's localizer-only epochs leave the segmentation head without gradients). BENCHMARKS.md §3A.
+    ddp_find_unused: bool | None = None
     val_interval: int = 2  # evaluate every N epochs (and always after the last)
     log_interval: int = 10  # iterations between loss logs (the only host syncs)
     progress: bool = True

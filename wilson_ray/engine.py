@@ -281,7 +281,8 @@ def train_step(
     method.load_state_dict(method_state)
     method.on_model_ready(model)
     module = Trainable(model, method.build_localizer(model.backbone.out_channels, cfg.model.norm))
-    module, net, old_model = prepare_models(cfg, module, old_model, device, world, method.uses_localizer, amp=amp)
+    find_unused = method.uses_localizer if cfg.run.ddp_find_unused is None else cfg.run.ddp_find_unused
+    module, net, old_model = prepare_models(cfg, module, old_model, device, world, find_unused, amp=amp)
     from wilson_ray.cache import default_cache_dir, step_key
 
     ctx = Context(net=net, module=module, old_model=old_model,
