@@ -17,9 +17,7 @@ from wilson_ray.protocol import get_task
 from wilson_ray.weak import LEARNERS, pipeline
 from tests.test_methods import TINY
 
-# The short EPS run: measured new-class mask IoU 12.3 against 5.7 for "the labelled class everywhere" (chance).
-EPS_EPOCHS = 15
-MARGIN = 4.0
+MARGIN = 4.0  # points of new-class mask IoU above chance that a learner must clear (with 1.6x chance)
 LEARNER = {"method.epochs": 1, "method.max_iters_per_epoch": 2, "method.batch_size": 4, "method.crop_size": 32,
            "method.scales": [1.0], "method.flip": False}
 
@@ -126,11 +124,11 @@ def test_shipped_weak_spaces_load_with_the_paper_point_inside(name, keys):
 
 
 @pytest.fixture(scope="module")
-def synth48(tmp_path_factory):
+def synth96(tmp_path_factory):
     from wilson_ray.data import synthetic
 
-    root = tmp_path_factory.mktemp("synth48") / "voc"
-    synthetic.generate(root, seed=0, train=160, val=8, size=48)
+    root = tmp_path_factory.mktemp("synth96") / "voc"
+    synthetic.generate(root, seed=0, train=300, val=8, size=96)
     return root
 
 
@@ -146,17 +144,22 @@ def _labelled_class_everywhere_iou(view) -> float:
     return float(np.nanmean(per_class_iou(cm.numpy())[16:] * 100))
 
 
-@pytest.mark.timeout(1800)  # ~1 min alone on 2 cores; the default 600 s is too tight when the machine is shared
-def test_short_eps_run_gives_masks_well_above_chance(synth48):
-    cfg = resolve_config("demo", method="eps", overrides={
-        "data.root": str(synth48), "data.num_workers": 0, "model.small_width": 8, "method.epochs": EPS_EPOCHS,
-        "method.lr": 0.05, "method.batch_size": 16, "method.crop_size": 48, "method.scales": [1.0], "method.flip": False})
+# Each learner with the demo preset's own schedule (12 epochs at lr 0.02, crop 96; SEAM's affinity net 4 epochs, SS's
+# 4 classification-only epochs), single scale, no flip, width-8 backbone, on a 300-image 96² set (138 images at
+# 15-5 step 1). Measured 2026-11-26 on the AVX2 EPYC, new-class mask IoU against chance (see below) 5-6:
+# cam 14.4, eps 21.0, seam 14.5, ss 25.6; 18 / 20 / 109 / 82 s with the machine shared by two other jobs.
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("name", ["cam", "eps", "seam", "ss"])
+def test_short_learner_run_gives_masks_well_above_chance(synth96, name):
+    cfg = resolve_config("demo", method=name, overrides={
+        "data.root": str(synth96), "data.num_workers": 0, "model.small_width": 8, "method.scales": [1.0],
+        "method.flip": False})
     task = get_task("15-5")
-    folder = pipeline.ensure_pseudo_masks(cfg, task, 1, LEARNERS["eps"], cfg.method.args, verbose=False)
+    folder = pipeline.ensure_pseudo_masks(cfg, task, 1, LEARNERS[name], cfg.method.args, verbose=False)
     quality = pipeline.read_quality(folder)
-    _, view = pipeline.learner_datasets(cfg, task, 1, LEARNERS["eps"], cfg.method.args)
+    _, view = pipeline.learner_datasets(cfg, task, 1, LEARNERS[name], cfg.method.args)
     chance = _labelled_class_everywhere_iou(view)
-    assert quality["images"] == len(view) > 50
+    assert quality["images"] == len(view) > 100
     assert quality["mask_miou_new"] > max(1.6 * chance, chance + MARGIN), (quality["mask_miou_new"], chance)
 
 
