@@ -12,7 +12,10 @@ from wilson_ray.atomic import atomic_write_text
 from wilson_ray.config import Config, parse_overrides, resolve_config
 from wilson_ray.errors import UserError
 
-PAPER_TABLE_METHODS = ("joint", "finetune", "lwf", "ilt", "mib", "cam", "seam", "ss", "eps", "wilson")
+# The rows of the paper's Table 1: pixel labels at every step (joint bound, fine-tuning, LwF, ILT, MiB, PLOP, SDR,
+# RECALL), then image labels at the incremental steps (CAM, SEAM, SS, EPS, WILSON).
+PAPER_TABLE_METHODS = ("joint", "finetune", "lwf", "ilt", "mib", "plop", "sdr", "recall", "cam", "seam", "ss", "eps",
+                       "wilson")
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
