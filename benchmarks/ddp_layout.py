@@ -16,6 +16,7 @@ trial-epochs per minute and each trial's old/new/all mIoU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -61,6 +62,7 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, args, seed: int, init: str, out: str, queue) -> None:
+    sys.stdout = sys.stderr  # the run's own lines (amp: ...) must not mix into the JSON on stdout
     torch.set_num_threads(1)
     from wilson_ray import engine
 
@@ -85,7 +87,8 @@ def main(argv=None) -> int:
 
     tmp = tempfile.mkdtemp(prefix="ddp-layout-")
     cache = args.cache_dir or os.path.join(tmp, "cache")
-    init = str(cached_step(_config(args, args.seed), 0, cache))  # not timed: both layouts start from it
+    with contextlib.redirect_stdout(sys.stderr):  # not timed: both layouts start from it
+        init = str(cached_step(_config(args, args.seed), 0, cache))
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     start = time.perf_counter()
