@@ -32,23 +32,25 @@ def is_sqlite(url: str | None) -> bool:
     return bool(url) and _scheme(url) == "sqlite"
 
 
+def _replace_password(url: str, password: str | None) -> str:
+    """``url`` with its password (if it has one) replaced by ``password``, or dropped when that is None."""
+    parts = urlparse(url)
+    if parts.password is None:
+        return url
+    user = parts.username or "" if password is None else f"{parts.username}:{password}"
+    netloc = f"{user}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunparse(parts._replace(netloc=netloc))
+
+
 def redact(url: str) -> str:
     """``url`` with its password replaced by ``***`` (for logs; the sweep still uses the real one)."""
-    parts = urlparse(url)
-    if not parts.password:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunparse(parts._replace(netloc=netloc))
+    return _replace_password(url, "***")
 
 
 def without_password(url: str) -> str:
     """``url`` with no password in it: libpq then takes it from ``PGPASSWORD`` or ``~/.pgpass``, as any client
     of a server would; used to reopen a study whose recorded URL was redacted."""
-    parts = urlparse(url)
-    if parts.password is None:
-        return url
-    netloc = (parts.username or "") + "@" + (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    return urlunparse(parts._replace(netloc=netloc))
+    return _replace_password(url, None)
 
 
 def check_optuna_storage(url: str, flag: str = "--optuna-storage") -> str:
