@@ -7,8 +7,12 @@ set -u
 ST=$(realpath "$1"); NAME=$2; OUT=$(realpath -m "$3"); mkdir -p "$OUT"
 B=$(realpath "${VENV:-.venv}/bin"); LOGS=$(mktemp -d)
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
+# MLflow 3.17's assistant panel opens by itself on a first visit from "localhost"/"127.0.0.1" and covers a third of
+# the page; the browser reaches the same 127.0.0.1 server under another name (host-resolver rule, allowed host) so
+# the pictures show the runs. ?workflowType=machine_learning opens the "Model training" side of the UI.
+HOSTNAME_=mlflow.screenshot
 setsid "$B/mlflow" server --backend-store-uri "sqlite:///$ST/mlflow.db" --host 127.0.0.1 --port 5077 --workers 1 \
-  >"$LOGS/mlflow.log" 2>&1 &
+  --allowed-hosts "$HOSTNAME_:5077,127.0.0.1:5077" --cors-allowed-origins "http://$HOSTNAME_:5077" >"$LOGS/mlflow.log" 2>&1 &
 MP=$!
 setsid "$B/optuna-dashboard" "sqlite:///$ST/$NAME/optuna.db" --host 127.0.0.1 --port 8077 >"$LOGS/optuna.log" 2>&1 &
 OP=$!
@@ -25,9 +29,11 @@ print(e.experiment_id, trial[0].info.run_id if trial else "")
 PY
 )
 C=(chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1600,1000 --virtual-time-budget=30000)
-"${C[@]}" --screenshot="$OUT/mlflow_experiment.png" \
-  "http://127.0.0.1:5077/#/experiments/$EXP/runs?viewStateShareKey=wilson-ray" 2>/dev/null
-"${C[@]}" --screenshot="$OUT/mlflow_trial.png" "http://127.0.0.1:5077/#/experiments/$EXP/runs/$RUN" 2>/dev/null
+M=(--host-resolver-rules="MAP $HOSTNAME_ 127.0.0.1")
+"${C[@]}" "${M[@]}" --screenshot="$OUT/mlflow_experiment.png" \
+  "http://$HOSTNAME_:5077/#/experiments/$EXP/runs?viewStateShareKey=wilson-ray&workflowType=machine_learning" 2>/dev/null
+"${C[@]}" "${M[@]}" --screenshot="$OUT/mlflow_trial.png" \
+  "http://$HOSTNAME_:5077/#/experiments/$EXP/runs/$RUN?workflowType=machine_learning" 2>/dev/null
 [[ -f "$ST/$NAME/report/report.html" ]] && chromium --headless --no-sandbox --disable-gpu --hide-scrollbars \
   --window-size=1300,2600 --screenshot="$OUT/report.png" "file://$ST/$NAME/report/report.html" 2>/dev/null
 for _ in $(seq 60); do curl -fsS http://127.0.0.1:8077/ >/dev/null 2>&1 && break; sleep 1; done

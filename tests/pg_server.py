@@ -13,24 +13,19 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from ports import free_port
+
 USER = "wilson"  # the database role the URLs use
 
 
 def have_postgres() -> bool:
     return all(shutil.which(b) for b in ("initdb", "pg_ctl", "postgres"))
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class PostgresServer:

@@ -5,23 +5,16 @@ without gradients), MiB does not."""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
-from wilson_ray.config import resolve_config
-from wilson_ray.engine import train_step
+from ports import free_port
 
 from tests.test_methods import TINY
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from wilson_ray.config import resolve_config
+from wilson_ray.engine import train_step
 
 
 def _rank(rank: int, port: int, overrides: dict, init: str, out: str, queue) -> None:
@@ -42,7 +35,7 @@ def _rank(rank: int, port: int, overrides: dict, init: str, out: str, queue) -> 
 def _two_ranks(overrides: dict, init: str, out) -> dict[int, tuple]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = _port()
+    port = free_port()
     procs = [ctx.Process(target=_rank, args=(r, port, overrides, init, str(out), queue)) for r in range(2)]
     for p in procs:
         p.start()

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -24,12 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--set", "incremental.epochs=2", "--set", "step0.max_iters_per_epoch=2",
         "--set", "incremental.max_iters_per_epoch=2", "--set", "step0.epochs=2",
         "--set", "data.batch_size=8", "--set", "data.val_batch_size=16", "--set", "data.num_workers=0"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def session_pids(temp_dir: str) -> list[int]:

@@ -3,11 +3,11 @@ its own run, and an unreachable store that warns once while the record keeps eve
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
+from ports import free_port
 
 from wilson_ray.errors import UserError
 from wilson_ray.tracking import plots
@@ -31,7 +31,7 @@ def info_for(tmp_path: Path, uri: str | None = None) -> TrackingInfo:
 
 
 def epoch_metrics(epoch: int) -> dict:
-    m = {"epoch": epoch, "lr": 0.01 / epoch, "images_per_s": 10.0, "loss/cls": 1.0 / epoch, "loss/total": 2.0 / epoch}
+    m = {"epoch": epoch, "lr": 0.01 / epoch, "images_per_s": 100.0 / 3, "loss/cls": 1.0 / epoch, "loss/total": 2.0 / epoch}
     if epoch % 2 == 0:
         m.update({"miou_old": 10.0 * epoch, "miou_new": 5.0 * epoch, "miou_all": 8.0 * epoch,
                   "iou/background": 80.0, "iou/a": 1.0})
@@ -60,12 +60,6 @@ def finish_record(rec: TrialRecord) -> None:
     rec.set_outcome("completed")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(120)
 def test_parent_child_metrics_artifacts(tmp_path):
     from mlflow.tracking import MlflowClient
@@ -92,6 +86,8 @@ def test_parent_child_metrics_artifacts(tmp_path):
     assert [m.step for m in client.get_metric_history(child.info.run_id, "loss/total")] == [1, 2]
     assert [(m.step, m.value) for m in client.get_metric_history(child.info.run_id, "miou_all")] == [(2, 16.0)]
     assert child.data.metrics["miou_all"] == 16.0  # the last epoch's value is the run's value: one name per series
+    # stored (and shown in the runs table) with 4 significant digits, not 16
+    assert [m.value for m in client.get_metric_history(child.info.run_id, "images_per_s")] == [33.33, 33.33]
     assert not [k for k in child.data.metrics if k.startswith(("final/", "final_iou/"))], child.data.metrics
     arts = {a.path for a in client.list_artifacts(child.info.run_id, "final")}
     assert {"final/confusion.png", "final/confusion.csv", "final/confusion.npy", "final/iou_bar.png",

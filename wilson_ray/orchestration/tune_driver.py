@@ -419,7 +419,8 @@ def _finish(space: SearchSpace, settings: SweepSettings, storage: Path, name: st
         exp_id = share_view(tracking, tracking.parent_run_id, [names[k] for k in space.keys],
                             list(dict.fromkeys([space.metric, "miou_old", "miou_new", "miou_all", "miou_hm"])))
         if exp_id is not None:
-            mlflow_view = f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}"
+            mlflow_view = (f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}"
+                           "&workflowType=machine_learning")
         if not done:
             log(f"wilson-ray: warning: MLflow at {tracking.uri} unreachable at the end of the sweep; everything is "
                 f"kept in {sweep_path}/trials and uploaded when the same sweep command runs again")

@@ -270,7 +270,7 @@ class SweepRun:
                 if Path(folder).is_dir():
                     client.log_artifacts(self.run_id, str(folder), artifact_path=artifact_path)
             now = int(time.time() * 1000)
-            client.log_batch(self.run_id, metrics=[Metric(metric_key(k), v, now, 0)
+            client.log_batch(self.run_id, metrics=[Metric(metric_key(k), shown(v), now, 0)
                                                    for k, v in finite_metrics(metrics).items()])
             for f in files:
                 if Path(f).is_file():
@@ -343,6 +343,13 @@ def _amp_params(run: dict[str, Any]) -> dict[str, str]:
 # Not logged per epoch: ``epoch`` is the step itself (logged last, as the marker of a complete epoch) and
 # ``iou_background`` is ``iou/background`` again (one name per series).
 SKIP_METRICS = ("epoch", "iou_background")
+
+
+def shown(value: float) -> float:
+    """A metric's value as MLflow stores and shows it: 4 significant digits (mIoU 30.39, loss 0.1234, lr 0.00908).
+    The runs table prints what it stores, and 16 digits of an mIoU are noise; the trial record keeps the exact
+    values."""
+    return float(f"{value:.4g}")
 
 
 def trial_params(trial: dict[str, Any]) -> dict[str, Any]:
@@ -481,7 +488,8 @@ class TrialTracker:
             if epoch in self._logged_epochs:
                 continue
             ts = int(time.time() * 1000)
-            items = [Metric(metric_key(k), v, ts, epoch) for k, v in metrics.items() if k not in SKIP_METRICS]
+            items = [Metric(metric_key(k), shown(v), ts, epoch) for k, v in metrics.items()
+                     if k not in SKIP_METRICS]
             items.append(Metric("epoch", float(epoch), ts, epoch))
             # One batch (MLflow's limit is 1000 metrics) is all-or-nothing; "epoch" goes last either way: it marks
             # the epoch as logged, so a partial upload is retried rather than skipped.

@@ -1,0 +1,12 @@
+"""A free TCP port on a local address, for the servers the tests start (MLflow, PostgreSQL, Ray, gloo)."""
+
+from __future__ import annotations
+
+import socket
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on at ``host`` right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
