@@ -808,3 +808,19 @@ def test_cache_writer_killed_leaves_no_valid_entry_and_next_call_retrains(synth_
     assert valid_entry(entry) and load_checkpoint(entry)["step"] == 0
     assert not list(cache.glob(f"{key}/.train-*"))  # the killed writer's temporary folder is gone
     assert cached_step(cfg, 0, cache) == entry and "training" not in capsys.readouterr().err  # now reused
+
+
+def test_step_cache_key_same_for_relative_and_absolute_data_root(tmp_path, monkeypatch):
+    """One dataset reached as ``data/x`` or as its absolute path is one cache entry; another folder is another."""
+    from wilson_ray.cache import step_key
+    from wilson_ray.config import resolve_config
+
+    for name in ("x", "y"):
+        (tmp_path / "data" / name / "splits").mkdir(parents=True)
+        (tmp_path / "data" / name / "splits" / "train_aug.txt").write_text(f"{name}\n")
+    monkeypatch.chdir(tmp_path)
+    rel = resolve_config("demo", overrides={"data.root": "data/x"})
+    absolute = resolve_config("demo", overrides={"data.root": str(tmp_path / "data" / "x")})
+    other = resolve_config("demo", overrides={"data.root": "data/y"})
+    assert step_key(rel, 0) == step_key(absolute, 0) and step_key(rel, 1) == step_key(absolute, 1)
+    assert step_key(rel, 0) != step_key(other, 0)

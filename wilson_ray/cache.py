@@ -47,6 +47,9 @@ def step_key(cfg: Config, step: int) -> str:
     d = cfg.to_dict()
     for section, fields in _NEUTRAL.items():
         d[section] = {k: v for k, v in d[section].items() if k not in fields}
+    # The folders as written ("data/synthetic" or its absolute path) do not key the entry: the stamp below holds
+    # each one resolved, so the same dataset reached either way shares one checkpoint.
+    d["data"] = {k: v for k, v in d["data"].items() if k not in ("root", "voc_root")}
     method = get_method(cfg.method.name)
     shared_step0 = method.shares_step0
     # The BCE step 0 keeps its historical key (None); another shared strategy is keyed by its kind only, so every
