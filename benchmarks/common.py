@@ -116,6 +116,7 @@ class StepOptions:
     amp: str = "bf16"  # run.amp as run: none | bf16 | fp16 (``auto`` is resolved by benchmarks.step.options)
     channels_last: bool = True  # run.channels_last (activations, weights and loss gradients)
     compile: bool = False  # run.compile: torch.compile of the trainable and the old model
+    compile_blocks: bool = False  # fast.compile_blocks_: regional compile, one graph per distinct ResNet block
     frozen_old_model: bool = True  # run.frozen_old_model: BN folded, weights in the amp dtype, inference_mode
     valid_taps: bool = True  # run.valid_taps: ASPP dilated convs as per-tap GEMMs over valid pixels
     fused_sgd: bool = True  # run.fused_sgd
@@ -267,6 +268,9 @@ def build_setup(o: StepOptions, init: Callable | None = realistic_init_) -> Step
     eager_ctx = Context(net=net, module=module, old_model=old_run)
     if cfg.run.compile:
         net, old_run = engine.compile_models(net, old_run)
+    if o.compile_blocks:
+        n = sum(fast.compile_blocks_(m) for m in (module, old_run) if m is not None)
+        notes.append(f"{n} ResNet blocks compiled regionally (fast.compile_blocks_)")
     ctx = Context(net=net, module=module, old_model=old_run)
     optimizer = engine.make_optimizer(cfg, module, step)
     oc = cfg.optim(step)

@@ -85,6 +85,7 @@ def main(argv=None) -> int:
         y.backward(torch.ones_like(y))
         return time.perf_counter() - t
 
+    machine = common.machine_info()  # the load average before the timed rounds
     times: dict[str, list[float]] = {k: [] for k in impls}
     for f in impls.values():  # warm-up
         once(f)
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
             times[k].append(once(f))
     flop = 3 * 2 * args.batch * s * s * c * c * 9  # forward + two backward products, 2 FLOP per MAC
     out = {"size": args.size, "batch": args.batch, "map": s, "channels": c, "dilation": d, "threads": args.threads,
-           "flop_per_call": flop, "machine": common.machine_info(), "results": {}}
+           "flop_per_call": flop, "machine": machine, "results": {}}
     base = sorted(times["dilated"])[len(times["dilated"]) // 2]
     for k, ts in times.items():
         med = sorted(ts)[len(ts) // 2]

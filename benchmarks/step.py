@@ -55,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the trainable and the old model (run.compile)")
+    p.add_argument("--compile-blocks", dest="compile_blocks", action="store_true",
+                   help="regional torch.compile: each ResNet block, one graph per distinct shape "
+                        "(fast.compile_blocks_); set TORCHINDUCTOR_CACHE_DIR to time a cold or a warm cache")
     p.add_argument("--frozen-old-model", dest="frozen_old_model", action=argparse.BooleanOptionalAction,
                    default=None, help="run.frozen_old_model: BN folded + weights in the amp dtype + inference_mode")
     p.add_argument("--fused-sgd", dest="fused_sgd", action=argparse.BooleanOptionalAction, default=None)
@@ -101,7 +104,8 @@ def options(a: argparse.Namespace) -> common.StepOptions:
     requested = base["amp"]
     base["amp"] = hardware.resolve_amp(requested, device)
     return common.StepOptions(backbone=a.backbone, size=a.size, batch=a.batch, step=a.step, method=a.method,
-                              device=a.device, amp_requested=requested, **base)
+                              device=a.device, amp_requested=requested,
+                              compile_blocks=bool(getattr(a, "compile_blocks", False)), **base)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -228,7 +232,7 @@ def run(a: argparse.Namespace) -> dict:
         torch.set_num_threads(a.threads)
     o = options(a)
     iters = a.iters if a.iters is not None else (20 if a.backbone == "small" else 5)
-    compiled = o.compile
+    compiled = o.compile or o.compile_blocks
     warmup = a.warmup if a.warmup is not None else (3 if compiled else 2)
     s = common.build_setup(o)
     info = common.machine_info(s.device)
@@ -259,7 +263,7 @@ def run(a: argparse.Namespace) -> dict:
     out = {
         "benchmark": "step",
         "backbone": o.backbone, "size": o.size, "batch": o.batch, "step": o.step, "method": o.method,
-        **_switches(o),
+        **_switches(o), "compile_blocks": o.compile_blocks,
         "fp32_eager": bool(a.fp32_eager), "threads": torch.get_num_threads(),
         "device": str(s.device), "iters": iters, "warmup": warmup,
         **stats,
@@ -305,14 +309,17 @@ def run_paired(a: argparse.Namespace) -> dict:
     o = options(a)
     ref_args = argparse.Namespace(**{**vars(a), "fp32_eager": True, "amp": None, "channels_last": None,
                                      "compile": None, "frozen_old_model": None, "fused_sgd": None,
-                                     "valid_taps": None})
+                                     "valid_taps": None, "compile_blocks": False})
     r = options(ref_args)
     iters = a.iters if a.iters is not None else (20 if a.backbone == "small" else 5)
-    warmup = a.warmup if a.warmup is not None else (3 if o.compile else 2)
+    warmup = a.warmup if a.warmup is not None else (3 if o.compile or o.compile_blocks else 2)
     fast_s, ref_s = common.build_setup(o), common.build_setup(r)
     info = common.machine_info(fast_s.device)
+    warm_fast = []
     for _ in range(warmup):
+        t = time.perf_counter()
         common.iteration(fast_s)
+        warm_fast.append(round(time.perf_counter() - t, 2))  # the first one includes any compilation
         common.iteration(ref_s)
     t_fast, t_ref, c_fast, c_ref = [], [], [], []
     for i in range(iters):
@@ -328,7 +335,8 @@ def run_paired(a: argparse.Namespace) -> dict:
     out = {
         "benchmark": "step_paired", "backbone": o.backbone, "size": o.size, "batch": o.batch, "step": o.step,
         "method": o.method, "threads": torch.get_num_threads(), "iters": iters, "warmup": warmup,
-        "fast": {**_switches(o), **common.summarise(t_fast),
+        "fast": {**_switches(o), "compile_blocks": o.compile_blocks, "warmup_times_s": warm_fast,
+                 **common.summarise(t_fast),
                  "cpu_s_median": statistics.median(c_fast)},
         "fp32_eager": {**common.summarise(t_ref), "cpu_s_median": statistics.median(c_ref)},
         "ratio_median": statistics.median(ratios), "ratios": [round(x, 3) for x in ratios],
