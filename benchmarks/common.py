@@ -116,7 +116,7 @@ class StepOptions:
     amp: str = "bf16"  # run.amp as run: none | bf16 | fp16 (``auto`` is resolved by benchmarks.step.options)
     channels_last: bool = True  # run.channels_last (activations, weights and loss gradients)
     compile: bool = False  # run.compile: torch.compile of the trainable and the old model
-    compile_blocks: bool = False  # fast.compile_blocks_: regional compile, one graph per distinct ResNet block
+    compile_blocks: bool = False  # compile_blocks_ (below): regional compile, one graph per distinct ResNet block
     frozen_old_model: bool = True  # run.frozen_old_model: BN folded, weights in the amp dtype, inference_mode
     valid_taps: bool = True  # run.valid_taps: ASPP dilated convs as per-tap GEMMs over valid pixels
     fused_sgd: bool = True  # run.fused_sgd
@@ -269,8 +269,8 @@ def build_setup(o: StepOptions, init: Callable | None = realistic_init_) -> Step
     if cfg.run.compile:
         net, old_run = engine.compile_models(net, old_run)
     if o.compile_blocks:
-        n = sum(fast.compile_blocks_(m) for m in (module, old_run) if m is not None)
-        notes.append(f"{n} ResNet blocks compiled regionally (fast.compile_blocks_)")
+        n = sum(compile_blocks_(m) for m in (module, old_run) if m is not None)
+        notes.append(f"{n} ResNet blocks compiled regionally (benchmarks.common.compile_blocks_)")
     ctx = Context(net=net, module=module, old_model=old_run)
     optimizer = engine.make_optimizer(cfg, module, step)
     oc = cfg.optim(step)
@@ -319,3 +319,19 @@ def iteration(s: StepSetup, ctx: Context | None = None,
     if timer:
         timer("optimizer")
     return total.detach()
+
+
+# Regional compilation: measured slower than the CPU plan on AVX2 (BENCHMARKS §1A), so only the benchmark has it
+def compile_blocks_(module: nn.Module, recompile_limit: int = 64) -> int:
+    """``torch.compile`` every ResNet residual block (torchvision ``Bottleneck`` / ``BasicBlock``) of ``module`` in
+    place (``nn.Module.compile``). The blocks of a stage share one ``forward``, and dynamo lifts parameters to graph
+    inputs, so the 22 identical blocks of ResNet-101's stage 3 run one compiled graph: compile time grows with the
+    number of distinct block shapes (about eight), not with depth. ``recompile_limit`` (per code object) is raised
+    to cover those shapes in train and eval mode. Returns the number of blocks compiled."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, recompile_limit)
+    blocks = [m for m in module.modules() if isinstance(m, (Bottleneck, BasicBlock))]
+    for b in blocks:
+        b.compile()
+    return len(blocks)

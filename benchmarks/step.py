@@ -57,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch.compile the trainable and the old model (run.compile)")
     p.add_argument("--compile-blocks", dest="compile_blocks", action="store_true",
                    help="regional torch.compile: each ResNet block, one graph per distinct shape "
-                        "(fast.compile_blocks_); set TORCHINDUCTOR_CACHE_DIR to time a cold or a warm cache")
+                        "(benchmarks.common.compile_blocks_); set TORCHINDUCTOR_CACHE_DIR to time a cold or a warm cache")
     p.add_argument("--frozen-old-model", dest="frozen_old_model", action=argparse.BooleanOptionalAction,
                    default=None, help="run.frozen_old_model: BN folded + weights in the amp dtype + inference_mode")
     p.add_argument("--fused-sgd", dest="fused_sgd", action=argparse.BooleanOptionalAction, default=None)

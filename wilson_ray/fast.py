@@ -311,24 +311,5 @@ def use_plain_convs_(module: nn.Module) -> int:
     return n
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Regional compilation: one compiled residual block per distinct shape, reused by the identical blocks
-
-
-def compile_blocks_(module: nn.Module, recompile_limit: int = 64) -> int:
-    """``torch.compile`` every ResNet residual block (torchvision ``Bottleneck`` / ``BasicBlock``) of ``module`` in
-    place (``nn.Module.compile``). The blocks of a stage share one ``forward``, and dynamo lifts parameters to graph
-    inputs, so the 22 identical blocks of ResNet-101's stage 3 run one compiled graph: compile time grows with the
-    number of distinct block shapes (about eight), not with depth. ``recompile_limit`` (per code object) is raised
-    to cover those shapes in train and eval mode. Returns the number of blocks compiled."""
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, recompile_limit)
-    blocks = [m for m in module.modules() if isinstance(m, (Bottleneck, BasicBlock))]
-    for b in blocks:
-        b.compile()
-    return len(blocks)
-
-
-__all__ = ["ChannelsLastGradients", "compile_blocks_", "FrozenOldModel", "ValidTapsConv2d", "channels_last_grad", "fold_conv_bn_", "freeze_old_model", "sgd", "use_plain_convs_",
+__all__ = ["ChannelsLastGradients", "FrozenOldModel", "ValidTapsConv2d", "channels_last_grad", "fold_conv_bn_", "freeze_old_model", "sgd", "use_plain_convs_",
            "use_valid_taps_"]
