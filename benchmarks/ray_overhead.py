@@ -18,8 +18,10 @@ Prints one JSON object: both wall times, the per-trial times of the plain runs, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,6 +87,18 @@ def _timeline(trial_dir: Path) -> dict:
             "last_epoch_to_end_s": round(end - epochs[-1], 1), "total_s": round(end - start, 1)}
 
 
+def _plain_miou(log: Path) -> list[float] | None:
+    """old/new/all mIoU from the last row of ``wilson-ray train``'s result table in ``log``."""
+    rows = re.findall(r"^\s*\d+\s+\d+ \(.*\)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", log.read_text(encoding="utf-8"),
+                      flags=re.M)
+    return [float(x) for x in rows[-1]] if rows else None
+
+
+def _sweep_miou(trial_dir: Path) -> list[float] | None:
+    final = json.loads((trial_dir / "final" / "final.json").read_text(encoding="utf-8"))["metrics"]
+    return [round(float(final[k]), 2) for k in ("miou_old", "miou_new", "miou_all")]
+
+
 def run(a: argparse.Namespace) -> dict:
     from wilson_ray.cache import previous_step_checkpoint, step_key
     from wilson_ray.config import parse_overrides, resolve_config
@@ -99,7 +113,8 @@ def run(a: argparse.Namespace) -> dict:
     space = load_search_space(space_path, extra)
     cache = storage / "step_cache"
     t = time.perf_counter()
-    previous_step_checkpoint(space.base_config(extra), space.step, cache)
+    with contextlib.redirect_stdout(sys.stderr):  # the engine's "amp: ..." line; stdout holds only the result
+        previous_step_checkpoint(space.base_config(extra), space.step, cache)
     warm_s = time.perf_counter() - t
     info = common.machine_info()
 
@@ -130,14 +145,20 @@ def run(a: argparse.Namespace) -> dict:
                              "--cache-dir", str(plain_cache)], storage / f"plain_{r['trial']}.log"))
         shutil.rmtree(plain_cache, ignore_errors=True)
     plain_s = sum(plain)
-    timeline = [_timeline(storage / space.name / "trials" / r["trial"]) for r in rows]
+    trials_dir = storage / space.name / "trials"
+    timeline = [_timeline(trials_dir / r["trial"]) for r in rows]
+    # Same seeded configs on the same CPU: a sweep trial must reach exactly the plain run's mIoU (a reused trial
+    # process must not carry state from the trial before it).
+    results = [{"trial": r["trial"], "sweep": _sweep_miou(trials_dir / r["trial"]),
+                "plain": _plain_miou(storage / f"plain_{r['trial']}.log")} for r in rows]
     return {
         "benchmark": "ray_overhead", "space": a.space, "trials": a.trials, "cpus": a.cpus, "set": a.set,
         "trainer": a.trainer,
         "mlflow": not a.no_mlflow, "epochs_per_trial": [r["epochs"] for r in rows],
         "sweep_s": round(sweep_s, 2), "plain_s": round(plain_s, 2), "plain_trial_s": [round(x, 2) for x in plain],
         "ratio": round(sweep_s / plain_s, 4), "cache_warm_s": round(warm_s, 2), "storage": str(storage),
-        "sweep_trial_timeline": timeline,
+        "sweep_trial_timeline": timeline, "miou_old_new_all": results,
+        "same_results": all(x["sweep"] == x["plain"] for x in results),
         **info, "loadavg_end": common.load_average(),
     }
 
@@ -149,7 +170,8 @@ def main(argv=None) -> int:
         print(json.dumps(r))
     else:
         print(f"{r['trials']} trials: sweep {r['sweep_s']:.1f} s, plain processes {r['plain_s']:.1f} s "
-              f"({', '.join(f'{x:.1f}' for x in r['plain_trial_s'])}), ratio {r['ratio']:.3f}")
+              f"({', '.join(f'{x:.1f}' for x in r['plain_trial_s'])}), ratio {r['ratio']:.3f}; "
+              f"same mIoU as the plain runs: {r['same_results']}")
     return 0
 
 

@@ -323,6 +323,10 @@ def test_single_worker_trial_runs_in_its_tune_process_and_resumes_after_a_kill(s
     assert proc.returncode == 0, out[-5000:]
     assert "in the trial's own process" in out and "resuming trial" in trial_logs(storage / name)
     assert not (storage / name / "train").exists()  # no TorchTrainer run storage
+    # four epoch checkpoints reported, the two newest kept (Tune's CheckpointConfig(num_to_keep=2))
+    kept = sorted(json.loads((p / "wilson_ray_state.json").read_text())["epoch"]
+                  for p in (storage / name).glob("trial_*/checkpoint_*"))
+    assert kept == [3, 4], kept
     summary = json.loads((storage / name / "summary.json").read_text())
     (t,) = summary["trials"]
     assert t["outcome"] == "completed" and t["epochs"] == 4, t
@@ -335,6 +339,39 @@ def test_single_worker_trial_runs_in_its_tune_process_and_resumes_after_a_kill(s
         runs[0].info.run_id, "epoch")]
     assert steps == [1, 2, 3, 4], steps
     wait_for(lambda: not group_alive(proc.pid), 60)
+
+
+@pytest.mark.timeout(600)
+def test_direct_trials_reuse_their_processes_and_asha_stops_them_cleanly(synth, storage):
+    """Single-worker (direct) trials: Tune runs later trials in earlier trials' processes (reuse_actors), an
+    ASHA stop unwinds the stopped trial before the next one starts in its process, and every trial still ends
+    with its own complete record and MLflow run."""
+    name = "reuse"
+    cmd = sweep_cmd(synth, storage, name, 4)
+    cmd[cmd.index("--workers-per-trial") + 1] = "1"  # demo space: 1 CPU per worker -> two trials at a time
+    proc = run_in_group(cmd, timeout=560)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert not proc.leftover, "the sweep left processes (Ray cluster) behind"
+    records = [json.loads(p.read_text()) for p in sorted((storage / name / "trials").glob("*/trial.json"))]
+    assert len(records) == 4
+    processes = {(r["host"], r["pid"]) for r in records}
+    assert len(processes) <= 2, processes  # 4 trials, at most 2 at a time: later ones ran in reused processes
+    summary = json.loads((storage / name / "summary.json").read_text())
+    outcomes = {t["trial"]: (t["outcome"], t["epochs"]) for t in summary["trials"]}
+    assert all(o in ("completed", "stopped_early") for o, _ in outcomes.values()), outcomes
+    uri = f"sqlite:///{storage / 'mlflow.db'}"
+    children = [r for r in trial_runs(uri, name) if r.data.tags.get("wilson_ray.role") == "trial"]
+    assert len(children) == 4
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    for c in children:
+        outcome, epochs = outcomes[c.data.tags["wilson_ray.trial_id"]]
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "epoch")]
+        assert c.info.status == "FINISHED" and c.data.tags["wilson_ray.outcome"] == outcome
+        assert steps == list(range(1, epochs + 1)) and (outcome == "stopped_early" or epochs == 2), (outcome, steps)
+        if outcome == "completed":
+            assert "final/overlays.png" in {a.path for a in client.list_artifacts(c.info.run_id, "final")}
 
 
 def start_mlflow(store: Path, port: int) -> subprocess.Popen:

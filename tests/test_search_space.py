@@ -354,6 +354,19 @@ def test_trainer_choice(tmp_path):
         trainer_kind("direct", 4)
 
 
+def test_trial_processes_are_reused_for_direct_trials_only(monkeypatch):
+    """Tune's reuse_actors: a direct trial's process runs the next trial (no new process, no re-imports); a
+    TorchTrainer trial's is never reused (its stopped trial's workers would hold the CPUs); the env overrides."""
+    from wilson_ray.orchestration.tune_driver import reuse_trial_processes
+
+    monkeypatch.delenv("WILSON_RAY_REUSE_ACTORS", raising=False)
+    assert [reuse_trial_processes("direct"), reuse_trial_processes("torch")] == [True, False]
+    monkeypatch.setenv("WILSON_RAY_REUSE_ACTORS", "0")
+    assert reuse_trial_processes("direct") is False
+    monkeypatch.setenv("WILSON_RAY_REUSE_ACTORS", "1")
+    assert reuse_trial_processes("torch") is True
+
+
 def test_sections_are_typed_dataclasses(tmp_path):
     """The file's sections come out as the dataclasses config.from_dict validated (no hand-read dicts)."""
     from wilson_ray.orchestration.search_space import Objective, Resources, Scheduler, Search

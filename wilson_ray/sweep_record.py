@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,8 @@ def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 class TrialRecord:
     """A trial's files under ``<storage>/<sweep>/trials/<trial_id>/`` (written atomically, read by anyone)::
 
-        trial.json          trial id/name, swept params, full resolved config, step
+        trial.json          trial id/name, swept params, full resolved config, step, host and pid of the
+                            process that ran it (last; direct trials share reused processes)
         epochs/0001.json    metrics of epoch 1 (every loss term, lr, images/s, mIoU columns, iou/<class>)
         final/              final.json, per_class_iou.{json,csv}, confusion.{npy,csv,png}, iou_bar.png, overlays.png
         outcome.json        {"outcome": completed|stopped_early|failed, "reason": ...}
@@ -56,7 +59,8 @@ class TrialRecord:
                     step: int, sweep: str) -> None:
         old = _read_json(self.dir / "trial.json") or {}
         data = {"trial_id": trial_id, "trial_name": trial_name, "sweep": sweep, "step": step,
-                "params": params, "config": config, "started": old.get("started") or time.time()}
+                "params": params, "config": config, "started": old.get("started") or time.time(),
+                "host": socket.gethostname(), "pid": os.getpid()}
         if old != json.loads(json.dumps(data, default=str)):
             atomic_write_text(self.dir / "trial.json", json.dumps(data, indent=1, default=str))
 

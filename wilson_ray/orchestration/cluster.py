@@ -10,6 +10,15 @@ import ray
 from wilson_ray.errors import UserError
 
 
+# A local cluster's daemons share the trials' cores: leave out what a sweep never uses (measured on 2 cores:
+# idle daemons 11.4-12.2 -> 7.9-8.4 % of a core, ray.init 6.2-7.7 -> 5.2-7.2 s; BENCHMARKS.md section 3).
+# The environment wins.
+LOCAL_CLUSTER_ENV = {
+    "RAY_enable_metrics_collection": "0",  # Prometheus metrics export: no Prometheus here
+    "RAY_prestart_worker_first_driver": "0",  # idle workers started for the driver, which runs no tasks
+    "RAY_enable_worker_prestart": "0",
+}
+
 VERBOSE = True  # the sweep sets it: False keeps workers' output out of the console (``init_ray``)
 
 
@@ -36,6 +45,8 @@ def init_ray(address: str | None, num_cpus: int | None, verbose: bool | None = N
                             f"({type(err).__name__}: {text}){hint}, expected a running cluster "
                             "(scripts/start_head.sh) or no --address for a local one") from None
         return False
+    for k, v in LOCAL_CLUSTER_ENV.items():  # read by the raylet and GCS this call starts
+        os.environ.setdefault(k, v)
     ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
              log_to_driver=verbose, logging_level=level)
     return True

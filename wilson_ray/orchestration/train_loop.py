@@ -297,6 +297,12 @@ def run_step(config: dict[str, Any], rank: int, checkpoint, report, device: str 
         try:
             engine.train_step(cfg, step, init_checkpoint=Path(init) if init else None,
                               out_dir=Path(config["trial_dir"]) / "model", callbacks=[callback], resume_from=resume)
+        except SystemExit:
+            # Tune stopped the trial at its report (ASHA). A reused trial process (direct trials) starts the next
+            # trial as soon as this thread ends, so the last MLflow sync finishes on its own thread meanwhile.
+            if tracker is not None:
+                tracker.close(timeout=0)
+            raise
         except DETERMINISTIC_ERRORS as err:
             # Retrying cannot help (non-finite loss, bad config/data, a bug): record the reason so every later
             # attempt stops at once. Crashes and collective errors (RuntimeError, OSError) stay retryable.

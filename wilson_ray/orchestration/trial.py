@@ -9,6 +9,7 @@ single-worker trials (``trainer == "direct"``), the step itself in this process 
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,10 @@ def trial(config: dict[str, Any], settings: SweepSettings) -> None:
 
     from wilson_ray.orchestration.train_loop import build_trainer, loop_config, run_direct
 
+    # A reused trial process (direct trials) waits this long for a stopped trial's thread to unwind before
+    # starting the next trial in it (Tune's default, 2 s, turns a slow unwind into an errored trial). Read by
+    # Tune in this process, so it holds on a remote cluster too.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     ctx = tune.get_context()
     trials_dir = settings.trials_dir
     # A Tune trial re-created for one the driver lost continues that trial's record, MLflow run and Train run
@@ -106,7 +111,6 @@ def trial(config: dict[str, Any], settings: SweepSettings) -> None:
 def to_log_file(path: Path) -> None:
     """Send this process's stdout and stderr (Python's and the C level's: torch, gloo) to ``path`` (appended),
     so a trial's output lives with its record instead of on the sweep's console."""
-    import os
     import sys
 
     path.parent.mkdir(parents=True, exist_ok=True)

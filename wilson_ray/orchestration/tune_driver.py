@@ -319,20 +319,32 @@ def _tuner(space: SearchSpace, settings: SweepSettings, sweep_path: Path, storag
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
                                     max_concurrent_trials=concurrency,
-                                    # a reused trial process keeps running the TorchTrainer of a trial ASHA
-                                    # stopped, whose workers then hold the CPUs the next trial waits for
-                                    # (measured: the demo hung after its first early stop)
-                                    reuse_actors=os.environ.get("WILSON_RAY_REUSE_ACTORS", "0") == "1",
+                                    reuse_actors=reuse_trial_processes(settings.trainer),
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=str(storage), verbose=1 if opts.verbose >= 2 else 0,
             # direct trials have no Train worker group: worker crashes land here too
             failure_config=tune.FailureConfig(max_failures=space.trial_max_failures + (
                 settings.max_failures if settings.trainer == "direct" else 0)),
+            # a direct trial checkpoints every epoch into its Tune folder (model + optimiser state: ~0.35 GB
+            # for ResNet-101); a restart needs only the newest, the one before covers a half-written one
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
         ),
     )
     return tuner, False
+
+
+def reuse_trial_processes(trainer: str) -> bool:
+    """Whether Tune runs the next trial in a finished trial's process (``reuse_actors``): yes for direct trials,
+    which then skip a process start and the imports of torch, the package and MLflow (seconds of CPU per trial
+    on a small machine); no for TorchTrainer trials, where a reused trial process keeps running the TorchTrainer
+    of a trial ASHA stopped, whose workers then hold the CPUs the next trial waits for (measured: the demo hung
+    after its first early stop). ``WILSON_RAY_REUSE_ACTORS=0/1`` overrides both."""
+    forced = os.environ.get("WILSON_RAY_REUSE_ACTORS")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return trainer == "direct"
 
 
 def _rungs_of(space: SearchSpace, base_cfg) -> list[int]:
