@@ -10,9 +10,8 @@ import ray
 from wilson_ray.errors import UserError
 
 
-# A local cluster's daemons share the trials' cores: leave out what a sweep never uses (measured on 2 cores:
-# idle daemons 11.4-12.2 -> 7.9-8.4 % of a core, ray.init 6.2-7.7 -> 5.2-7.2 s; BENCHMARKS.md section 3).
-# The environment wins.
+# A local cluster's daemons share the trials' cores: leave out what a sweep never uses (benchmarks/ray_idle.py,
+# 2 cores: idle daemons 8.9-11.3 -> 6.6-7.5 % of a core; BENCHMARKS.md section 3). The environment wins.
 LOCAL_CLUSTER_ENV = {
     "RAY_enable_metrics_collection": "0",  # Prometheus metrics export: no Prometheus here
     "RAY_prestart_worker_first_driver": "0",  # idle workers started for the driver, which runs no tasks
