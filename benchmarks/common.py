@@ -81,6 +81,21 @@ def machine_info(device: torch.device | None = None) -> dict:
     return info
 
 
+def proc_stats() -> dict[int, list[str]]:
+    """pid -> the fields of ``/proc/<pid>/stat`` after the command name (field 4 on: ppid at [1], utime and stime
+    in clock ticks at [11] and [12]) of every live process."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
+                out[int(entry)] = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+    return out
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -35,17 +35,13 @@ def _processes() -> dict[int, tuple[int, int]]:
     """pid -> (parent pid, RSS bytes) of every live process, from /proc."""
     page = os.sysconf("SC_PAGE_SIZE")
     out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid, fields in common.proc_stats().items():
         try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/statm", encoding="utf-8") as f:
+            with open(f"/proc/{pid}/statm", encoding="utf-8") as f:
                 rss_pages = int(f.read().split()[1])
         except (OSError, IndexError, ValueError):
             continue
-        out[int(entry)] = (int(fields[1]), rss_pages * page)
+        out[pid] = (int(fields[1]), rss_pages * page)
     return out
 
 

@@ -23,18 +23,7 @@ from benchmarks import common
 
 def _cpu_seconds(exclude: int) -> float:
     hz = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == exclude:
-            continue
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        total += (int(fields[11]) + int(fields[12])) / hz
-    return total
+    return sum(int(f[11]) + int(f[12]) for pid, f in common.proc_stats().items() if pid != exclude) / hz
 
 
 def child(idle: float, settle: float) -> dict:

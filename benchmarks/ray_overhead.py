@@ -94,7 +94,7 @@ def _plain_miou(log: Path) -> list[float] | None:
     return [float(x) for x in rows[-1]] if rows else None
 
 
-def _sweep_miou(trial_dir: Path) -> list[float] | None:
+def _sweep_miou(trial_dir: Path) -> list[float]:
     final = json.loads((trial_dir / "final" / "final.json").read_text(encoding="utf-8"))["metrics"]
     return [round(float(final[k]), 2) for k in ("miou_old", "miou_new", "miou_all")]
 
