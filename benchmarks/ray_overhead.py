@@ -11,8 +11,12 @@
    MLflow tracking on) is timed as one process.
 4. Each finished trial's resolved config is written to YAML and trained again with ``python -m wilson_ray train
    --config trial.yaml --steps <step>`` (same cache), one process after another; the sum is timed.
+5. With ``--bracket``, the same sweep runs once more after the plain runs (a new folder, the same seeded trials):
+   sweep, plain, sweep. A VM whose speed drifts by 10-30 % within minutes biases a sweep-then-plain ratio either
+   way; the mean of the two sweeps against the plain runs in between cancels a steady drift.
 
-Prints one JSON object: both wall times, the per-trial times of the plain runs, and ``ratio`` = sweep / plain.
+Prints one JSON object: both wall times, the per-trial times of the plain runs, and ``ratio`` = sweep / plain
+(with ``--bracket`` also ``sweep_after_s`` and ``ratio_bracketed`` = mean of both sweeps / plain).
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-mlflow", action="store_true", help="sweep without MLflow tracking")
     p.add_argument("--trainer", choices=("direct", "torch"), default="direct",
                    help="direct: the trial trains in its Tune process (default for 1 worker); torch: a TorchTrainer")
+    p.add_argument("--bracket", action="store_true",
+                   help="run the sweep again after the plain runs (sweep, plain, sweep) and report the mean ratio")
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
 
@@ -151,6 +157,16 @@ def run(a: argparse.Namespace) -> dict:
     # process must not carry state from the trial before it).
     results = [{"trial": r["trial"], "sweep": _sweep_miou(trials_dir / r["trial"]),
                 "plain": _plain_miou(storage / f"plain_{r['trial']}.log")} for r in rows]
+    bracket = {}
+    if a.bracket:  # the same seeded trials again, in a folder of their own (a sweep of the same name resumes)
+        again = storage / "bracket"
+        shutil.rmtree(again, ignore_errors=True)
+        shutil.copytree(cache, again / "step_cache")
+        i = sweep_cmd.index("--storage") + 1
+        after_s = _timed(sweep_cmd[:i] + [str(again)] + sweep_cmd[i + 1:], again / "sweep.log")
+        after = sorted(_sweep_miou(d) for d in (again / space.name / "trials").iterdir())
+        bracket = {"sweep_after_s": round(after_s, 2), "ratio_bracketed": round((sweep_s + after_s) / 2 / plain_s, 4),
+                   "same_results_after": after == sorted(x["plain"] for x in results)}
     return {
         "benchmark": "ray_overhead", "space": a.space, "trials": a.trials, "cpus": a.cpus, "set": a.set,
         "trainer": a.trainer,
@@ -158,7 +174,7 @@ def run(a: argparse.Namespace) -> dict:
         "sweep_s": round(sweep_s, 2), "plain_s": round(plain_s, 2), "plain_trial_s": [round(x, 2) for x in plain],
         "ratio": round(sweep_s / plain_s, 4), "cache_warm_s": round(warm_s, 2), "storage": str(storage),
         "sweep_trial_timeline": timeline, "miou_old_new_all": results,
-        "same_results": all(x["sweep"] == x["plain"] for x in results),
+        "same_results": all(x["sweep"] == x["plain"] for x in results), **bracket,
         **info, "loadavg_end": common.load_average(),
     }
 
@@ -172,6 +188,9 @@ def main(argv=None) -> int:
         print(f"{r['trials']} trials: sweep {r['sweep_s']:.1f} s, plain processes {r['plain_s']:.1f} s "
               f"({', '.join(f'{x:.1f}' for x in r['plain_trial_s'])}), ratio {r['ratio']:.3f}; "
               f"same mIoU as the plain runs: {r['same_results']}")
+        if "sweep_after_s" in r:
+            print(f"the sweep again after the plain runs: {r['sweep_after_s']:.1f} s; mean of both sweeps / plain "
+                  f"{r['ratio_bracketed']:.3f}; same mIoU: {r['same_results_after']}")
     return 0
 
 
