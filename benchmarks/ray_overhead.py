@@ -126,11 +126,12 @@ def run(a: argparse.Namespace) -> dict:
 
     py = sys.executable
     sets = [x for kv in a.set for x in ("--set", kv)]
-    sweep_cmd = [py, "-m", "wilson_ray", "sweep", "--space", str(space_path), "--storage", str(storage),
-                 "--data-root", data_root, "--num-cpus", str(a.cpus), "--trainer", a.trainer, "--quiet", *sets]
-    if a.no_mlflow:
-        sweep_cmd.append("--no-mlflow")
-    sweep_s = _timed(sweep_cmd, storage / "sweep.log")
+    def sweep_cmd(folder: Path) -> list[str]:
+        return [py, "-m", "wilson_ray", "sweep", "--space", str(space_path), "--storage", str(folder),
+                "--data-root", data_root, "--num-cpus", str(a.cpus), "--trainer", a.trainer, "--quiet", *sets,
+                *(["--no-mlflow"] if a.no_mlflow else [])]
+
+    sweep_s = _timed(sweep_cmd(storage), storage / "sweep.log")
 
     rows = [r for r in trial_rows(storage, space.name) if r["outcome"] == "completed"]
     if len(rows) != a.trials:
@@ -162,8 +163,7 @@ def run(a: argparse.Namespace) -> dict:
         again = storage / "bracket"
         shutil.rmtree(again, ignore_errors=True)
         shutil.copytree(cache, again / "step_cache")
-        i = sweep_cmd.index("--storage") + 1
-        after_s = _timed(sweep_cmd[:i] + [str(again)] + sweep_cmd[i + 1:], again / "sweep.log")
+        after_s = _timed(sweep_cmd(again), again / "sweep.log")
         after = sorted(_sweep_miou(d) for d in (again / space.name / "trials").iterdir())
         bracket = {"sweep_after_s": round(after_s, 2), "ratio_bracketed": round((sweep_s + after_s) / 2 / plain_s, 4),
                    "same_results_after": after == sorted(x["plain"] for x in results)}
