@@ -78,6 +78,24 @@ def test_restored_searcher_hands_a_lost_trial_its_record(tmp_path):
     assert sum(t.params == space.defaults() for t in study.trials) == 1
 
 
+def test_next_trial_start_fires_after_a_completed_or_stopped_trial(tmp_path):
+    """The ``next_trial_start`` kill point's condition: with two trials in flight the first to end may be the one
+    ASHA stopped (a CI run once waited for a completed one that came only after the last trial had started)."""
+    from wilson_ray.sweep_record import ALIASES, TrialRecord, any_trial_ended
+
+    trials = tmp_path / "trials"
+    (trials / ALIASES).mkdir(parents=True)  # the alias folder holds no outcome
+    TrialRecord(trials / "a").set_outcome("running")
+    TrialRecord(trials / "b").write_trial("b", "t_b", {}, {}, 1, "s")  # created, no outcome yet
+    assert not any_trial_ended(trials)
+    TrialRecord(trials / "c").set_outcome("failed", "boom")
+    assert not any_trial_ended(trials)  # a failed trial is no "next trial after an ended one" case
+    TrialRecord(trials / "a").set_outcome("stopped_early", "ASHA", rung=1)
+    assert any_trial_ended(trials)
+    TrialRecord(trials / "a").set_outcome("completed")
+    assert any_trial_ended(trials)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Real sweeps killed at each point
 

@@ -147,3 +147,10 @@ def set_alias(trials_dir: str | Path, tune_trial_id: str, record: str) -> None:
     """Make Tune trial ``tune_trial_id`` continue the record ``record`` (written before the trial starts)."""
     if tune_trial_id != record:
         atomic_write_text(Path(trials_dir) / ALIASES / f"{tune_trial_id}.json", json.dumps({"record": record}))
+
+
+def any_trial_ended(trials_dir: str | Path) -> bool:
+    """Whether a trial of the sweep has ended without failing: completed, or stopped by ASHA (with two trials in
+    flight the first to end may be the stopped one)."""
+    return any((TrialRecord(p).outcome() or {}).get("outcome") in ("completed", "stopped_early")
+               for p in Path(trials_dir).iterdir() if p.is_dir())

@@ -11,7 +11,8 @@ inherits the driver's environment, so trial processes see the same variables. Po
                     an epoch, so this stands for every moment within epoch 2
 ``trial_end``       the driver has handled a trial's completion (outcome written, Optuna told); the next trial
                     is not created yet
-``next_trial_start`` a trial started after another one completed: its record exists, it has not trained
+``next_trial_start`` a trial started after another one ended (completed or stopped by ASHA): its record exists,
+                    it has not trained
 ``before_summary``  every trial finished (``Tuner.fit`` returned), the summary is not written
 """
 

@@ -19,7 +19,7 @@ from wilson_ray.config import config_from_dict, set_dotted
 from wilson_ray.orchestration.kill_points import kill_point
 from wilson_ray.orchestration.search_space import trial_overrides
 from wilson_ray.orchestration.settings import SweepSettings
-from wilson_ray.sweep_record import TrialRecord, record_id
+from wilson_ray.sweep_record import TrialRecord, any_trial_ended, record_id
 from wilson_ray.tracking.mlflow_tracker import TrackingInfo, TrialTracker
 
 
@@ -63,8 +63,7 @@ def trial(config: dict[str, Any], settings: SweepSettings) -> None:
     if settings.worker_logs:
         to_log_file(record.dir / "trial.log")
     record.write_trial(trial_id, trial_name, values, cfg_dict, settings.step, settings.name)
-    kill_point("next_trial_start", when=lambda: any(
-        (TrialRecord(p).outcome() or {}).get("outcome") == "completed" for p in trials_dir.iterdir()))
+    kill_point("next_trial_start", when=lambda: any_trial_ended(trials_dir))
     reason = record.failure()
     if reason is not None:
         sync_record(settings, record)
