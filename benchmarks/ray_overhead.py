@@ -131,9 +131,12 @@ def run(a: argparse.Namespace) -> dict:
                 "--data-root", data_root, "--num-cpus", str(a.cpus), "--trainer", a.trainer, "--quiet", *sets,
                 *(["--no-mlflow"] if a.no_mlflow else [])]
 
+    def completed(folder: Path) -> list[dict]:
+        return [r for r in trial_rows(folder, space.name) if r["outcome"] == "completed"]
+
     sweep_s = _timed(sweep_cmd(storage), storage / "sweep.log")
 
-    rows = [r for r in trial_rows(storage, space.name) if r["outcome"] == "completed"]
+    rows = completed(storage)
     if len(rows) != a.trials:
         raise SystemExit(f"{len(rows)} of {a.trials} trials completed; see {storage / 'sweep.log'}")
     sweep = read_sweep(storage, space.name)
@@ -164,7 +167,7 @@ def run(a: argparse.Namespace) -> dict:
         shutil.rmtree(again, ignore_errors=True)
         shutil.copytree(cache, again / "step_cache")
         after_s = _timed(sweep_cmd(again), again / "sweep.log")
-        after = sorted(_sweep_miou(d) for d in (again / space.name / "trials").iterdir())
+        after = sorted(_sweep_miou(again / space.name / "trials" / r["trial"]) for r in completed(again))
         bracket = {"sweep_after_s": round(after_s, 2), "ratio_bracketed": round((sweep_s + after_s) / 2 / plain_s, 4),
                    "same_results_after": after == sorted(x["plain"] for x in results)}
     return {
