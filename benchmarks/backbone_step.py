@@ -64,19 +64,30 @@ def main(argv=None) -> int:
     total = flops(a)
     stats = common.summarise(times)
     result = {
-        "benchmark": "backbone_step", "backbone": a.backbone, "size": a.size, "batch": a.batch,
-        "output_stride": a.output_stride, "norm": a.norm, "threads": torch.get_num_threads(),
-        "out_shape": list(out.shape), "params_m": round(sum(p.numel() for p in body.parameters()) / 1e6, 2),
-        **stats, "gflop_per_iter": round(total / 1e9, 1),
-        "achieved_gflops": round(total / 1e9 / stats["median_s"], 1), "peak_rss_mb": round(common.peak_rss_mb()),
-        **info, "loadavg_end": common.load_average(),
+        "benchmark": "backbone_step",
+        "backbone": a.backbone,
+        "size": a.size,
+        "batch": a.batch,
+        "output_stride": a.output_stride,
+        "norm": a.norm,
+        "threads": torch.get_num_threads(),
+        "out_shape": list(out.shape),
+        "params_m": round(sum(p.numel() for p in body.parameters()) / 1e6, 2),
+        **stats,
+        "gflop_per_iter": round(total / 1e9, 1),
+        "achieved_gflops": round(total / 1e9 / stats["median_s"], 1),
+        "peak_rss_mb": round(common.peak_rss_mb()),
+        **info,
+        "loadavg_end": common.load_average(),
     }
     if a.json:
         print(json.dumps(result))
     else:
-        print(f"{a.backbone} {a.batch}x{a.size}^2 OS {a.output_stride}: median {stats['median_s']:.2f} s "
-              f"(min {stats['min_s']:.2f}), {result['gflop_per_iter']} GFLOP, {result['achieved_gflops']} GFLOP/s, "
-              f"peak RSS {result['peak_rss_mb']} MB on {info['cpu_model']}")
+        print(
+            f"{a.backbone} {a.batch}x{a.size}^2 OS {a.output_stride}: median {stats['median_s']:.2f} s "
+            f"(min {stats['min_s']:.2f}), {result['gflop_per_iter']} GFLOP, {result['achieved_gflops']} GFLOP/s, "
+            f"peak RSS {result['peak_rss_mb']} MB on {info['cpu_model']}"
+        )
     return 0
 
 

@@ -123,6 +123,7 @@ def sync(device: torch.device) -> None:
 @dataclass
 class StepOptions:
     """The benchmark's settings; every speed switch is the engine's own ``run.*`` field (config.FAST_PATH)."""
+
     backbone: str = "resnet101"
     size: int = 512
     batch: int = 2
@@ -164,10 +165,19 @@ def make_config(o: StepOptions) -> Config:
     """The preset of the backbone (``demo`` for ``small``, ``voc-15-5`` otherwise) with the benchmark's sizes."""
     preset = "demo" if o.backbone == "small" else "voc-15-5"
     overrides = {
-        "model.backbone": o.backbone, "model.pretrained": None, "data.crop_size": o.size,
-        "data.batch_size": o.batch, "run.amp": o.amp, "run.channels_last": o.channels_last,
-        "run.compile": o.compile, "run.frozen_old_model": o.frozen_old_model, "run.valid_taps": o.valid_taps,
-        "run.fused_sgd": o.fused_sgd, "run.device": o.device, "run.progress": False, "data.task": TASK,
+        "model.backbone": o.backbone,
+        "model.pretrained": None,
+        "data.crop_size": o.size,
+        "data.batch_size": o.batch,
+        "run.amp": o.amp,
+        "run.channels_last": o.channels_last,
+        "run.compile": o.compile,
+        "run.frozen_old_model": o.frozen_old_model,
+        "run.valid_taps": o.valid_taps,
+        "run.fused_sgd": o.fused_sgd,
+        "run.device": o.device,
+        "run.progress": False,
+        "data.task": TASK,
     }
     return resolve_config(preset, method=o.method, overrides=overrides, source=f"benchmark ({preset})")
 
@@ -224,8 +234,9 @@ def prime_localizer_(localizer: nn.Module, num_old: int, seed: int = 7, scale: f
         last.bias[num_old:] = bias
 
 
-def realistic_init_(model: nn.Module, old_model: nn.Module | None, localizer: nn.Module | None, method: Method,
-                    batch: Batch) -> None:
+def realistic_init_(
+    model: nn.Module, old_model: nn.Module | None, localizer: nn.Module | None, method: Method, batch: Batch
+) -> None:
     """Default ``init`` of :func:`build_setup`: BN statistics of a trained model (from other random images than
     the batch's, so the new model's batch statistics differ from the old model's running ones as in training),
     a primed localizer."""
@@ -278,8 +289,10 @@ def build_setup(o: StepOptions, init: Callable | None = realistic_init_) -> Step
         n = sum(type(m) is fast.ValidTapsConv2d for m in module.modules())
         notes.append(f"{n} dilated convolutions of the new model as valid-tap GEMMs (and of the old model)")
     if isinstance(old_run, fast.FrozenOldModel):
-        notes.append(f"old model: {old_run.folded} BatchNorms folded into convs, weights "
-                     f"{'bf16' if old_run.dtype is not None else 'fp32'}, folded in place, no_grad")
+        notes.append(
+            f"old model: {old_run.folded} BatchNorms folded into convs, weights "
+            f"{'bf16' if old_run.dtype is not None else 'fp32'}, folded in place, no_grad"
+        )
     eager_ctx = Context(net=net, module=module, old_model=old_run)
     if cfg.run.compile:
         net, old_run = engine.compile_models(net, old_run)
@@ -289,14 +302,31 @@ def build_setup(o: StepOptions, init: Callable | None = realistic_init_) -> Step
     ctx = Context(net=net, module=module, old_model=old_run)
     optimizer = engine.make_optimizer(cfg, module, step)
     oc = cfg.optim(step)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: engine.lr_factor(it, 10**6, oc.policy,
-                                                                                         oc.power, 0))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: engine.lr_factor(it, 10**6, oc.policy, oc.power, 0)
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.run.amp == "fp16")
     # After the localizer pre-training, so every WILSON term (seg, cls, loc, sss with PAMR, enc) is active.
     epoch = getattr(method.p, "pseudo_epochs", 0) if step > 0 else 0
     module.train()
-    return StepSetup(o, cfg, task, method, device, module, old_model, ctx, eager_ctx, optimizer, scheduler,
-                     scaler, batch, epoch, time.perf_counter() - t0, notes)
+    return StepSetup(
+        o,
+        cfg,
+        task,
+        method,
+        device,
+        module,
+        old_model,
+        ctx,
+        eager_ctx,
+        optimizer,
+        scheduler,
+        scaler,
+        batch,
+        epoch,
+        time.perf_counter() - t0,
+        notes,
+    )
 
 
 def losses(s: StepSetup, ctx: Context | None = None) -> dict[str, torch.Tensor]:
@@ -313,8 +343,7 @@ def losses(s: StepSetup, ctx: Context | None = None) -> dict[str, torch.Tensor]:
         return s.method.losses(ctx, batch, s.epoch)
 
 
-def iteration(s: StepSetup, ctx: Context | None = None,
-              timer: Callable[[str], None] | None = None) -> torch.Tensor:
+def iteration(s: StepSetup, ctx: Context | None = None, timer: Callable[[str], None] | None = None) -> torch.Tensor:
     """One training iteration exactly as the loop body of ``engine.train_step`` (losses, zero_grad, backward,
     zero gradients for unused parameters, optimiser and scheduler step). ``timer(name)`` marks phase ends."""
     terms = losses(s, ctx)

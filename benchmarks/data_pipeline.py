@@ -50,7 +50,7 @@ def ensure_dataset(root: Path, size: int, train: int) -> dict:
     if (root / "splits" / "train_aug.txt").is_file() or (root / "splits").is_dir():
         return {"generated": False}
     t = time.perf_counter()
-    res = synthetic.generate(root, seed=0, train=train, val=max(10, train // 10), size=size)
+    synthetic.generate(root, seed=0, train=train, val=max(10, train // 10), size=size)
     return {"generated": True, "generate_s": round(time.perf_counter() - t, 1), "generated_train": train}
 
 
@@ -71,8 +71,14 @@ def per_image_split(ds, n: int = 64) -> dict:
 
 def time_loader(ds, workers: int, batch: int, batches: int, warmup: int, repeats: int) -> dict:
     loader = DataLoader(
-        ds, batch_size=batch, shuffle=True, num_workers=workers, pin_memory=False, drop_last=True,
-        persistent_workers=workers > 0, worker_init_fn=runtime.seed_worker if workers > 0 else None,
+        ds,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=False,
+        drop_last=True,
+        persistent_workers=workers > 0,
+        worker_init_fn=runtime.seed_worker if workers > 0 else None,
         generator=torch.Generator().manual_seed(0),
     )
 
@@ -93,12 +99,15 @@ def time_loader(ds, workers: int, batch: int, batches: int, warmup: int, repeats
             images, masks, labels = next(it)
             n += images.shape[0]
         rates.append(n / (time.perf_counter() - t))
-    del it, loader
+    del it  # the generator holds the loader; dropping it stops the workers
     med = statistics.median(rates)
     procs = max(1, workers)
     return {
-        "workers": workers, "images_per_s": med, "images_per_s_per_worker": med / procs,
-        "rates": [round(r, 1) for r in rates], "startup_s": round(startup, 2),
+        "workers": workers,
+        "images_per_s": med,
+        "images_per_s_per_worker": med / procs,
+        "rates": [round(r, 1) for r in rates],
+        "startup_s": round(startup, 2),
     }
 
 
@@ -116,10 +125,22 @@ def run(a: argparse.Namespace) -> dict:
     torch.set_num_threads(threads_before)
     img = ds.load(0)[0]
     return {
-        "benchmark": "data_pipeline", "root": str(root), "task": a.task, "step": a.step, "split": "train",
-        "dataset_len": len(ds), "image_size": list(img.size), "crop_size": a.size, "batch": a.batch,
-        "batches": a.batches, "repeats": a.repeats, **gen, "per_image": split, "loaders": results,
-        "loadavg_end": common.load_average(), **common.machine_info(),
+        "benchmark": "data_pipeline",
+        "root": str(root),
+        "task": a.task,
+        "step": a.step,
+        "split": "train",
+        "dataset_len": len(ds),
+        "image_size": list(img.size),
+        "crop_size": a.size,
+        "batch": a.batch,
+        "batches": a.batches,
+        "repeats": a.repeats,
+        **gen,
+        "per_image": split,
+        "loaders": results,
+        "loadavg_end": common.load_average(),
+        **common.machine_info(),
     }
 
 
@@ -129,12 +150,16 @@ def main(argv=None) -> int:
     if a.json:
         print(json.dumps(r))
     else:
-        print(f"{r['dataset_len']} images {r['image_size']} -> crop {r['crop_size']}: decode "
-              f"{r['per_image']['decode_ms_per_image']:.2f} ms + augment {r['per_image']['augment_ms_per_image']:.2f} "
-              f"ms per image (one process)")
+        print(
+            f"{r['dataset_len']} images {r['image_size']} -> crop {r['crop_size']}: decode "
+            f"{r['per_image']['decode_ms_per_image']:.2f} ms + augment {r['per_image']['augment_ms_per_image']:.2f} "
+            f"ms per image (one process)"
+        )
         for x in r["loaders"]:
-            print(f"  workers={x['workers']}: {x['images_per_s']:.1f} img/s, {x['images_per_s_per_worker']:.1f} "
-                  f"img/s per worker process (start-up {x['startup_s']} s)")
+            print(
+                f"  workers={x['workers']}: {x['images_per_s']:.1f} img/s, {x['images_per_s_per_worker']:.1f} "
+                f"img/s per worker process (start-up {x['startup_s']} s)"
+            )
         print(f"  load {r['loadavg_start']} -> {r['loadavg_end']}")
     return 0
 

@@ -23,7 +23,6 @@ import socket
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -50,8 +49,9 @@ def _config(args, seed: int):
     from wilson_ray.config import parse_overrides, resolve_config
 
     overrides = parse_overrides(args.set)
-    overrides.update({"data.root": args.data_root, "incremental.epochs": args.epochs, "run.seed": seed,
-                      "run.progress": False})
+    overrides.update(
+        {"data.root": args.data_root, "incremental.epochs": args.epochs, "run.seed": seed, "run.progress": False}
+    )
     return resolve_config(preset=args.preset, method=args.method, overrides=overrides)
 
 
@@ -74,8 +74,13 @@ def _worker(rank: int, world: int, port: int, args, seed: int, init: str, out: s
         result = engine.train_step(_config(args, seed), 1, init_checkpoint=init, out_dir=out)
         seconds = time.perf_counter() - start
         if rank == 0:
-            queue.put({"seed": seed, "seconds": round(seconds, 1),
-                       **{k: round(float(result.metrics[k]), 2) for k in ("miou_old", "miou_new", "miou_all")}})
+            queue.put(
+                {
+                    "seed": seed,
+                    "seconds": round(seconds, 1),
+                    **{k: round(float(result.metrics[k]), 2) for k in ("miou_old", "miou_new", "miou_all")},
+                }
+            )
     finally:
         if world > 1:
             dist.destroy_process_group()
@@ -94,11 +99,15 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     if args.layout == "ddp":
         port = _free_port()
-        procs = [ctx.Process(target=_worker, args=(r, 2, port, args, args.seed, init, os.path.join(tmp, "ddp"), queue))
-                 for r in range(2)]
+        procs = [
+            ctx.Process(target=_worker, args=(r, 2, port, args, args.seed, init, os.path.join(tmp, "ddp"), queue))
+            for r in range(2)
+        ]
     else:
-        procs = [ctx.Process(target=_worker, args=(0, 1, 0, args, args.seed + i, init, os.path.join(tmp, f"t{i}"),
-                                                   queue)) for i in range(2)]
+        procs = [
+            ctx.Process(target=_worker, args=(0, 1, 0, args, args.seed + i, init, os.path.join(tmp, f"t{i}"), queue))
+            for i in range(2)
+        ]
     for p in procs:
         p.start()
     for p in procs:
@@ -108,12 +117,22 @@ def main(argv=None) -> int:
         print(f"ddp_layout: a process failed (exit codes {[p.exitcode for p in procs]})", file=sys.stderr)
         return 1
     trials = [queue.get() for _ in range(1 if args.layout == "ddp" else 2)]
-    out = {"layout": args.layout, "method": args.method, "epochs": args.epochs, "overrides": args.set,
-           "wall_s": round(wall, 1), "trial_epochs_per_min": round(len(trials) * args.epochs / wall * 60, 2),
-           "trials": trials, "machine": common.machine_info()}
-    print(json.dumps(out, indent=1) if args.json else
-          f"{args.layout}: {wall:.1f} s, {out['trial_epochs_per_min']} trial-epochs/min, " +
-          "; ".join(f"seed {t['seed']}: old {t['miou_old']} new {t['miou_new']} all {t['miou_all']}" for t in trials))
+    out = {
+        "layout": args.layout,
+        "method": args.method,
+        "epochs": args.epochs,
+        "overrides": args.set,
+        "wall_s": round(wall, 1),
+        "trial_epochs_per_min": round(len(trials) * args.epochs / wall * 60, 2),
+        "trials": trials,
+        "machine": common.machine_info(),
+    }
+    print(
+        json.dumps(out, indent=1)
+        if args.json
+        else f"{args.layout}: {wall:.1f} s, {out['trial_epochs_per_min']} trial-epochs/min, "
+        + "; ".join(f"seed {t['seed']}: old {t['miou_old']} new {t['miou_new']} all {t['miou_all']}" for t in trials)
+    )
     return 0
 
 

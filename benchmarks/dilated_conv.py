@@ -67,8 +67,12 @@ def main(argv=None) -> int:
     taps.__class__ = ValidTapsConv2d
     for m in (plain, taps):
         m.weight.data.copy_(dilated.weight.data)
-    impls = {"plain": plain, "dilated": dilated, "valid_taps": taps,
-             "space_to_batch": lambda x: space_to_batch_conv(x, dilated.weight, d)}
+    impls = {
+        "plain": plain,
+        "dilated": dilated,
+        "valid_taps": taps,
+        "space_to_batch": lambda x: space_to_batch_conv(x, dilated.weight, d),
+    }
 
     x = x0.clone().requires_grad_(True)
     ref = dilated(x)
@@ -93,20 +97,35 @@ def main(argv=None) -> int:
         for k, f in impls.items():
             times[k].append(once(f))
     flop = 3 * 2 * args.batch * s * s * c * c * 9  # forward + two backward products, 2 FLOP per MAC
-    out = {"size": args.size, "batch": args.batch, "map": s, "channels": c, "dilation": d, "threads": args.threads,
-           "flop_per_call": flop, "machine": machine, "results": {}}
+    out = {
+        "size": args.size,
+        "batch": args.batch,
+        "map": s,
+        "channels": c,
+        "dilation": d,
+        "threads": args.threads,
+        "flop_per_call": flop,
+        "machine": machine,
+        "results": {},
+    }
     base = sorted(times["dilated"])[len(times["dilated"]) // 2]
     for k, ts in times.items():
         med = sorted(ts)[len(ts) // 2]
-        out["results"][k] = {"median_s": round(med, 5), "min_s": round(min(ts), 5),
-                             "vs_dilated": round(base / med, 2), "gflop_s": round(flop / med / 1e9, 1)}
+        out["results"][k] = {
+            "median_s": round(med, 5),
+            "min_s": round(min(ts), 5),
+            "vs_dilated": round(base / med, 2),
+            "gflop_s": round(flop / med / 1e9, 1),
+        }
     out["machine"]["loadavg_end"] = common.load_average()
     if args.json:
         print(json.dumps(out, indent=1))
     else:
         for k, r in out["results"].items():
-            print(f"{k:15s} median {r['median_s'] * 1e3:8.2f} ms  min {r['min_s'] * 1e3:8.2f} ms  "
-                  f"{r['vs_dilated']:.2f}x dilated  {r['gflop_s']} GFLOP/s")
+            print(
+                f"{k:15s} median {r['median_s'] * 1e3:8.2f} ms  min {r['min_s'] * 1e3:8.2f} ms  "
+                f"{r['vs_dilated']:.2f}x dilated  {r['gflop_s']} GFLOP/s"
+            )
     return 0
 
 

@@ -88,8 +88,13 @@ def tree_memory(root: int, pss: bool = True) -> tuple[int, int, int, int]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.peak_rss", description=__doc__.split("\n\n")[0])
     p.add_argument("--interval", type=float, default=0.5, help="seconds between RSS samples")
-    p.add_argument("--pss-interval", type=float, default=3.0, help="seconds between PSS samples (smaps_rollup is "
-                   "expensive: sampling it every 0.5 s on a 30-process tree took most of a core here)")
+    p.add_argument(
+        "--pss-interval",
+        type=float,
+        default=3.0,
+        help="seconds between PSS samples (smaps_rollup is "
+        "expensive: sampling it every 0.5 s on a 30-process tree took most of a core here)",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
     a = p.parse_args(argv)
@@ -112,15 +117,26 @@ def main(argv=None) -> int:
         peak_used = max(peak_used, used_memory() - base_used)
         time.sleep(a.interval)
     mb = lambda b: round(b / 2**20, 1)  # noqa: E731
-    out = {"benchmark": "peak_rss", "cmd": cmd, "returncode": child.returncode,
-           "wall_s": round(time.perf_counter() - t0, 1), "peak_tree_pss_mb": mb(peak_pss),
-           "peak_tree_rss_mb": mb(peak_rss), "peak_used_delta_mb": mb(peak_used),
-           "peak_single_rss_mb": mb(peak_single), "processes_at_peak_pss": peak_n,
-           "sampler_cpu_s": round(time.process_time(), 1), **common.machine_info()}
-    print(json.dumps(out) if a.json else
-          f"peak PSS {out['peak_tree_pss_mb']:.0f} MB over {peak_n} processes (summed RSS "
-          f"{out['peak_tree_rss_mb']:.0f} MB, largest single {out['peak_single_rss_mb']:.0f} MB, machine used "
-          f"+{out['peak_used_delta_mb']:.0f} MB), {out['wall_s']} s, exit {child.returncode}")
+    out = {
+        "benchmark": "peak_rss",
+        "cmd": cmd,
+        "returncode": child.returncode,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "peak_tree_pss_mb": mb(peak_pss),
+        "peak_tree_rss_mb": mb(peak_rss),
+        "peak_used_delta_mb": mb(peak_used),
+        "peak_single_rss_mb": mb(peak_single),
+        "processes_at_peak_pss": peak_n,
+        "sampler_cpu_s": round(time.process_time(), 1),
+        **common.machine_info(),
+    }
+    print(
+        json.dumps(out)
+        if a.json
+        else f"peak PSS {out['peak_tree_pss_mb']:.0f} MB over {peak_n} processes (summed RSS "
+        f"{out['peak_tree_rss_mb']:.0f} MB, largest single {out['peak_single_rss_mb']:.0f} MB, machine used "
+        f"+{out['peak_used_delta_mb']:.0f} MB), {out['wall_s']} s, exit {child.returncode}"
+    )
     return child.returncode
 
 

@@ -30,8 +30,7 @@ def child(idle: float, settle: float) -> dict:
     import ray
 
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
-             logging_level="ERROR")
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False, logging_level="ERROR")
     init_s = time.perf_counter() - t0
     time.sleep(settle)
     a = _cpu_seconds(os.getpid())
@@ -39,8 +38,11 @@ def child(idle: float, settle: float) -> dict:
     b = _cpu_seconds(os.getpid())
     t0 = time.perf_counter()
     ray.shutdown()
-    return {"init_s": round(init_s, 2), "idle_cpu_pct_of_core": round(100 * (b - a) / idle, 1),
-            "shutdown_s": round(time.perf_counter() - t0, 2)}
+    return {
+        "init_s": round(init_s, 2),
+        "idle_cpu_pct_of_core": round(100 * (b - a) / idle, 1),
+        "shutdown_s": round(time.perf_counter() - t0, 2),
+    }
 
 
 def run(a: argparse.Namespace) -> dict:
@@ -50,11 +52,32 @@ def run(a: argparse.Namespace) -> dict:
     rows = []
     for i in range(a.repeats):
         for variant, env in (("ray defaults", base), ("sweep's local cluster", {**base, **LOCAL_CLUSTER_ENV})):
-            out = subprocess.run([sys.executable, "-m", "benchmarks.ray_idle", "--child", "--idle", str(a.idle),
-                                  "--settle", str(a.settle)], env=env, capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.ray_idle",
+                    "--child",
+                    "--idle",
+                    str(a.idle),
+                    "--settle",
+                    str(a.settle),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             rows.append({"repeat": i + 1, "variant": variant, **json.loads(out.stdout.strip().splitlines()[-1])})
-    return {"benchmark": "ray_idle", "idle_s": a.idle, "settle_s": a.settle, "env": LOCAL_CLUSTER_ENV, "rows": rows,
-            **common.machine_info(), "loadavg_end": common.load_average()}
+    return {
+        "benchmark": "ray_idle",
+        "idle_s": a.idle,
+        "settle_s": a.settle,
+        "env": LOCAL_CLUSTER_ENV,
+        "rows": rows,
+        **common.machine_info(),
+        "loadavg_end": common.load_average(),
+    }
 
 
 def main(argv=None) -> int:
@@ -73,8 +96,10 @@ def main(argv=None) -> int:
         print(json.dumps(r))
     else:
         for row in r["rows"]:
-            print(f"{row['repeat']} {row['variant']:<22} ray.init {row['init_s']:5.2f} s  idle daemons "
-                  f"{row['idle_cpu_pct_of_core']:5.1f} % of a core  ray.shutdown {row['shutdown_s']:4.2f} s")
+            print(
+                f"{row['repeat']} {row['variant']:<22} ray.init {row['init_s']:5.2f} s  idle daemons "
+                f"{row['idle_cpu_pct_of_core']:5.1f} % of a core  ray.shutdown {row['shutdown_s']:4.2f} s"
+            )
     return 0
 
 

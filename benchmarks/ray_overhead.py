@@ -43,16 +43,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--space", default="search_spaces/demo.yaml")
     p.add_argument("--data-root", default="data/synthetic")
     p.add_argument("--trials", type=int, default=3)
-    p.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs of the local Ray cluster and of "
-                   "the one worker per trial")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra overrides for every trial (e.g. incremental.epochs=4 for >= 1 min trials)")
+    p.add_argument(
+        "--cpus",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="CPUs of the local Ray cluster and of the one worker per trial",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra overrides for every trial (e.g. incremental.epochs=4 for >= 1 min trials)",
+    )
     p.add_argument("--storage", help="folder for the sweep and the configs (default: a temporary folder)")
     p.add_argument("--no-mlflow", action="store_true", help="sweep without MLflow tracking")
-    p.add_argument("--trainer", choices=("direct", "torch"), default="direct",
-                   help="direct: the trial trains in its Tune process (default for 1 worker); torch: a TorchTrainer")
-    p.add_argument("--bracket", action="store_true",
-                   help="run the sweep again after the plain runs (sweep, plain, sweep) and report the mean ratio")
+    p.add_argument(
+        "--trainer",
+        choices=("direct", "torch"),
+        default="direct",
+        help="direct: the trial trains in its Tune process (default for 1 worker); torch: a TorchTrainer",
+    )
+    p.add_argument(
+        "--bracket",
+        action="store_true",
+        help="run the sweep again after the plain runs (sweep, plain, sweep) and report the mean ratio",
+    )
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
 
@@ -64,8 +80,12 @@ def _space_copy(src: Path, dst: Path, trials: int, cpus: int) -> Path:
         base["config"] = str((src.parent / base["config"]).resolve())
     data["scheduler"] = {"type": "none"}
     data["search"] = {**(data.get("search") or {}), "num_samples": trials}
-    data["resources"] = {**(data.get("resources") or {}), "workers_per_trial": 1, "cpus_per_worker": cpus,
-                         "gpus_per_worker": 0}
+    data["resources"] = {
+        **(data.get("resources") or {}),
+        "workers_per_trial": 1,
+        "cpus_per_worker": cpus,
+        "gpus_per_worker": 0,
+    }
     data["name"] = "ray-overhead"
     dst.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return dst
@@ -88,15 +108,20 @@ def _timeline(trial_dir: Path) -> dict:
     epochs = sorted(p.stat().st_mtime for p in (trial_dir / "epochs").glob("*.json"))
     end = (trial_dir / "outcome.json").stat().st_mtime
     gaps = [b - a for a, b in zip(epochs, epochs[1:])]
-    return {"trial": trial_dir.name, "start_to_first_epoch_s": round(epochs[0] - start, 1),
-            "epoch_s_mean": round(sum(gaps) / len(gaps), 2) if gaps else None,
-            "last_epoch_to_end_s": round(end - epochs[-1], 1), "total_s": round(end - start, 1)}
+    return {
+        "trial": trial_dir.name,
+        "start_to_first_epoch_s": round(epochs[0] - start, 1),
+        "epoch_s_mean": round(sum(gaps) / len(gaps), 2) if gaps else None,
+        "last_epoch_to_end_s": round(end - epochs[-1], 1),
+        "total_s": round(end - start, 1),
+    }
 
 
 def _plain_miou(log: Path) -> list[float] | None:
     """old/new/all mIoU from the last row of ``wilson-ray train``'s result table in ``log``."""
-    rows = re.findall(r"^\s*\d+\s+\d+ \(.*\)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", log.read_text(encoding="utf-8"),
-                      flags=re.M)
+    rows = re.findall(
+        r"^\s*\d+\s+\d+ \(.*\)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", log.read_text(encoding="utf-8"), flags=re.M
+    )
     return [float(x) for x in rows[-1]] if rows else None
 
 
@@ -126,10 +151,27 @@ def run(a: argparse.Namespace) -> dict:
 
     py = sys.executable
     sets = [x for kv in a.set for x in ("--set", kv)]
+
     def sweep_cmd(folder: Path) -> list[str]:
-        return [py, "-m", "wilson_ray", "sweep", "--space", str(space_path), "--storage", str(folder),
-                "--data-root", data_root, "--num-cpus", str(a.cpus), "--trainer", a.trainer, "--quiet", *sets,
-                *(["--no-mlflow"] if a.no_mlflow else [])]
+        return [
+            py,
+            "-m",
+            "wilson_ray",
+            "sweep",
+            "--space",
+            str(space_path),
+            "--storage",
+            str(folder),
+            "--data-root",
+            data_root,
+            "--num-cpus",
+            str(a.cpus),
+            "--trainer",
+            a.trainer,
+            "--quiet",
+            *sets,
+            *(["--no-mlflow"] if a.no_mlflow else []),
+        ]
 
     def completed(folder: Path) -> list[dict]:
         return [r for r in trial_rows(folder, space.name) if r["outcome"] == "completed"]
@@ -151,16 +193,37 @@ def run(a: argparse.Namespace) -> dict:
         shutil.rmtree(plain_cache, ignore_errors=True)
         prev = step_key(resolve_config(config_file=cfg_path), space.step - 1)
         shutil.copytree(cache / prev, plain_cache / prev)
-        plain.append(_timed([py, "-m", "wilson_ray", "train", "--config", str(cfg_path), "--steps", str(space.step),
-                             "--cache-dir", str(plain_cache)], storage / f"plain_{r['trial']}.log"))
+        plain.append(
+            _timed(
+                [
+                    py,
+                    "-m",
+                    "wilson_ray",
+                    "train",
+                    "--config",
+                    str(cfg_path),
+                    "--steps",
+                    str(space.step),
+                    "--cache-dir",
+                    str(plain_cache),
+                ],
+                storage / f"plain_{r['trial']}.log",
+            )
+        )
         shutil.rmtree(plain_cache, ignore_errors=True)
     plain_s = sum(plain)
     trials_dir = storage / space.name / "trials"
     timeline = [_timeline(trials_dir / r["trial"]) for r in rows]
     # Same seeded configs on the same CPU: a sweep trial must reach exactly the plain run's mIoU (a reused trial
     # process must not carry state from the trial before it).
-    results = [{"trial": r["trial"], "sweep": _sweep_miou(trials_dir / r["trial"]),
-                "plain": _plain_miou(storage / f"plain_{r['trial']}.log")} for r in rows]
+    results = [
+        {
+            "trial": r["trial"],
+            "sweep": _sweep_miou(trials_dir / r["trial"]),
+            "plain": _plain_miou(storage / f"plain_{r['trial']}.log"),
+        }
+        for r in rows
+    ]
     bracket = {}
     if a.bracket:  # the same seeded trials again, in a folder of their own (a sweep of the same name resumes)
         again = storage / "bracket"
@@ -168,17 +231,32 @@ def run(a: argparse.Namespace) -> dict:
         shutil.copytree(cache, again / "step_cache")
         after_s = _timed(sweep_cmd(again), again / "sweep.log")
         after = sorted(_sweep_miou(again / space.name / "trials" / r["trial"]) for r in completed(again))
-        bracket = {"sweep_after_s": round(after_s, 2), "ratio_bracketed": round((sweep_s + after_s) / 2 / plain_s, 4),
-                   "same_results_after": after == sorted(x["plain"] for x in results)}
+        bracket = {
+            "sweep_after_s": round(after_s, 2),
+            "ratio_bracketed": round((sweep_s + after_s) / 2 / plain_s, 4),
+            "same_results_after": after == sorted(x["plain"] for x in results),
+        }
     return {
-        "benchmark": "ray_overhead", "space": a.space, "trials": a.trials, "cpus": a.cpus, "set": a.set,
+        "benchmark": "ray_overhead",
+        "space": a.space,
+        "trials": a.trials,
+        "cpus": a.cpus,
+        "set": a.set,
         "trainer": a.trainer,
-        "mlflow": not a.no_mlflow, "epochs_per_trial": [r["epochs"] for r in rows],
-        "sweep_s": round(sweep_s, 2), "plain_s": round(plain_s, 2), "plain_trial_s": [round(x, 2) for x in plain],
-        "ratio": round(sweep_s / plain_s, 4), "cache_warm_s": round(warm_s, 2), "storage": str(storage),
-        "sweep_trial_timeline": timeline, "miou_old_new_all": results,
-        "same_results": all(x["sweep"] == x["plain"] for x in results), **bracket,
-        **info, "loadavg_end": common.load_average(),
+        "mlflow": not a.no_mlflow,
+        "epochs_per_trial": [r["epochs"] for r in rows],
+        "sweep_s": round(sweep_s, 2),
+        "plain_s": round(plain_s, 2),
+        "plain_trial_s": [round(x, 2) for x in plain],
+        "ratio": round(sweep_s / plain_s, 4),
+        "cache_warm_s": round(warm_s, 2),
+        "storage": str(storage),
+        "sweep_trial_timeline": timeline,
+        "miou_old_new_all": results,
+        "same_results": all(x["sweep"] == x["plain"] for x in results),
+        **bracket,
+        **info,
+        "loadavg_end": common.load_average(),
     }
 
 
@@ -188,12 +266,16 @@ def main(argv=None) -> int:
     if a.json:
         print(json.dumps(r))
     else:
-        print(f"{r['trials']} trials: sweep {r['sweep_s']:.1f} s, plain processes {r['plain_s']:.1f} s "
-              f"({', '.join(f'{x:.1f}' for x in r['plain_trial_s'])}), ratio {r['ratio']:.3f}; "
-              f"same mIoU as the plain runs: {r['same_results']}")
+        print(
+            f"{r['trials']} trials: sweep {r['sweep_s']:.1f} s, plain processes {r['plain_s']:.1f} s "
+            f"({', '.join(f'{x:.1f}' for x in r['plain_trial_s'])}), ratio {r['ratio']:.3f}; "
+            f"same mIoU as the plain runs: {r['same_results']}"
+        )
         if "sweep_after_s" in r:
-            print(f"the sweep again after the plain runs: {r['sweep_after_s']:.1f} s; mean of both sweeps / plain "
-                  f"{r['ratio_bracketed']:.3f}; same mIoU: {r['same_results_after']}")
+            print(
+                f"the sweep again after the plain runs: {r['sweep_after_s']:.1f} s; mean of both sweeps / plain "
+                f"{r['ratio_bracketed']:.3f}; same mIoU: {r['same_results_after']}"
+            )
     return 0
 
 

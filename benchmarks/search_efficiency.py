@@ -42,8 +42,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tpe-trials", type=int, default=9)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tolerance", type=float, default=1.0, help="mIoU distance to the grid's best that counts")
-    p.add_argument("--only", choices=STRATEGIES, action="append", help="run only these strategies (repeatable); "
-                   "the analysis reads whatever sweeps exist in --out")
+    p.add_argument(
+        "--only",
+        choices=STRATEGIES,
+        action="append",
+        help="run only these strategies (repeatable); the analysis reads whatever sweeps exist in --out",
+    )
     p.add_argument("--analyse-only", action="store_true", help="no sweeps, only read --out")
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
@@ -93,8 +97,7 @@ def curve(sweep_dir: Path, metric: str = "miou_all") -> dict:
             finals[name] = value
             best = value if best is None else max(best, value)
         points.append((spent, best))
-    return {"points": points, "trial_epochs": spent, "best": best, "trials": len(planned),
-            "completed": len(finals)}
+    return {"points": points, "trial_epochs": spent, "best": best, "trials": len(planned), "completed": len(finals)}
 
 
 def first_within(points: list, target: float, tolerance: float) -> int | None:
@@ -136,8 +139,20 @@ def main(argv=None) -> int:
     if not a.analyse_only:
         for strategy in a.only or STRATEGIES:
             space = _space_variant(Path(a.space).resolve(), out / f"{strategy}.yaml", strategy, a)
-            cmd = [sys.executable, "-m", "wilson_ray", "sweep", "--space", str(space), "--storage", str(out),
-                   "--data-root", data_root, "--no-mlflow", "--quiet"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "wilson_ray",
+                "sweep",
+                "--space",
+                str(space),
+                "--storage",
+                str(out),
+                "--data-root",
+                data_root,
+                "--no-mlflow",
+                "--quiet",
+            ]
             t = time.perf_counter()
             with open(out / f"{strategy}.log", "w", encoding="utf-8") as log:
                 rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
@@ -145,8 +160,13 @@ def main(argv=None) -> int:
             if rc != 0:
                 raise SystemExit(f"sweep {strategy} exited with {rc}; see {out / f'{strategy}.log'}")
     results = {s: curve(out / f"search-{s}") for s in STRATEGIES if (out / f"search-{s}" / "trials").is_dir()}
-    summary = {"benchmark": "search_efficiency", "space": a.space, "tolerance": a.tolerance, "wall_s": walls,
-               **common.machine_info()}
+    summary = {
+        "benchmark": "search_efficiency",
+        "space": a.space,
+        "tolerance": a.tolerance,
+        "wall_s": walls,
+        **common.machine_info(),
+    }
     grid = results.get("grid")
     for name, r in results.items():
         row = {k: r[k] for k in ("best", "trial_epochs", "trials", "completed")}
@@ -157,8 +177,9 @@ def main(argv=None) -> int:
         summary[name] = row
     if results:
         plot(results, out / "search_efficiency.png")
-    (out / "search_efficiency.json").write_text(json.dumps({**summary, "curves": {k: v["points"] for k, v in
-                                                                                   results.items()}}))
+    (out / "search_efficiency.json").write_text(
+        json.dumps({**summary, "curves": {k: v["points"] for k, v in results.items()}})
+    )
     if a.json:
         print(json.dumps(summary))
     else:

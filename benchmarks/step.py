@@ -47,22 +47,48 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--step", type=int, default=1, help="0: step-0 BCE iteration; >= 1: the method's iteration")
     p.add_argument("--method", default="wilson")
-    p.add_argument("--fp32-eager", action="store_true", help="amp none, no channels_last, no compile, engine "
-                   "old model, plain SGD (each overridable by the flags below)")
-    p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], default=None,
-                   help="run.amp; default auto (hardware.resolve_amp: bf16 where native, fp16 on a GPU without "
-                        "bf16, else none) for the fast path, none with --fp32-eager")
+    p.add_argument(
+        "--fp32-eager",
+        action="store_true",
+        help="amp none, no channels_last, no compile, engine "
+        "old model, plain SGD (each overridable by the flags below)",
+    )
+    p.add_argument(
+        "--amp",
+        choices=["auto", "none", "bf16", "fp16"],
+        default=None,
+        help="run.amp; default auto (hardware.resolve_amp: bf16 where native, fp16 on a GPU without "
+        "bf16, else none) for the fast path, none with --fp32-eager",
+    )
     p.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the trainable and the old model (run.compile)")
-    p.add_argument("--compile-blocks", dest="compile_blocks", action="store_true",
-                   help="regional torch.compile: each ResNet block, one graph per distinct shape "
-                        "(benchmarks.common.compile_blocks_); set TORCHINDUCTOR_CACHE_DIR to time a cold or a warm cache")
-    p.add_argument("--frozen-old-model", dest="frozen_old_model", action=argparse.BooleanOptionalAction,
-                   default=None, help="run.frozen_old_model: BN folded + weights in the amp dtype + inference_mode")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the trainable and the old model (run.compile)",
+    )
+    p.add_argument(
+        "--compile-blocks",
+        dest="compile_blocks",
+        action="store_true",
+        help="regional torch.compile: each ResNet block, one graph per distinct shape "
+        "(benchmarks.common.compile_blocks_); set TORCHINDUCTOR_CACHE_DIR to time a cold or a warm cache",
+    )
+    p.add_argument(
+        "--frozen-old-model",
+        dest="frozen_old_model",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run.frozen_old_model: BN folded + weights in the amp dtype + inference_mode",
+    )
     p.add_argument("--fused-sgd", dest="fused_sgd", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--valid-taps", dest="valid_taps", action=argparse.BooleanOptionalAction, default=None,
-                   help="run.valid_taps: ASPP dilated convs as per-tap GEMMs over valid pixels")
+    p.add_argument(
+        "--valid-taps",
+        dest="valid_taps",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run.valid_taps: ASPP dilated convs as per-tap GEMMs over valid pixels",
+    )
     p.add_argument("--iters", type=int, default=None, help="timed iterations (default 5, 20 for small)")
     p.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default 2, 3 with compile)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (0: leave torch's default)")
@@ -70,9 +96,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     p.add_argument("--profile", action="store_true", help="also time the phases of the iteration (eager)")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for the MFU figure (GPU)")
-    p.add_argument("--paired", action="store_true",
-                   help="also build the fp32-eager setup and alternate its iterations with the configured ones in "
-                        "one process: a ratio that survives a noisy machine (peak RSS is then of both)")
+    p.add_argument(
+        "--paired",
+        action="store_true",
+        help="also build the fp32-eager setup and alternate its iterations with the configured ones in "
+        "one process: a ratio that survives a noisy machine (peak RSS is then of both)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p.parse_args(argv)
 
@@ -95,17 +124,26 @@ def options(a: argparse.Namespace) -> common.StepOptions:
     if fast:
         base = dict(amp="auto", **hardware.fast_path_plan(device))
     else:
-        base = dict(amp="none", channels_last=False, compile=False, frozen_old_model=False, fused_sgd=False,
-                    valid_taps=False)
+        base = dict(
+            amp="none", channels_last=False, compile=False, frozen_old_model=False, fused_sgd=False, valid_taps=False
+        )
     for k in base:
         v = getattr(a, k)
         if v is not None:
             base[k] = v
     requested = base["amp"]
     base["amp"] = hardware.resolve_amp(requested, device)
-    return common.StepOptions(backbone=a.backbone, size=a.size, batch=a.batch, step=a.step, method=a.method,
-                              device=a.device, amp_requested=requested,
-                              compile_blocks=bool(getattr(a, "compile_blocks", False)), **base)
+    return common.StepOptions(
+        backbone=a.backbone,
+        size=a.size,
+        batch=a.batch,
+        step=a.step,
+        method=a.method,
+        device=a.device,
+        amp_requested=requested,
+        compile_blocks=bool(getattr(a, "compile_blocks", False)),
+        **base,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -156,8 +194,11 @@ def profile(s: common.StepSetup, iters: int) -> dict:
 
     acc: dict[str, float] = defaultdict(float)
     dev = s.device
-    ctx = Context(net=_Timed(s.eager_ctx.net, "net_forward", acc, dev), module=s.module,
-                  old_model=_Timed(s.eager_ctx.old_model, "old_forward", acc, dev) if s.eager_ctx.old_model else None)
+    ctx = Context(
+        net=_Timed(s.eager_ctx.net, "net_forward", acc, dev),
+        module=s.module,
+        old_model=_Timed(s.eager_ctx.old_model, "old_forward", acc, dev) if s.eager_ctx.old_model else None,
+    )
     hooks = []
     loc = s.module.localizer
     if loc is not None:
@@ -214,13 +255,18 @@ def profile(s: common.StepSetup, iters: int) -> dict:
         "old_model_forward_s": med.get("old_forward", 0.0),
         "localizer_passes_fwd_s": loc_train + loc_eval,
         "pamr_s": med.get("pamr", 0.0),
-        "losses_and_targets_s": med.get("losses", 0.0) - med.get("net_forward", 0.0) - med.get("old_forward", 0.0)
-        - loc_eval - med.get("pamr", 0.0),
+        "losses_and_targets_s": med.get("losses", 0.0)
+        - med.get("net_forward", 0.0)
+        - med.get("old_forward", 0.0)
+        - loc_eval
+        - med.get("pamr", 0.0),
         "optimizer_step_s": med.get("optimizer", 0.0),
         "total_s": med.get("total", 0.0),
     }
-    split["note"] = ("eager modules; backward includes the localizer's backward; localizer_passes_fwd_s = the "
-                     "train-mode pass (inside the new model's forward) + the eval-mode target pass")
+    split["note"] = (
+        "eager modules; backward includes the localizer's backward; localizer_passes_fwd_s = the "
+        "train-mode pass (inside the new model's forward) + the eval-mode target pass"
+    )
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in split.items()}
 
 
@@ -262,10 +308,18 @@ def run(a: argparse.Namespace) -> dict:
     stats = common.summarise(times)
     out = {
         "benchmark": "step",
-        "backbone": o.backbone, "size": o.size, "batch": o.batch, "step": o.step, "method": o.method,
-        **_switches(o), "compile_blocks": o.compile_blocks,
-        "fp32_eager": bool(a.fp32_eager), "threads": torch.get_num_threads(),
-        "device": str(s.device), "iters": iters, "warmup": warmup,
+        "backbone": o.backbone,
+        "size": o.size,
+        "batch": o.batch,
+        "step": o.step,
+        "method": o.method,
+        **_switches(o),
+        "compile_blocks": o.compile_blocks,
+        "fp32_eager": bool(a.fp32_eager),
+        "threads": torch.get_num_threads(),
+        "device": str(s.device),
+        "iters": iters,
+        "warmup": warmup,
         **stats,
         "images_per_s": o.batch / stats["median_s"],
         # CPU seconds of this process (all threads) per iteration: less sensitive to other load than wall time
@@ -307,9 +361,19 @@ def run_paired(a: argparse.Namespace) -> dict:
     if a.threads:
         torch.set_num_threads(a.threads)
     o = options(a)
-    ref_args = argparse.Namespace(**{**vars(a), "fp32_eager": True, "amp": None, "channels_last": None,
-                                     "compile": None, "frozen_old_model": None, "fused_sgd": None,
-                                     "valid_taps": None, "compile_blocks": False})
+    ref_args = argparse.Namespace(
+        **{
+            **vars(a),
+            "fp32_eager": True,
+            "amp": None,
+            "channels_last": None,
+            "compile": None,
+            "frozen_old_model": None,
+            "fused_sgd": None,
+            "valid_taps": None,
+            "compile_blocks": False,
+        }
+    )
     r = options(ref_args)
     iters = a.iters if a.iters is not None else (20 if a.backbone == "small" else 5)
     warmup = a.warmup if a.warmup is not None else (3 if o.compile or o.compile_blocks else 2)
@@ -324,7 +388,7 @@ def run_paired(a: argparse.Namespace) -> dict:
     t_fast, t_ref, c_fast, c_ref = [], [], [], []
     for i in range(iters):
         order = [(fast_s, t_fast, c_fast), (ref_s, t_ref, c_ref)]
-        for s, tl, cl in (order if i % 2 == 0 else order[::-1]):
+        for s, tl, cl in order if i % 2 == 0 else order[::-1]:
             common.sync(s.device)
             t, c = time.perf_counter(), time.process_time()
             common.iteration(s)
@@ -333,15 +397,28 @@ def run_paired(a: argparse.Namespace) -> dict:
             cl.append(time.process_time() - c)
     ratios = [x / y for x, y in zip(t_ref, t_fast)]
     out = {
-        "benchmark": "step_paired", "backbone": o.backbone, "size": o.size, "batch": o.batch, "step": o.step,
-        "method": o.method, "threads": torch.get_num_threads(), "iters": iters, "warmup": warmup,
-        "fast": {**_switches(o), "compile_blocks": o.compile_blocks, "warmup_times_s": warm_fast,
-                 **common.summarise(t_fast),
-                 "cpu_s_median": statistics.median(c_fast)},
+        "benchmark": "step_paired",
+        "backbone": o.backbone,
+        "size": o.size,
+        "batch": o.batch,
+        "step": o.step,
+        "method": o.method,
+        "threads": torch.get_num_threads(),
+        "iters": iters,
+        "warmup": warmup,
+        "fast": {
+            **_switches(o),
+            "compile_blocks": o.compile_blocks,
+            "warmup_times_s": warm_fast,
+            **common.summarise(t_fast),
+            "cpu_s_median": statistics.median(c_fast),
+        },
         "fp32_eager": {**common.summarise(t_ref), "cpu_s_median": statistics.median(c_ref)},
-        "ratio_median": statistics.median(ratios), "ratios": [round(x, 3) for x in ratios],
+        "ratio_median": statistics.median(ratios),
+        "ratios": [round(x, 3) for x in ratios],
         "cpu_ratio_median": statistics.median(c_ref) / statistics.median(c_fast),
-        "peak_rss_mb_both": round(common.peak_rss_mb(), 1), "loadavg_end": common.load_average(),
+        "peak_rss_mb_both": round(common.peak_rss_mb(), 1),
+        "loadavg_end": common.load_average(),
     }
     out.update(info)
     return out
@@ -350,7 +427,8 @@ def run_paired(a: argparse.Namespace) -> dict:
 def _human(r: dict) -> str:
     lines = [
         f"{r['backbone']} {r['batch']}x{r['size']}^2 step {r['step']} {r['method']}  "
-        + " ".join(f"{k}={r[k]}" for k in SWITCHES) + f" threads={r['threads']}",
+        + " ".join(f"{k}={r[k]}" for k in SWITCHES)
+        + f" threads={r['threads']}",
         f"  median {r['median_s']:.3f} s  (min {r['min_s']:.3f}, max {r['max_s']:.3f}, n={r['iters']})  "
         f"{r['images_per_s']:.2f} img/s  peak RSS {r['peak_rss_mb']:.0f} MB  cpu {r['cpu_s_median']:.2f} s/iter",
     ]

@@ -76,8 +76,14 @@ class Hosts:
         return ["ip", "netns", "exec", ns]
 
     def popen(self, ns: str, argv: list[str], log: Path, env: dict[str, str], **kw) -> subprocess.Popen:
-        proc = subprocess.Popen([*self.run_in(ns), *argv], stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True, **kw)
+        proc = subprocess.Popen(
+            [*self.run_in(ns), *argv],
+            stdout=open(log, "ab"),
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            **kw,
+        )
         self.procs.append(proc)
         return proc
 
@@ -135,8 +141,14 @@ class Hosts:
             raise RuntimeError("; ".join(problems))
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 1.0, proc: subprocess.Popen | None = None,
-             log: Path | None = None):
+def wait_for(
+    predicate,
+    timeout: float,
+    what: str,
+    interval: float = 1.0,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+):
     t0 = time.time()
     while True:
         value = predicate()
@@ -160,12 +172,20 @@ def ray_placement(address: str) -> dict:
     from ray.util.state import list_actors, list_nodes
 
     nodes = {n.node_id: n for n in list_nodes(address=address, limit=100, raise_on_missing_output=False)}
-    workers = [a for a in list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000,
-                                      raise_on_missing_output=False)
-               if "TrainWorker" in (a.class_name or "")]
-    return {"workers": [{"class": a.class_name, "node_ip": nodes[a.node_id].node_ip if a.node_id in nodes else None,
-                         "pid": a.pid} for a in workers],
-            "nodes": [{"ip": n.node_ip, "state": n.state, "head": bool(n.is_head_node)} for n in nodes.values()]}
+    workers = [
+        a
+        for a in list_actors(
+            address=address, filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False
+        )
+        if "TrainWorker" in (a.class_name or "")
+    ]
+    return {
+        "workers": [
+            {"class": a.class_name, "node_ip": nodes[a.node_id].node_ip if a.node_id in nodes else None, "pid": a.pid}
+            for a in workers
+        ],
+        "nodes": [{"ip": n.node_ip, "state": n.state, "head": bool(n.is_head_node)} for n in nodes.values()],
+    }
 
 
 def collect(storage: str, name: str, tracking_uri: str, optuna_url: str) -> dict:
@@ -182,20 +202,36 @@ def collect(storage: str, name: str, tracking_uri: str, optuna_url: str) -> dict
     runs = []
     for r in client.search_runs([exp.experiment_id], max_results=1000):
         metrics = {k: [m.step for m in client.get_metric_history(r.info.run_id, k)] for k in r.data.metrics}
-        runs.append({"role": r.data.tags.get("wilson_ray.role"), "trial": r.data.tags.get("wilson_ray.trial_id"),
-                     "status": r.info.status, "metrics": metrics})
+        runs.append(
+            {
+                "role": r.data.tags.get("wilson_ray.role"),
+                "trial": r.data.tags.get("wilson_ray.trial_id"),
+                "status": r.info.status,
+                "metrics": metrics,
+            }
+        )
     from wilson_ray.sweep_record import TrialRecord
     from wilson_ray.tracking.mlflow_tracker import SKIP_METRICS, metric_key
 
     # what each trial's record holds per epoch (the metrics MLflow must have once each, at that step; the tracker
     # leaves out the duplicate series it skips, e.g. iou_background = iou/background)
-    recorded = {p.name: {e: sorted({metric_key(k) for k in m if k not in SKIP_METRICS} | {"epoch"})
-                         for e, m in TrialRecord(p).epochs().items()}
-                for p in (sweep / "trials").iterdir() if p.is_dir()}
+    recorded = {
+        p.name: {
+            e: sorted({metric_key(k) for k in m if k not in SKIP_METRICS} | {"epoch"})
+            for e, m in TrialRecord(p).epochs().items()
+        }
+        for p in (sweep / "trials").iterdir()
+        if p.is_dir()
+    }
     study = optuna.load_study(study_name=name, storage=optuna_url)
-    return {"tune_trials": tune_trials, "summary": summary["trials"], "runs": runs,
-            "optuna": [{"state": t.state.name, "params": t.params, "value": t.value} for t in study.trials],
-            "records": sorted(recorded), "recorded": recorded}
+    return {
+        "tune_trials": tune_trials,
+        "summary": summary["trials"],
+        "runs": runs,
+        "optuna": [{"state": t.state.name, "params": t.params, "value": t.value} for t in study.trials],
+        "records": sorted(recorded),
+        "recorded": recorded,
+    }
 
 
 if __name__ == "__main__":

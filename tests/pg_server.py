@@ -31,8 +31,14 @@ def have_postgres() -> bool:
 class PostgresServer:
     """``start()`` -> ``url(db)``; ``stop()`` always leaves no process and no folder."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, prefix: list[str] | None = None,
-                 databases: tuple[str, ...] = ("mlflow", "optuna"), root: Path | None = None):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        prefix: list[str] | None = None,
+        databases: tuple[str, ...] = ("mlflow", "optuna"),
+        root: Path | None = None,
+    ):
         self.host = host
         self.port = port or free_port("127.0.0.1" if host.startswith("127.") else "0.0.0.0")
         self.prefix = list(prefix or [])
@@ -51,8 +57,11 @@ class PostgresServer:
 
     def _cmd(self, *argv: str) -> list[str]:
         # setpriv execs (runuser would fork and sit between us and postgres's signals)
-        user = ["setpriv", f"--reuid={self.run_as}", f"--regid={pwd.getpwnam(self.run_as).pw_gid}",
-                "--clear-groups", "--"] if self.run_as else []
+        user = (
+            ["setpriv", f"--reuid={self.run_as}", f"--regid={pwd.getpwnam(self.run_as).pw_gid}", "--clear-groups", "--"]
+            if self.run_as
+            else []
+        )
         return [*self.prefix, *user, *argv]
 
     def start(self, timeout: float = 60) -> "PostgresServer":
@@ -72,9 +81,26 @@ class PostgresServer:
             os.chown(pwfile, ids.pw_uid, ids.pw_gid)
             self.data.mkdir(mode=0o700)
             os.chown(self.data, ids.pw_uid, ids.pw_gid)
-        subprocess.run(self._cmd("initdb", "-D", str(self.data), "-U", USER, "--pwfile", str(pwfile),
-                                 "--auth", "scram-sha-256", "-E", "UTF8", "--no-sync"),
-                       check=True, capture_output=True, timeout=120, cwd="/")
+        subprocess.run(
+            self._cmd(
+                "initdb",
+                "-D",
+                str(self.data),
+                "-U",
+                USER,
+                "--pwfile",
+                str(pwfile),
+                "--auth",
+                "scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ),
+            check=True,
+            capture_output=True,
+            timeout=120,
+            cwd="/",
+        )
         pwfile.unlink()
         with open(self.data / "pg_hba.conf", "a") as f:  # initdb's file covers 127.0.0.1 only
             f.write("host all all 198.18.0.0/24 scram-sha-256\n")
@@ -83,9 +109,28 @@ class PostgresServer:
         if self.run_as:
             os.chown(self.log, pwd.getpwnam(self.run_as).pw_uid, -1)
         self.proc = subprocess.Popen(
-            self._cmd("postgres", "-D", str(self.data), "-h", self.host, "-p", str(self.port), "-k", "",
-                      "-c", "fsync=off", "-c", "max_connections=200", "-c", "shared_buffers=32MB"),
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, cwd="/", start_new_session=True)
+            self._cmd(
+                "postgres",
+                "-D",
+                str(self.data),
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-k",
+                "",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "shared_buffers=32MB",
+            ),
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
+            cwd="/",
+            start_new_session=True,
+        )
         deadline = time.time() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -113,15 +158,26 @@ class PostgresServer:
         import psycopg
 
         if self.prefix:  # the server is in another network namespace: run the client there
-            out = subprocess.run([*self.prefix, sys.executable, "-c", _SQL_SNIPPET, self.url(db), statement],
-                                 capture_output=True, text=True, timeout=60)
+            out = subprocess.run(
+                [*self.prefix, sys.executable, "-c", _SQL_SNIPPET, self.url(db), statement],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             if out.returncode != 0:
                 raise RuntimeError(out.stderr[-500:])
             import json
 
             return [tuple(r) for r in json.loads(out.stdout)]
-        conn = psycopg.connect(host=self.host, port=self.port, user=USER, password=self.password, dbname=db,
-                               connect_timeout=5, autocommit=True)
+        conn = psycopg.connect(
+            host=self.host,
+            port=self.port,
+            user=USER,
+            password=self.password,
+            dbname=db,
+            connect_timeout=5,
+            autocommit=True,
+        )
         try:
             with conn.cursor() as cur:
                 cur.execute(statement)

@@ -82,10 +82,13 @@ def test_splits_text_output(capsys, voc_meta_root):
     assert "step 1:    487 training images; classes: pottedplant" in out
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["--task", "15-6"], "task: unknown task '15-6', expected one of"),
-    (["--task", "offline", "--overlap"], "--overlap: task 'offline' has a single step"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--task", "15-6"], "task: unknown task '15-6', expected one of"),
+        (["--task", "offline", "--overlap"], "--overlap: task 'offline' has a single step"),
+    ],
+)
 def test_splits_user_errors(capsys, voc_meta_root, argv, match):
     code, out, err = run(capsys, "data", "splits", "--root", str(voc_meta_root), *argv)
     assert code == 2 and out == ""
@@ -120,7 +123,11 @@ def test_subprocess_broken_root_no_traceback(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     proc = subprocess.run(
         [sys.executable, "-m", "wilson_ray", "data", "check", "--root", str(tmp_path / "nope")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
@@ -131,12 +138,14 @@ def test_subprocess_broken_root_no_traceback(tmp_path):
 
 def test_synth_then_splits(capsys, tmp_path):
     out_dir = tmp_path / "syn"
-    code, out, err = run(capsys, "data", "synth", "--out", str(out_dir), "--train", "20", "--val", "6",
-                         "--size", "48", "--seed", "2")
+    code, out, err = run(
+        capsys, "data", "synth", "--out", str(out_dir), "--train", "20", "--val", "6", "--size", "48", "--seed", "2"
+    )
     assert code == 0, err
     assert "synthetic dataset wrote" in out and "tvmonitor" in out
-    code, out, _ = run(capsys, "data", "synth", "--out", str(out_dir), "--train", "20", "--val", "6",
-                       "--size", "48", "--seed", "2")
+    code, out, _ = run(
+        capsys, "data", "synth", "--out", str(out_dir), "--train", "20", "--val", "6", "--size", "48", "--seed", "2"
+    )
     assert code == 0 and "already present, kept" in out
     code, _, err = run(capsys, "data", "synth", "--out", str(out_dir), "--train", "21", "--val", "6", "--size", "48")
     assert code == 2 and "--out:" in err and "--force" in err
@@ -153,8 +162,9 @@ def test_prepare_coco(capsys, tmp_path):
     src = tmp_path / "stm" / "val2017"
     src.mkdir(parents=True)
     Image.fromarray(np.array([[0, 90, 100, 255]], np.uint8)).save(src / "000000000009.png")
-    code, out, err = run(capsys, "data", "prepare-coco", "--stuffthingmaps", str(tmp_path / "stm"),
-                         "--out", str(tmp_path / "ann"))
+    code, out, err = run(
+        capsys, "data", "prepare-coco", "--stuffthingmaps", str(tmp_path / "stm"), "--out", str(tmp_path / "ann")
+    )
     assert code == 0, err
     assert "converted 1 masks" in out
     assert np.asarray(Image.open(tmp_path / "ann" / "val2017" / "000000000009.png")).tolist() == [[1, 91, 0, 255]]

@@ -28,7 +28,7 @@ def test_version_and_help_answer_without_heavy_imports():
             "print('HEAVY', ' '.join(m for m in " + repr(HEAVY) + " if m in sys.modules))"
         )
         out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-        heavy_line = [l for l in out.splitlines() if l.startswith("HEAVY")][0]
+        heavy_line = [line for line in out.splitlines() if line.startswith("HEAVY")][0]
         assert heavy_line.strip() == "HEAVY", heavy_line
         if flag == "--version":
             assert "wilson-ray 0.1.0" in out

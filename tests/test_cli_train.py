@@ -4,16 +4,26 @@ import json
 
 import pytest
 
-from wilson_ray.cli import main
 from tests.test_methods import TINY
+from wilson_ray.cli import main
 
 SETS = [f"--set={k}={v}" for k, v in TINY.items()]
 
 
 def test_train_writes_results_and_reuses_cached_step0(synth_root, tmp_path, capsys):
     cache = tmp_path / "cache"
-    args = ["train", "--preset", "demo", "--method", "finetune", "--data-root", str(synth_root),
-            "--cache-dir", str(cache), *SETS]
+    args = [
+        "train",
+        "--preset",
+        "demo",
+        "--method",
+        "finetune",
+        "--data-root",
+        str(synth_root),
+        "--cache-dir",
+        str(cache),
+        *SETS,
+    ]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
     assert "task 15-5 (disjoint), method finetune" in out and "old" in out
@@ -27,8 +37,25 @@ def test_train_writes_results_and_reuses_cached_step0(synth_root, tmp_path, caps
     entries = list(cache.glob("*/step0.pt"))
     assert len(entries) == 1
     # a second method with the same step-0 config reuses the cached step 0 (no new entry, same metrics)
-    assert main(["train", "--preset", "demo", "--method", "lwf", "--data-root", str(synth_root),
-                 "--cache-dir", str(cache), *SETS, "--out", str(tmp_path / "b")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "demo",
+                "--method",
+                "lwf",
+                "--data-root",
+                str(synth_root),
+                "--cache-dir",
+                str(cache),
+                *SETS,
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 0
+    )
     assert list(cache.glob("*/step0.pt")) == entries
     res_b = json.loads((tmp_path / "b" / "results.json").read_text())
     assert res_b["steps"][0]["reused_from_cache"] and res_b["steps"][0]["miou_all"] == res["steps"][0]["miou_all"]
@@ -43,7 +70,10 @@ def test_train_writes_results_and_reuses_cached_step0(synth_root, tmp_path, caps
     [
         (["train", "--preset", "demo", "--set", "data.batchsize=2"], "unknown key 'data.batchsize'"),
         (["train", "--preset", "demo", "--task", "15-6"], "task: unknown task '15-6'"),
-        (["train", "--preset", "demo", "--task", "offline", "--overlap"], "--overlap: task 'offline' has a single step"),
+        (
+            ["train", "--preset", "demo", "--task", "offline", "--overlap"],
+            "--overlap: task 'offline' has a single step",
+        ),
         (["train", "--preset", "demo", "--steps", "7"], "step: got 7 for task '15-5', expected an integer in 0..1"),
         (["train", "--preset", "nope"], "--preset: unknown preset 'nope'"),
         (["eval", "--ckpt", "/nonexistent/x.pt"], "checkpoint /nonexistent/x.pt: not found"),

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from cluster_harness import HEAD_IP, IFACE, WORKER_IP, Hosts, have_netns, sh, wait_for
 from pg_server import PostgresServer, have_postgres
 
@@ -33,9 +32,22 @@ ROOT = Path(__file__).resolve().parents[1]
 NAME = "cluster"
 TRIALS = 2
 # tiny synthetic data and short trials: 2 epochs of 2 iterations per trial, step 0 one iteration
-FAST = ["--set", "step0.epochs=1", "--set", "step0.max_iters_per_epoch=1", "--set", "incremental.epochs=2",
-        "--set", "incremental.max_iters_per_epoch=2", "--set", "data.batch_size=4",
-        "--set", "data.val_batch_size=8", "--set", "data.num_workers=0"]
+FAST = [
+    "--set",
+    "step0.epochs=1",
+    "--set",
+    "step0.max_iters_per_epoch=1",
+    "--set",
+    "incremental.epochs=2",
+    "--set",
+    "incremental.max_iters_per_epoch=2",
+    "--set",
+    "data.batch_size=4",
+    "--set",
+    "data.val_batch_size=8",
+    "--set",
+    "data.num_workers=0",
+]
 
 
 def _env(hosts: Hosts, token: str, **extra: str) -> dict[str, str]:
@@ -44,21 +56,41 @@ def _env(hosts: Hosts, token: str, **extra: str) -> dict[str, str]:
     home = hosts.root / "home"
     home.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "WILSON_RAY_TEST_", "PYTEST_"))}
-    env.update(PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}", HOME=str(home),
-               # torch's gloo finds its address from the host name, which /etc/hosts maps to loopback
-               GLOO_SOCKET_IFNAME=IFACE,
-               XDG_CACHE_HOME=str(home / ".cache"), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
-               # processes that look for "the" cluster (Train's PlacementGroupCleaner uses the state API without
-               # an address) would otherwise find every Ray instance of this machine, other users' included
-               RAY_ADDRESS=f"{HEAD_IP}:6379",
-               RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
-               **extra)
+    env.update(
+        PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}",
+        HOME=str(home),
+        # torch's gloo finds its address from the host name, which /etc/hosts maps to loopback
+        GLOO_SOCKET_IFNAME=IFACE,
+        XDG_CACHE_HOME=str(home / ".cache"),
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=token,
+        # processes that look for "the" cluster (Train's PlacementGroupCleaner uses the state API without
+        # an address) would otherwise find every Ray instance of this machine, other users' included
+        RAY_ADDRESS=f"{HEAD_IP}:6379",
+        RAY_USAGE_STATS_ENABLED="0",
+        PYTHONUNBUFFERED="1",
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+        **extra,
+    )
     return env
 
 
 def _worker_argv(temp: str) -> list[str]:
-    return ["ray", "start", "--address", f"{HEAD_IP}:6379", "--node-ip-address", WORKER_IP, "--num-cpus", "1",
-            "--object-store-memory", str(150 * 1024**2), "--temp-dir", temp, "--disable-usage-stats"]
+    return [
+        "ray",
+        "start",
+        "--address",
+        f"{HEAD_IP}:6379",
+        "--node-ip-address",
+        WORKER_IP,
+        "--num-cpus",
+        "1",
+        "--object-store-memory",
+        str(150 * 1024**2),
+        "--temp-dir",
+        temp,
+        "--disable-usage-stats",
+    ]
 
 
 def _ray_start(hosts: Hosts, ns: str, argv, env: dict[str, str], name: str, logs: Path, attempts: int = 3) -> None:
@@ -77,11 +109,18 @@ def _ray_start(hosts: Hosts, ns: str, argv, env: dict[str, str], name: str, logs
 
 
 def _in_head(hosts: Hosts, env: dict[str, str], *args: str, timeout: float = 180) -> dict:
-    out = sh(*hosts.run_in(hosts.head), sys.executable, str(ROOT / "tests" / "cluster_harness.py"), *args,
-             env=env, timeout=timeout, check=False)
+    out = sh(
+        *hosts.run_in(hosts.head),
+        sys.executable,
+        str(ROOT / "tests" / "cluster_harness.py"),
+        *args,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     assert out.returncode == 0 and lines, out.stdout[-3000:] + out.stderr[-3000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def _alive_nodes(hosts: Hosts, env: dict[str, str]) -> list[str]:
@@ -124,36 +163,96 @@ def test_two_node_sweep_survives_a_killed_worker_node(hosts):
     kill_env = {**env, "WILSON_RAY_TEST_KILL_AT": "mid_epoch", "WILSON_RAY_TEST_KILL_MARKER": str(marker)}
 
     # Ray head (scripts/start_head.sh) and worker node, one CPU each: a 2-worker trial must span both
-    _ray_start(hosts, hosts.head, lambda temp: [
-        "bash", str(ROOT / "scripts" / "start_head.sh"), "--node-ip-address", HEAD_IP, "--temp-dir", temp,
-        "--object-store-memory", str(150 * 1024**2)],
-        {**kill_env, "NUM_CPUS": "1", "DASHBOARD_HOST": HEAD_IP}, "rh", logs)
+    _ray_start(
+        hosts,
+        hosts.head,
+        lambda temp: [
+            "bash",
+            str(ROOT / "scripts" / "start_head.sh"),
+            "--node-ip-address",
+            HEAD_IP,
+            "--temp-dir",
+            temp,
+            "--object-store-memory",
+            str(150 * 1024**2),
+        ],
+        {**kill_env, "NUM_CPUS": "1", "DASHBOARD_HOST": HEAD_IP},
+        "rh",
+        logs,
+    )
     _ray_start(hosts, hosts.worker, lambda temp: _worker_argv(temp), kill_env, "rw", logs)
     wait_for(lambda: _alive_nodes(hosts, env) == [HEAD_IP, WORKER_IP], 180, "both Ray nodes alive", interval=2)
 
     pg.start(timeout=180)
     # MLflow tracking server on it (scripts/mlflow_server.sh, the README's command)
     mlflow_log = logs / "mlflow.log"
-    mlflow = hosts.popen(hosts.head, ["bash", str(ROOT / "scripts" / "mlflow_server.sh"), str(shared)], mlflow_log,
-                         {**env, "BACKEND_STORE_URI": mlflow_db, "MLFLOW_HOST": HEAD_IP, "MLFLOW_PORT": "5000"},
-                         cwd=ROOT)
+    mlflow = hosts.popen(
+        hosts.head,
+        ["bash", str(ROOT / "scripts" / "mlflow_server.sh"), str(shared)],
+        mlflow_log,
+        {**env, "BACKEND_STORE_URI": mlflow_db, "MLFLOW_HOST": HEAD_IP, "MLFLOW_PORT": "5000"},
+        cwd=ROOT,
+    )
     tracking = f"http://{HEAD_IP}:5000"
     health = f"import urllib.request; urllib.request.urlopen('{tracking}/health', timeout=5)"
-    wait_for(lambda: sh(*hosts.run_in(hosts.head), sys.executable, "-c", health, check=False).returncode == 0,
-             300, "the MLflow server", interval=2, proc=mlflow, log=mlflow_log)
+    wait_for(
+        lambda: sh(*hosts.run_in(hosts.head), sys.executable, "-c", health, check=False).returncode == 0,
+        300,
+        "the MLflow server",
+        interval=2,
+        proc=mlflow,
+        log=mlflow_log,
+    )
 
     # tiny synthetic data on the shared folder
-    sh(sys.executable, "-m", "wilson_ray", "data", "synth", "--out", str(shared / "data"), "--train", "24",
-       "--val", "6", "--size", "64", timeout=300, env=env)
+    sh(
+        sys.executable,
+        "-m",
+        "wilson_ray",
+        "data",
+        "synth",
+        "--out",
+        str(shared / "data"),
+        "--train",
+        "24",
+        "--val",
+        "6",
+        "--size",
+        "64",
+        timeout=300,
+        env=env,
+    )
 
     # the README's cluster command: scripts/submit_sweep.sh -> ray job submit ... wilson-ray sweep
     job_log = logs / "job.log"
-    job = hosts.popen(hosts.head, [
-        "bash", str(ROOT / "scripts" / "submit_sweep.sh"), "--space", "search_spaces/demo.yaml",
-        "--data-root", str(shared / "data"), "--storage", str(shared / "sweeps"), "--name", NAME,
-        "--tracking-uri", tracking, "--optuna-storage", optuna_url,
-        "--num-samples", str(TRIALS), "--workers-per-trial", "2", "--quiet", *FAST],
-        job_log, {**env, "RAY_JOB_ADDRESS": f"http://{HEAD_IP}:8265"}, cwd=ROOT)
+    job = hosts.popen(
+        hosts.head,
+        [
+            "bash",
+            str(ROOT / "scripts" / "submit_sweep.sh"),
+            "--space",
+            "search_spaces/demo.yaml",
+            "--data-root",
+            str(shared / "data"),
+            "--storage",
+            str(shared / "sweeps"),
+            "--name",
+            NAME,
+            "--tracking-uri",
+            tracking,
+            "--optuna-storage",
+            optuna_url,
+            "--num-samples",
+            str(TRIALS),
+            "--workers-per-trial",
+            "2",
+            "--quiet",
+            *FAST,
+        ],
+        job_log,
+        {**env, "RAY_JOB_ADDRESS": f"http://{HEAD_IP}:8265"},
+        cwd=ROOT,
+    )
 
     # the first trial's rank 0 has reported and recorded epoch 1 and waits at the kill point
     wait_for(marker.is_file, 900, "the first trial's epoch 1 (kill point)", interval=1, proc=job, log=job_log)
@@ -170,6 +269,7 @@ def test_two_node_sweep_survives_a_killed_worker_node(hosts):
     def placed_again():
         p = _in_head(hosts, env, "placement", f"http://{HEAD_IP}:8265")
         return sorted(w["node_ip"] for w in p["workers"]) == [HEAD_IP, WORKER_IP] or job.poll() is not None
+
     wait_for(placed_again, 600, "a 2-worker trial placed on both nodes after the restart", interval=2)
 
     rc = job.wait(timeout=900)

@@ -64,7 +64,12 @@ def test_config_file_errors(tmp_path):
 
 
 def test_overrides_parse_yaml_scalars():
-    assert parse_overrides(["a.b=0.5", "c=true", "d=[1, 2]", "e=text"]) == {"a.b": 0.5, "c": True, "d": [1, 2], "e": "text"}
+    assert parse_overrides(["a.b=0.5", "c=true", "d=[1, 2]", "e=text"]) == {
+        "a.b": 0.5,
+        "c": True,
+        "d": [1, 2],
+        "e": "text",
+    }
     with pytest.raises(UserError, match="not key=value"):
         parse_overrides(["alpha"])
 
@@ -117,10 +122,14 @@ def test_per_method_recipe_overrides_wilsons_incremental_settings():
 
 def test_per_method_recipe_errors_name_the_block(tmp_path):
     for text, message in [
-        ("methods:\n  mib: {incremental: {epoch: 3}}\n",
-         "unknown key 'methods.mib.incremental.epoch' (did you mean 'epochs'?)"),
-        ("methods:\n  lwf: {incremental: {lr: -1}}\n",
-         "field 'methods.lwf.incremental.lr' is -1.0, expected a positive"),
+        (
+            "methods:\n  mib: {incremental: {epoch: 3}}\n",
+            "unknown key 'methods.mib.incremental.epoch' (did you mean 'epochs'?)",
+        ),
+        (
+            "methods:\n  lwf: {incremental: {lr: -1}}\n",
+            "field 'methods.lwf.incremental.lr' is -1.0, expected a positive",
+        ),
         ("methods:\n  ilt: {step0: {policy: cosine}}\n", "field 'methods.ilt.step0.policy' is 'cosine'"),
     ]:
         path = tmp_path / "m.yaml"
@@ -133,8 +142,10 @@ def test_per_method_recipe_errors_name_the_block(tmp_path):
 def test_removed_run_max_iters_per_epoch_says_what_replaces_it(tmp_path):
     with pytest.raises(UserError) as err:
         resolve_config("demo", overrides={"run.max_iters_per_epoch": 2})
-    assert ("run.max_iters_per_epoch was removed; use step0.max_iters_per_epoch / incremental.max_iters_per_epoch"
-            in str(err.value))
+    assert (
+        "run.max_iters_per_epoch was removed; use step0.max_iters_per_epoch / incremental.max_iters_per_epoch"
+        in str(err.value)
+    )
     cfg = resolve_config("demo", overrides={"step0.max_iters_per_epoch": 2, "incremental.max_iters_per_epoch": 3})
     assert (cfg.step0.max_iters_per_epoch, cfg.incremental.max_iters_per_epoch) == (2, 3)
     with pytest.raises(UserError, match="field 'step0.max_iters_per_epoch' is 0, expected a positive integer"):

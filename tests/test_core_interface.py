@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tests.test_methods import TINY, step0_ckpt  # noqa: F401  (module fixture)
+from tests.test_models import _torchvision_to_iabn
 from wilson_ray import losses, step_setup
 from wilson_ray.checkpoint import load_checkpoint, save_checkpoint
 from wilson_ray.config import MethodConfig, resolve_config
@@ -21,9 +23,6 @@ from wilson_ray.methods.mib import MiBParams
 from wilson_ray.methods.wilson import Wilson, WilsonParams
 from wilson_ray.models.segmenter import ModelOutput, build_segmenter
 from wilson_ray.protocol import get_task
-
-from tests.test_methods import TINY, step0_ckpt  # noqa: F401  (module fixture)
-from tests.test_models import _torchvision_to_iabn
 
 
 def _wilson_toy(seed=0):
@@ -82,8 +81,11 @@ def test_iabn_prefix_loads_a_mapillary_checkpoint_through_the_config(tmp_path):
     cfg = resolve_config("demo", overrides={**TINY, "data.root": str(tmp_path)})
     torch.manual_seed(3)
     reference_model = step_setup.build_model(cfg, get_task("15-5"), 0)
-    reference = {k: (torch.randn_like(v) if v.is_floating_point() else v)
-                 for k, v in reference_model.backbone.state_dict().items() if not k.endswith("num_batches_tracked")}
+    reference = {
+        k: (torch.randn_like(v) if v.is_floating_point() else v)
+        for k, v in reference_model.backbone.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
     iabn = {_torchvision_to_iabn(k): v for k, v in reference.items()}  # module. prefix, fused bn modules
     assert "module.mod1.bn1.running_var" in iabn and any(".convs.bn2.weight" in k for k in iabn)
     path = tmp_path / "small_iabn.pth.tar"
@@ -194,11 +196,17 @@ def test_method_hooks_and_state_survive_the_checkpoint(synth_root, step0_ckpt, t
     ckpt = load_checkpoint(result.checkpoint)
     assert ckpt["method_state"]["seen_steps"] == [1] and ckpt["method_state"]["prototype"].shape == (64,)  # 8 × width 8
     # frozen encoder: unchanged; head trained
-    backbone = {k: v for k, v in ckpt["model"].items() if k.startswith("backbone.") and "running" not in k
-                and "num_batches" not in k}
+    backbone = {
+        k: v
+        for k, v in ckpt["model"].items()
+        if k.startswith("backbone.") and "running" not in k and "num_batches" not in k
+    }
     assert all(torch.equal(v, step0["model"][k]) for k, v in backbone.items())
-    assert backbone and any(not torch.equal(v, step0["model"][k]) for k, v in ckpt["model"].items()
-                            if k.startswith("head.") and v.is_floating_point())
+    assert backbone and any(
+        not torch.equal(v, step0["model"][k])
+        for k, v in ckpt["model"].items()
+        if k.startswith("head.") and v.is_floating_point()
+    )
     # the next step's method gets the state back from the checkpoint
     model, old_model, previous = step_setup.initial_models(cfg, get_task("15-5"), 1, step0_ckpt)
     method = _Prototypes.for_step(_ProtoParams(), get_task("15-5"), 1)

@@ -127,8 +127,9 @@ def test_eval_crop_resizes_short_side_then_center_crops():
     assert set(m.unique().tolist()) == {5}
     image, m = transforms.eval_transform(20, "full")(*transforms.to_tv_tensors(img, mask))
     assert image.shape == (3, 30, 60) and isinstance(m, tv_tensors.Mask)
-    assert torch.allclose(image[:, 0, 0], -torch.tensor(transforms.IMAGENET_MEAN) / torch.tensor(
-        transforms.IMAGENET_STD))
+    assert torch.allclose(
+        image[:, 0, 0], -torch.tensor(transforms.IMAGENET_MEAN) / torch.tensor(transforms.IMAGENET_STD)
+    )
 
 
 def test_summary(synth_root):

@@ -63,7 +63,9 @@ def test_ddp_find_unused_reaches_ddp(synth_root, step0, tmp_path):
     assert (tmp_path / "mib" / "step1.pt").is_file() and not (tmp_path / "mib" / "step1.pt.tmp").exists()
 
     base["method.pseudo_epochs"] = 1  # WILSON's first epoch trains the localizer only
-    wilson = _two_ranks({**base, "method.name": "wilson"}, step0, tmp_path / "wilson")  # default: find_unused for a localizer method
+    wilson = _two_ranks(
+        {**base, "method.name": "wilson"}, step0, tmp_path / "wilson"
+    )  # default: find_unused for a localizer method
     assert [wilson[r][0] for r in (0, 1)] == ["ok", "ok"], wilson
 
     forced = _two_ranks({**base, "method.name": "wilson", "run.ddp_find_unused": False}, step0, tmp_path / "forced")

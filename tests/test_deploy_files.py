@@ -24,9 +24,9 @@ def _wilson_args(command: str) -> list[str]:
     words = shlex.split(command.replace("\\\n", " "))
     for i, w in enumerate(words):
         if w == "wilson-ray":
-            return words[i + 1:]
+            return words[i + 1 :]
         if w == "wilson_ray" and i >= 2 and words[i - 1] == "-m":
-            return words[i + 1:]
+            return words[i + 1 :]
     raise AssertionError(f"no wilson-ray command in {command!r}")
 
 
@@ -55,8 +55,9 @@ def test_compose_parses_and_its_commands_are_valid():
         for port in svc.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), port
     assert "postgresql://" in services["mlflow"]["command"]
-    header = [ln[1:].strip() for ln in (ROOT / "docker" / "compose.yaml").read_text().splitlines()
-              if ln.startswith("#")]
+    header = [
+        ln[1:].strip() for ln in (ROOT / "docker" / "compose.yaml").read_text().splitlines() if ln.startswith("#")
+    ]
     text = "\n".join(header)
     cmd = re.search(r"python -m wilson_ray sweep.*?(?=\n\s*\n|\n[^ ]*open )", text, re.S)
     assert cmd is not None
@@ -77,8 +78,9 @@ def test_readme_cluster_recipe_commands_parse():
 
 @pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.cuda"])
 def test_dockerfiles_take_their_base_and_end_non_root(name):
-    lines = [ln.strip() for ln in (ROOT / "docker" / name).read_text().splitlines()
-             if ln.strip() and not ln.startswith("#")]
+    lines = [
+        ln.strip() for ln in (ROOT / "docker" / name).read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    ]
     assert lines[0].startswith("ARG BASE=") and lines[1] == "FROM ${BASE}"
     users = [ln for ln in lines if ln.startswith("USER ")]
     assert users and users[-1] == "USER 1000:1000"  # wilson, numeric (hadolint DL3066, runAsNonRoot)

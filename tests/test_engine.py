@@ -3,14 +3,18 @@ import pickle
 import pytest
 import torch
 
+from tests.test_methods import TINY
 from wilson_ray.config import resolve_config
 from wilson_ray.engine import (
-    NonFiniteLossError, check_checkpoint_matches, load_checkpoint, lr_factor, model_from_checkpoint, train_step,
+    NonFiniteLossError,
+    check_checkpoint_matches,
+    load_checkpoint,
+    lr_factor,
+    model_from_checkpoint,
+    train_step,
 )
 from wilson_ray.errors import UserError
 from wilson_ray.protocol import get_task
-
-from tests.test_methods import TINY
 
 
 class Payload:
@@ -24,7 +28,7 @@ def _cfg(root, **extra):
 def test_lr_policies():
     # poly: (1 - it/max)^0.9 every iteration
     assert lr_factor(0, 100, "poly", 0.9, 0) == 1.0
-    assert lr_factor(50, 100, "poly", 0.9, 0) == pytest.approx(0.5 ** 0.9)
+    assert lr_factor(50, 100, "poly", 0.9, 0) == pytest.approx(0.5**0.9)
     # warmup: constant for 5 epochs, then poly on the global count -> jump to (35/40)^0.9 at epoch 5 of 40
     its = 10
     assert lr_factor(5 * its - 1, 40 * its, "warmup", 0.9, 5 * its) == 1.0

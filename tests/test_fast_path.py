@@ -48,9 +48,19 @@ def _opts(step: int, amp: str, channels_last: bool, old_model: str) -> common.St
     ``'frozen'`` turns on the engine's other fast-path switches: ``run.frozen_old_model`` and ``run.valid_taps``
     (bf16 / channels_last — which brings channels_last loss gradients — as given)."""
     fast_pieces = old_model != "engine"
-    return common.StepOptions(backbone="small", size=SIZE, batch=BATCH, step=step, method="wilson", amp=amp,
-                              channels_last=channels_last, frozen_old_model=fast_pieces, fused_sgd=False,
-                              seed=SEED, valid_taps=fast_pieces)
+    return common.StepOptions(
+        backbone="small",
+        size=SIZE,
+        batch=BATCH,
+        step=step,
+        method="wilson",
+        amp=amp,
+        channels_last=channels_last,
+        frozen_old_model=fast_pieces,
+        fused_sgd=False,
+        seed=SEED,
+        valid_taps=fast_pieces,
+    )
 
 
 def _terms_and_grads(step: int, amp: str, channels_last: bool, old_model: str):
@@ -63,9 +73,9 @@ def _terms_and_grads(step: int, amp: str, channels_last: bool, old_model: str):
     total.backward()
     grads = {}
     for group in s.optimizer.param_groups:
-        grads[group["name"]] = torch.cat([
-            (p.grad if p.grad is not None else torch.zeros_like(p)).double().flatten() for p in group["params"]
-        ])
+        grads[group["name"]] = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).double().flatten() for p in group["params"]]
+        )
     values = {k: float(v.detach()) for k, v in terms.items()}
     values["total"] = float(total.detach())
     return values, grads, weights

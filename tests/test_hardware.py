@@ -9,8 +9,9 @@ from wilson_ray import hardware
 from wilson_ray.errors import UserError
 
 AVX2 = hardware.CpuCapability(model="AMD EPYC", isa="AVX2", native_bf16=False, amx=False)
-AMX = hardware.CpuCapability(model="Intel(R) Xeon(R) Processor", isa="AVX512", native_bf16=True, amx=True,
-                             avx512_bf16=True)
+AMX = hardware.CpuCapability(
+    model="Intel(R) Xeon(R) Processor", isa="AVX512", native_bf16=True, amx=True, avx512_bf16=True
+)
 
 
 @pytest.fixture
@@ -83,11 +84,14 @@ def test_explicit_choices_kept_and_bad_ones_refused(fake):
 
 def test_describe_amp_choice_names_the_hardware(fake):
     fake(cpu=AVX2, cuda_bf16=True)
-    assert hardware.describe_amp_choice("auto", "none", "cpu") == "amp: auto -> none (CPU AMD EPYC, AVX2, no native bf16)"
+    assert (
+        hardware.describe_amp_choice("auto", "none", "cpu") == "amp: auto -> none (CPU AMD EPYC, AVX2, no native bf16)"
+    )
     assert hardware.describe_amp_choice("bf16", "bf16", "cuda") == "amp: bf16 (CUDA NVIDIA FakeGPU, bf16)"
     fake(cpu=AMX)
     assert hardware.describe_amp_choice("auto", "bf16", "cpu") == (
-        "amp: auto -> bf16 (CPU Intel(R) Xeon(R) Processor, AVX512, AMX, native bf16)")
+        "amp: auto -> bf16 (CPU Intel(R) Xeon(R) Processor, AVX512, AMX, native bf16)"
+    )
 
 
 def test_fast_path_plan_per_kind(fake):
@@ -100,11 +104,18 @@ def test_fast_path_plan_per_kind(fake):
         assert hardware.fast_path_plan("cpu") == hardware.FAST_PATH_PLANS[kind]
     assert set(hardware.fast_path_plan("cuda")) == keys
     fake(cpu=AVX2)
-    assert hardware.fast_path_overrides("cpu") == {"run.amp": "auto", **{f"run.{k}": v for k, v in
-                                                                         hardware.FAST_PATH_PLANS["cpu"].items()}}
+    assert hardware.fast_path_overrides("cpu") == {
+        "run.amp": "auto",
+        **{f"run.{k}": v for k, v in hardware.FAST_PATH_PLANS["cpu"].items()},
+    }
     # measured on AVX2 (BENCHMARKS.md §1A): the frozen old model raised peak RSS, the others were wins
-    assert hardware.FAST_PATH_PLANS["cpu"] == {"channels_last": True, "frozen_old_model": False, "valid_taps": True,
-                                               "fused_sgd": True, "compile": False}
+    assert hardware.FAST_PATH_PLANS["cpu"] == {
+        "channels_last": True,
+        "frozen_old_model": False,
+        "valid_taps": True,
+        "fused_sgd": True,
+        "compile": False,
+    }
     # measured on the H200 (BENCHMARKS.md §1): compile 2.15x at batch 24, parity at batch 2; too slow to compile on CPU
     assert hardware.FAST_PATH_PLANS["cuda"]["compile"] and not hardware.FAST_PATH_PLANS["cpu_bf16"]["compile"]
 
@@ -143,8 +154,13 @@ def test_step_benchmark_resolves_auto_and_uses_the_plan(fake):
     assert step.options(step.parse_args(["--backbone", "small"])).amp == "bf16"
     # explicit flags win; fp32 eager is all off
     o = step.options(step.parse_args(["--fp32-eager", "--channels-last"]))
-    assert (o.amp, o.channels_last, o.valid_taps, o.frozen_old_model, o.fused_sgd) == ("none", True, False, False,
-                                                                                      False)
+    assert (o.amp, o.channels_last, o.valid_taps, o.frozen_old_model, o.fused_sgd) == (
+        "none",
+        True,
+        False,
+        False,
+        False,
+    )
 
 
 def test_fast_flag_takes_the_plan_of_the_hardware(fake, capsys):
@@ -162,6 +178,9 @@ def test_fast_flag_takes_the_plan_of_the_hardware(fake, capsys):
     fake(cpu=AMX)
     cfg = config_from_args(parser.parse_args(["train", "--preset", "demo", "--fast", "--device", "cpu"]))
     assert {k: getattr(cfg.run, k) for k in plan} == hardware.FAST_PATH_PLANS["cpu_bf16"]
-    cfg = config_from_args(parser.parse_args(["train", "--preset", "demo", "--fast", "--device", "cpu",
-                                              "--set", "run.channels_last=false"]))
+    cfg = config_from_args(
+        parser.parse_args(
+            ["train", "--preset", "demo", "--fast", "--device", "cpu", "--set", "run.channels_last=false"]
+        )
+    )
     assert cfg.run.channels_last is False

@@ -26,11 +26,11 @@ def _hand_pod(x, scales):
             for i in range(s):
                 for r in range(th):
                     for j in range(s):
-                        wp.append(x[0, ch, i * th + r, j * tw:(j + 1) * tw].mean())
+                        wp.append(x[0, ch, i * th + r, j * tw : (j + 1) * tw].mean())
             for i in range(s):
                 for j in range(s):
                     for col in range(tw):
-                        hp.append(x[0, ch, i * th:(i + 1) * th, j * tw + col].mean())
+                        hp.append(x[0, ch, i * th : (i + 1) * th, j * tw + col].mean())
         rows.append(torch.stack(wp))
         cols.append(torch.stack(hp))
     return torch.cat([t for pair in zip(rows, cols) for t in pair])
@@ -132,7 +132,9 @@ def test_ce_step0_is_cached_apart_from_the_bce_step0_and_shared_by_plop_and_sdr(
     keys = {m: step_key(resolve_config("demo", method=m), 0) for m in ("wilson", "mib", "plop", "sdr")}
     assert keys["wilson"] == keys["mib"] and keys["plop"] == keys["sdr"] and keys["plop"] != keys["wilson"]
     swept = resolve_config("demo", method="plop", overrides={"method.pod_weight": 0.1})
-    assert step_key(swept, 0) == keys["plop"] and step_key(swept, 1) != step_key(resolve_config("demo", method="plop"), 1)
+    assert step_key(swept, 0) == keys["plop"] and step_key(swept, 1) != step_key(
+        resolve_config("demo", method="plop"), 1
+    )
 
 
 def test_plop_search_space_loads_with_the_published_defaults_first():

@@ -4,6 +4,7 @@ replay images, offline labelling by the old model (restricted or not), batch mix
 import pytest
 import torch
 
+from tests.test_methods import TINY
 from wilson_ray.cli import main
 from wilson_ray.config import resolve_config
 from wilson_ray.data import synthetic
@@ -13,7 +14,6 @@ from wilson_ray.methods.base import Batch, Context, Trainable
 from wilson_ray.methods.recall import RECALL, RECALLParams
 from wilson_ray.models.segmenter import ModelOutput, build_segmenter
 from wilson_ray.protocol import VOC_CLASSES, get_task
-from tests.test_methods import TINY
 
 OLD = list(VOC_CLASSES[1:16])
 
@@ -47,8 +47,19 @@ def test_broken_replay_folders_are_one_line_errors(synth_copy):
 
 @pytest.mark.parametrize("extra", [[], ["--replay-root", "/nonexistent/replay"]])
 def test_cli_train_recall_without_a_replay_folder_exits_2(extra, synth_root, tmp_path, capsys):
-    args = ["train", "--preset", "demo", "--method", "recall", "--data-root", str(synth_root), "--cache-dir",
-            str(tmp_path / "cache"), *[f"--set={k}={v}" for k, v in TINY.items()], *extra]
+    args = [
+        "train",
+        "--preset",
+        "demo",
+        "--method",
+        "recall",
+        "--data-root",
+        str(synth_root),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        *[f"--set={k}={v}" for k, v in TINY.items()],
+        *extra,
+    ]
     if not extra:
         args += ["--set=method.replay_root=null"]
     assert main(args) == 2
@@ -63,7 +74,7 @@ class _FixedOld(torch.nn.Module):
     def forward(self, x, upsample=True, maps=False):
         s = torch.zeros(x.shape[0], 16, *x.shape[-2:])
         s[:, 3, :, : x.shape[-1] // 2] = 5.0
-        s[:, 0, :, x.shape[-1] // 2:] = 5.0
+        s[:, 0, :, x.shape[-1] // 2 :] = 5.0
         s[:, 7] = 4.0  # second everywhere
         return ModelOutput(s, x)
 
@@ -116,8 +127,9 @@ def test_batches_mix_replay_and_inpainted_new_images_and_the_encoder_stays_froze
     loss.backward()
     assert seen["n"] == 2 + 3  # round(1.5 × 2) replay images joined the batch
     assert torch.isfinite(loss) and all(p.grad is None for p in module.model.backbone.parameters())
-    assert torch.equal(bn.running_mean, stats) and all(torch.equal(a, b) for a, b in
-                                                        zip(before, module.model.backbone.parameters()))
+    assert torch.equal(bn.running_mean, stats) and all(
+        torch.equal(a, b) for a, b in zip(before, module.model.backbone.parameters())
+    )
     assert method.cursor == 3
 
 

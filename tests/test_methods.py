@@ -13,17 +13,33 @@ from wilson_ray.models.segmenter import build_segmenter
 from wilson_ray.protocol import get_task
 
 TINY = {
-    "step0.epochs": 1, "incremental.epochs": 2, "data.batch_size": 4, "data.val_batch_size": 10,
-    "data.crop_size": 64, "data.val_crop_size": 64, "data.num_workers": 0, "run.progress": False,
-    "step0.max_iters_per_epoch": 2, "incremental.max_iters_per_epoch": 2, "run.val_interval": 1,
-    "model.small_width": 8, "model.head_channels": 16,
+    "step0.epochs": 1,
+    "incremental.epochs": 2,
+    "data.batch_size": 4,
+    "data.val_batch_size": 10,
+    "data.crop_size": 64,
+    "data.val_crop_size": 64,
+    "data.num_workers": 0,
+    "run.progress": False,
+    "step0.max_iters_per_epoch": 2,
+    "incremental.max_iters_per_epoch": 2,
+    "run.val_interval": 1,
+    "model.small_width": 8,
+    "model.head_channels": 16,
 }
 
 
-_LEARNER = {"method.epochs": 1, "method.max_iters_per_epoch": 2, "method.batch_size": 4, "method.crop_size": 32,
-            "method.scales": [1.0], "method.flip": False}
+_LEARNER = {
+    "method.epochs": 1,
+    "method.max_iters_per_epoch": 2,
+    "method.batch_size": 4,
+    "method.crop_size": 32,
+    "method.scales": [1.0],
+    "method.flip": False,
+}
 WEAK_TINY = {
-    "cam": _LEARNER, "eps": _LEARNER,
+    "cam": _LEARNER,
+    "eps": _LEARNER,
     "seam": {**_LEARNER, "method.aff_epochs": 1, "method.aff_crop_size": 32, "method.aff_batch_size": 4},
     "ss": {**_LEARNER, "method.pretrain_epochs": 0, "method.pamr_iterations": 2},
 }
@@ -66,8 +82,7 @@ def test_every_method_runs_a_step(method, synth_root, step0_ckpt, step0_ce_ckpt,
             pass
 
     step = 0 if joint else 1
-    result = train_step(cfg, step, init_checkpoint=None if joint else step0_ckpt, out_dir=tmp_path,
-                        callbacks=[Spy()])
+    result = train_step(cfg, step, init_checkpoint=None if joint else step0_ckpt, out_dir=tmp_path, callbacks=[Spy()])
     assert result.checkpoint.is_file()
     epochs = 1 if joint else 2
     assert [m["epoch"] for m in seen] == list(range(1, epochs + 1))
@@ -128,8 +143,9 @@ def test_wilson_weights_scale_terms():
     batch = Batch(torch.randn(2, 3, 64, 64), torch.zeros(2, 64, 64, dtype=torch.long), labels)
     ctx = Context(module, module, old)
     base = Wilson(WilsonParams(pseudo_epochs=0), task, 1).losses(ctx, batch, 0)
-    scaled = Wilson(WilsonParams(pseudo_epochs=0, lambda_cls=2, lambda_loc=0, lambda_sss=3, lambda_enc=0.5,
-                                 lambda_seg=4), task, 1).losses(ctx, batch, 0)
+    scaled = Wilson(
+        WilsonParams(pseudo_epochs=0, lambda_cls=2, lambda_loc=0, lambda_sss=3, lambda_enc=0.5, lambda_seg=4), task, 1
+    ).losses(ctx, batch, 0)
     for k, w in {"cls": 2, "loc": 0, "sss": 3, "enc": 0.5, "seg": 4}.items():
         assert torch.allclose(scaled[k], w * base[k], rtol=1e-5, atol=1e-7), k
 

@@ -32,12 +32,14 @@ def test_merge_equals_single_pass():
 
 def test_miou_columns_paper_and_mib_conventions():
     # 4 classes: background, two old, one new. Diagonal matrix with known IoUs.
-    cm = np.array([
-        [8, 2, 0, 0],   # background
-        [0, 4, 0, 0],   # old 1
-        [0, 0, 5, 5],   # old 2
-        [0, 0, 0, 0],   # new 3: no GT pixel -> excluded from means
-    ])
+    cm = np.array(
+        [
+            [8, 2, 0, 0],  # background
+            [0, 4, 0, 0],  # old 1
+            [0, 0, 5, 5],  # old 2
+            [0, 0, 0, 0],  # new 3: no GT pixel -> excluded from means
+        ]
+    )
     iou = per_class_iou(cm)
     assert math.isnan(iou[3])
     np.testing.assert_allclose(iou[:3], [8 / 10, 4 / 6, 5 / 10])
@@ -47,4 +49,3 @@ def test_miou_columns_paper_and_mib_conventions():
     assert math.isclose(t["miou_all"], 100 * (0.8 + 4 / 6 + 0.5) / 3)  # background included
     assert math.isclose(t["miou_all_mib"], 100 * (4 / 6 + 0.5) / 2)  # background excluded
     assert math.isclose(t["iou_background"], 80.0)
-

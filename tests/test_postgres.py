@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from pg_server import PostgresServer, have_postgres
+
 from wilson_ray.cli import main
 from wilson_ray.errors import UserError
 from wilson_ray.orchestration import backends
@@ -44,10 +44,16 @@ def test_optuna_study_on_postgresql_keeps_one_trial_per_tune_trial(pg, tmp_path)
     url = pg.url("optuna")
     trials = tmp_path / "trials"
 
-    s = WilsonOptunaSearch(space=space.to_optuna(), metric="miou_all", mode="max",
-                           points_to_evaluate=[space.defaults()], study_name="pg",
-                           sampler=optuna.samplers.TPESampler(seed=0),
-                           storage=optuna.storages.RDBStorage(url), record_dir=trials)
+    s = WilsonOptunaSearch(
+        space=space.to_optuna(),
+        metric="miou_all",
+        mode="max",
+        points_to_evaluate=[space.defaults()],
+        study_name="pg",
+        sampler=optuna.samplers.TPESampler(seed=0),
+        storage=optuna.storages.RDBStorage(url),
+        record_dir=trials,
+    )
     assert s.suggest("a") == space.defaults()
     s.save(str(tmp_path / "state.pkl"))
     s.on_trial_complete("a", {"miou_all": 10.0})
@@ -81,8 +87,9 @@ def test_mlflow_on_postgresql_one_run_per_trial_one_value_per_epoch(pg, tmp_path
     from wilson_ray.tracking.mlflow_tracker import SweepRun, TrackingInfo, TrialTracker, default_artifact_location
 
     uri = pg.url("mlflow")
-    info = TrackingInfo(uri=uri, experiment="pgsw", sweep="pgsw",
-                        artifact_location=default_artifact_location(tmp_path, "pgsw"))
+    info = TrackingInfo(
+        uri=uri, experiment="pgsw", sweep="pgsw", artifact_location=default_artifact_location(tmp_path, "pgsw")
+    )
     assert SweepRun(info).open(params={"config.method.name": "wilson"}) is not None
     rec = make_record(tmp_path, "t0001", epochs=2)
     assert TrialTracker(info, rec).sync()
@@ -105,9 +112,11 @@ def test_mlflow_on_postgresql_one_run_per_trial_one_value_per_epoch(pg, tmp_path
 
 
 def test_optuna_storage_flag_is_checked_in_one_line(capsys, tmp_path):
-    for url, fragment in (("ftp://db/optuna", "has scheme 'ftp', expected one of sqlite://, postgresql://"),
-                          ("postgresql:///optuna", "has no host"),
-                          ("sqlite://", "is not a sqlite file URL")):
+    for url, fragment in (
+        ("ftp://db/optuna", "has scheme 'ftp', expected one of sqlite://, postgresql://"),
+        ("postgresql:///optuna", "has no host"),
+        ("sqlite://", "is not a sqlite file URL"),
+    ):
         code = main(["sweep", "--space", str(SPACE), "--storage", str(tmp_path / "s"), "--optuna-storage", url])
         err = capsys.readouterr().err.splitlines()
         assert code == 2 and len(err) == 1 and fragment in err[0], err
@@ -135,12 +144,27 @@ def test_sqlite_mlflow_store_on_a_two_node_cluster_is_refused(monkeypatch, capsy
     _two_nodes(monkeypatch)
     storage = tmp_path / "s"
     for extra in ([], ["--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]):
-        code = main(["sweep", "--space", str(SPACE), "--storage", str(storage), "--data-root", str(synth_root),
-                     "--workers-per-trial", "1", *extra])
+        code = main(
+            [
+                "sweep",
+                "--space",
+                str(SPACE),
+                "--storage",
+                str(storage),
+                "--data-root",
+                str(synth_root),
+                "--workers-per-trial",
+                "1",
+                *extra,
+            ]
+        )
         err = capsys.readouterr().err.splitlines()
         assert code == 2 and len(err) == 1, err
-        assert err[0].startswith("wilson-ray: error: --tracking-uri: sqlite:///") and \
-            "the Ray cluster has 2 nodes" in err[0] and "expected an MLflow server" in err[0], err
+        assert (
+            err[0].startswith("wilson-ray: error: --tracking-uri: sqlite:///")
+            and "the Ray cluster has 2 nodes" in err[0]
+            and "expected an MLflow server" in err[0]
+        ), err
         assert not any(storage.iterdir()) and not (tmp_path / "m.db").exists()
 
 
@@ -167,7 +191,8 @@ def test_network_filesystem_counts_as_shared(tmp_path):
     (shared / "sweeps").mkdir(parents=True)
     info.write_text(
         "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
-        f"40 22 0:50 / {shared} rw,relatime shared:20 - nfs4 server:/export rw,vers=4.2\n")
+        f"40 22 0:50 / {shared} rw,relatime shared:20 - nfs4 server:/export rw,vers=4.2\n"
+    )
     assert backends.filesystem_type(shared / "sweeps" / "not-yet", str(info)) == "nfs4"
     assert backends.filesystem_type(tmp_path, str(info)) == "ext4"
     assert backends.filesystem_type(Path("/proc")) == "proc"  # the real mount table
@@ -176,8 +201,10 @@ def test_network_filesystem_counts_as_shared(tmp_path):
 
 
 def test_redact_hides_only_the_password():
-    assert backends.redact("postgresql://wilson:s3cret@198.18.0.1:5432/optuna") == \
-        "postgresql://wilson:***@198.18.0.1:5432/optuna"
+    assert (
+        backends.redact("postgresql://wilson:s3cret@198.18.0.1:5432/optuna")
+        == "postgresql://wilson:***@198.18.0.1:5432/optuna"
+    )
     assert backends.redact("postgresql://wilson@db/optuna") == "postgresql://wilson@db/optuna"
     assert backends.redact("sqlite:////x/optuna.db") == "sqlite:////x/optuna.db"
 
@@ -202,8 +229,22 @@ def test_report_draws_the_search_figures_from_a_study_on_postgresql(pg, tmp_path
     monkeypatch.setenv("PGPASSWORD", pg.password)
     assert main(["report", "--storage", str(storage), "--name", name, "--out", str(tmp_path / "r1")]) == 0
     monkeypatch.delenv("PGPASSWORD")
-    assert main(["report", "--storage", str(storage), "--name", name, "--out", str(tmp_path / "r2"),
-                 "--optuna-storage", pg.url("optuna")]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--storage",
+                str(storage),
+                "--name",
+                name,
+                "--out",
+                str(tmp_path / "r2"),
+                "--optuna-storage",
+                pg.url("optuna"),
+            ]
+        )
+        == 0
+    )
     for out in ("r1", "r2"):
         for png in ("parallel_coordinate.png", "param_importances.png"):
             assert (tmp_path / out / png).stat().st_size > 5000, (out, png)

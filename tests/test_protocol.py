@@ -13,6 +13,7 @@ from wilson_ray.data import voc
 
 VOC_META = Path(__file__).parent / "data" / "voc"
 
+
 @pytest.mark.parametrize("name,overlap", [("15-5", False), ("15-5-ov", True)])
 @pytest.mark.parametrize("step", [0, 1])
 def test_selection_reproduces_reference_index_files(voc_presence, name, overlap, step):

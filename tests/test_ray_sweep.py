@@ -26,9 +26,22 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "search_spaces" / "demo.yaml"
-FAST = ["--set", "incremental.epochs=2", "--set", "step0.max_iters_per_epoch=2",
-        "--set", "incremental.max_iters_per_epoch=2", "--set", "step0.epochs=2",
-        "--set", "data.batch_size=8", "--set", "data.val_batch_size=16", "--set", "data.num_workers=0"]
+FAST = [
+    "--set",
+    "incremental.epochs=2",
+    "--set",
+    "step0.max_iters_per_epoch=2",
+    "--set",
+    "incremental.max_iters_per_epoch=2",
+    "--set",
+    "step0.epochs=2",
+    "--set",
+    "data.batch_size=8",
+    "--set",
+    "data.val_batch_size=16",
+    "--set",
+    "data.num_workers=0",
+]
 
 
 def trial_logs(sweep: Path) -> str:
@@ -40,8 +53,26 @@ def trial_logs(sweep: Path) -> str:
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "synth"
-    subprocess.run([sys.executable, "-m", "wilson_ray", "data", "synth", "--out", str(out), "--train", "40",
-                    "--val", "10", "--size", "64"], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wilson_ray",
+            "data",
+            "synth",
+            "--out",
+            str(out),
+            "--train",
+            "40",
+            "--val",
+            "10",
+            "--size",
+            "64",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return out
 
 
@@ -51,9 +82,29 @@ def storage(tmp_path_factory) -> Path:
 
 
 def sweep_cmd(synth: Path, storage: Path, name: str, samples: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "wilson_ray", "sweep", "--space", str(SPACE), "--data-root", str(synth),
-            "--storage", str(storage), "--name", name, "--num-samples", str(samples), "--workers-per-trial", "2",
-            "--num-cpus", "2", "--quiet", *FAST, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "wilson_ray",
+        "sweep",
+        "--space",
+        str(SPACE),
+        "--data-root",
+        str(synth),
+        "--storage",
+        str(storage),
+        "--name",
+        name,
+        "--num-samples",
+        str(samples),
+        "--workers-per-trial",
+        "2",
+        "--num-cpus",
+        "2",
+        "--quiet",
+        *FAST,
+        *extra,
+    ]
 
 
 def run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
@@ -88,8 +139,14 @@ def kill_session(sid: int) -> None:
 
 def run_in_group(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
     """Run in its own process group and make sure nothing of it (Ray's local cluster included) survives."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:
@@ -131,14 +188,21 @@ def test_two_trial_sweep_mlflow_structure(synth, storage, tmp_path):
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "epoch")]
         outcome = c.data.tags["wilson_ray.outcome"]
         assert outcome in ("completed", "stopped_early")  # ASHA (grace 1) may stop the weaker one after epoch 1
-        assert steps == list(range(1, len(steps) + 1)) and len(steps) == (2 if outcome == "completed"
-                                                                         else len(steps)), (outcome, steps)
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) == (
+            2 if outcome == "completed" else len(steps)
+        ), (outcome, steps)
         assert c.data.params["config.method.name"] == "wilson" and "config.method.alpha" in c.data.params
         assert c.info.status == "FINISHED"
         if outcome == "completed":
             arts = {a.path for a in client.list_artifacts(c.info.run_id, "final")}
-            assert {"final/iou_bar.png", "final/confusion.png", "final/confusion.csv", "final/confusion.npy",
-                    "final/overlays.png", "final/per_class_iou.json"} <= arts, arts
+            assert {
+                "final/iou_bar.png",
+                "final/confusion.png",
+                "final/confusion.csv",
+                "final/confusion.npy",
+                "final/overlays.png",
+                "final/per_class_iou.json",
+            } <= arts, arts
             assert not any(k.startswith(("final/", "final_iou/")) for k in c.data.metrics)  # one name per series
     assert any(c.data.tags["wilson_ray.outcome"] == "completed" for c in children)  # the default point runs
     parent_arts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
@@ -151,8 +215,10 @@ def test_two_trial_sweep_mlflow_structure(synth, storage, tmp_path):
 
     # best -> a full config that `wilson-ray train --config` reads back
     out = tmp_path / "best.yaml"
-    proc = run([sys.executable, "-m", "wilson_ray", "best", "--storage", str(storage), "--name", name,
-                "--out", str(out)], timeout=120)
+    proc = run(
+        [sys.executable, "-m", "wilson_ray", "best", "--storage", str(storage), "--name", name, "--out", str(out)],
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     from wilson_ray.config import resolve_config
 
@@ -183,11 +249,20 @@ def test_killed_sweep_resumes_without_duplicates(synth, storage):
     trials = storage / name / "trials"
 
     def first_done() -> bool:
-        return any((p / "outcome.json").is_file() and json.loads((p / "outcome.json").read_text())["outcome"]
-                   in ("completed", "stopped_early") for p in trials.glob("*"))
+        return any(
+            (p / "outcome.json").is_file()
+            and json.loads((p / "outcome.json").read_text())["outcome"] in ("completed", "stopped_early")
+            for p in trials.glob("*")
+        )
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         wait_for(first_done, 500, proc)
         time.sleep(3)  # the second trial is starting
@@ -231,8 +306,7 @@ def test_nonfinite_trial_fails_with_reason_and_sweep_continues(synth, storage, t
 
     space = yaml.safe_load(SPACE.read_text())
     # trial 1 (the "default") diverges: lr 1e30 -> non-finite loss in epoch 2; the sweep must go on
-    space["parameters"] = {"incremental.lr": {"distribution": "choice", "values": [0.005, 1.0e30],
-                                              "default": 1.0e30}}
+    space["parameters"] = {"incremental.lr": {"distribution": "choice", "values": [0.005, 1.0e30], "default": 1.0e30}}
     path = tmp_path / "nan.yaml"
     path.write_text(yaml.safe_dump(space))
     cmd = sweep_cmd(synth, storage, "nan", 2)
@@ -246,8 +320,9 @@ def test_nonfinite_trial_fails_with_reason_and_sweep_continues(synth, storage, t
     assert "NonFiniteLossError" in proc.stdout  # the CLI's summary names the reason
     runs = trial_runs(f"sqlite:///{storage / 'mlflow.db'}", "nan")
     failed = [r for r in runs if r.data.tags.get("wilson_ray.outcome") == "failed"]
-    assert failed and all(r.info.status == "FAILED" and "non-finite" in r.data.tags["wilson_ray.failure_reason"]
-                          for r in failed)
+    assert failed and all(
+        r.info.status == "FAILED" and "non-finite" in r.data.tags["wilson_ray.failure_reason"] for r in failed
+    )
 
 
 @pytest.mark.faults
@@ -260,15 +335,24 @@ def test_killed_worker_resumes_from_its_checkpoint(synth, storage):
     cmd[cmd.index("incremental.epochs=2")] = "incremental.epochs=4"
     cmd[cmd.index("step0.max_iters_per_epoch=2")] = "step0.max_iters_per_epoch=5"
     cmd[cmd.index("incremental.max_iters_per_epoch=2")] = "incremental.max_iters_per_epoch=5"
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         epochs = storage / name / "trials"
         # epoch 2 has started once its record exists, so epoch 1's checkpoint is registered: kill mid-training
         wait_for(lambda: any((p / "epochs" / "0002.json").is_file() for p in epochs.glob("*")), 400, proc)
         ps = subprocess.run(["ps", "-eo", "pid=,pgid=,sid=,args="], capture_output=True, text=True).stdout
-        workers = [int(f[0]) for f in (line.split(None, 3) for line in ps.splitlines())
-                   if len(f) == 4 and int(f[2]) == proc.pid and f[0] == f[1] and f[3].startswith("ray::RayTrainWorker")]
+        workers = [
+            int(f[0])
+            for f in (line.split(None, 3) for line in ps.splitlines())
+            if len(f) == 4 and int(f[2]) == proc.pid and f[0] == f[1] and f[3].startswith("ray::RayTrainWorker")
+        ]
         assert workers, "no Ray Train worker found"
         os.kill(int(workers[-1]), signal.SIGKILL)
         out, _ = proc.communicate(timeout=400)
@@ -280,13 +364,18 @@ def test_killed_worker_resumes_from_its_checkpoint(synth, storage):
     summary = json.loads((storage / name / "summary.json").read_text())
     (t,) = summary["trials"]
     assert t["outcome"] == "completed" and t["epochs"] == 4, t
-    runs = [r for r in trial_runs(f"sqlite:///{storage / 'mlflow.db'}", name)
-            if r.data.tags.get("wilson_ray.role") == "trial"]
+    runs = [
+        r
+        for r in trial_runs(f"sqlite:///{storage / 'mlflow.db'}", name)
+        if r.data.tags.get("wilson_ray.role") == "trial"
+    ]
     assert len(runs) == 1
     from mlflow.tracking import MlflowClient
 
-    steps = [m.step for m in MlflowClient(f"sqlite:///{storage / 'mlflow.db'}").get_metric_history(
-        runs[0].info.run_id, "epoch")]
+    steps = [
+        m.step
+        for m in MlflowClient(f"sqlite:///{storage / 'mlflow.db'}").get_metric_history(runs[0].info.run_id, "epoch")
+    ]
     assert steps == [1, 2, 3, 4], steps
     wait_for(lambda: not group_alive(proc.pid), 60)
 
@@ -303,17 +392,27 @@ def test_single_worker_trial_runs_in_its_tune_process_and_resumes_after_a_kill(s
     cmd[cmd.index("incremental.epochs=2")] = "incremental.epochs=4"
     cmd[cmd.index("step0.max_iters_per_epoch=2")] = "step0.max_iters_per_epoch=5"
     cmd[cmd.index("incremental.max_iters_per_epoch=2")] = "incremental.max_iters_per_epoch=5"
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         epochs = storage / name / "trials"
         wait_for(lambda: any((p / "epochs" / "0002.json").is_file() for p in epochs.glob("*")), 400, proc)
         ps = subprocess.run(["ps", "-eo", "pid=,pgid=,sid=,args="], capture_output=True, text=True).stdout
         rows = [line.split(None, 3) for line in ps.splitlines()]
-        assert not any(len(f) == 4 and int(f[2]) == proc.pid and f[3].startswith("ray::RayTrainWorker")
-                       for f in rows), "a single-worker trial started a Ray Train worker group"
-        trials = [int(f[0]) for f in rows if len(f) == 4 and int(f[2]) == proc.pid and f[0] == f[1]
-                  and f[3].startswith("ray::ImplicitFunc")]
+        assert not any(
+            len(f) == 4 and int(f[2]) == proc.pid and f[3].startswith("ray::RayTrainWorker") for f in rows
+        ), "a single-worker trial started a Ray Train worker group"
+        trials = [
+            int(f[0])
+            for f in rows
+            if len(f) == 4 and int(f[2]) == proc.pid and f[0] == f[1] and f[3].startswith("ray::ImplicitFunc")
+        ]
         assert trials, "no Tune trial process found"
         os.kill(trials[-1], signal.SIGKILL)
         out, _ = proc.communicate(timeout=400)
@@ -324,19 +423,26 @@ def test_single_worker_trial_runs_in_its_tune_process_and_resumes_after_a_kill(s
     assert "in the trial's own process" in out and "resuming trial" in trial_logs(storage / name)
     assert not (storage / name / "train").exists()  # no TorchTrainer run storage
     # four epoch checkpoints reported, the two newest kept (Tune's CheckpointConfig(num_to_keep=2))
-    kept = sorted(json.loads((p / "wilson_ray_state.json").read_text())["epoch"]
-                  for p in (storage / name).glob("trial_*/checkpoint_*"))
+    kept = sorted(
+        json.loads((p / "wilson_ray_state.json").read_text())["epoch"]
+        for p in (storage / name).glob("trial_*/checkpoint_*")
+    )
     assert kept == [3, 4], kept
     summary = json.loads((storage / name / "summary.json").read_text())
     (t,) = summary["trials"]
     assert t["outcome"] == "completed" and t["epochs"] == 4, t
-    runs = [r for r in trial_runs(f"sqlite:///{storage / 'mlflow.db'}", name)
-            if r.data.tags.get("wilson_ray.role") == "trial"]
+    runs = [
+        r
+        for r in trial_runs(f"sqlite:///{storage / 'mlflow.db'}", name)
+        if r.data.tags.get("wilson_ray.role") == "trial"
+    ]
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     from mlflow.tracking import MlflowClient
 
-    steps = [m.step for m in MlflowClient(f"sqlite:///{storage / 'mlflow.db'}").get_metric_history(
-        runs[0].info.run_id, "epoch")]
+    steps = [
+        m.step
+        for m in MlflowClient(f"sqlite:///{storage / 'mlflow.db'}").get_metric_history(runs[0].info.run_id, "epoch")
+    ]
     assert steps == [1, 2, 3, 4], steps
     wait_for(lambda: not group_alive(proc.pid), 60)
 
@@ -376,8 +482,13 @@ def test_direct_trials_reuse_their_processes_and_asha_stops_them_cleanly(synth, 
 
 def start_mlflow(store: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_PORT": str(port), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "mlflow_server.sh"), str(store)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+    proc = subprocess.Popen(
+        ["bash", str(ROOT / "scripts" / "mlflow_server.sh"), str(store)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
     import urllib.request
 
     def healthy() -> bool:
@@ -407,8 +518,14 @@ def test_mlflow_server_restart_loses_no_epoch(synth, storage, tmp_path):
     cmd[cmd.index("incremental.epochs=2")] = "incremental.epochs=4"
     cmd[cmd.index("step0.max_iters_per_epoch=2")] = "step0.max_iters_per_epoch=5"
     cmd[cmd.index("incremental.max_iters_per_epoch=2")] = "incremental.max_iters_per_epoch=5"
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         trials = storage / name / "trials"
         wait_for(lambda: any((p / "epochs" / "0001.json").is_file() for p in trials.glob("*")), 400, proc)
@@ -431,7 +548,8 @@ def test_mlflow_server_restart_loses_no_epoch(synth, storage, tmp_path):
         children = [r for r in runs if r.data.tags.get("wilson_ray.role") == "trial"]
         summary = json.loads((storage / name / "summary.json").read_text())
         assert sorted(c.data.tags["wilson_ray.trial_id"] for c in children) == sorted(
-            t["trial"] for t in summary["trials"])
+            t["trial"] for t in summary["trials"]
+        )
         for c in children:
             record = {t["trial"]: t for t in summary["trials"]}[c.data.tags["wilson_ray.trial_id"]]
             steps = [m.step for m in client.get_metric_history(c.info.run_id, "epoch")]

@@ -51,8 +51,11 @@ def _edit_line(list_file: Path, n: int, text: str) -> None:
 
 
 def test_list_line_pointing_at_missing_file(synth_copy):
-    _edit_line(synth_copy / "splits" / "train_aug.txt", 3,
-               "/JPEGImages/nothere.jpg /SegmentationClassAug/synth_train_000002.png")
+    _edit_line(
+        synth_copy / "splits" / "train_aug.txt",
+        3,
+        "/JPEGImages/nothere.jpg /SegmentationClassAug/synth_train_000002.png",
+    )
     with pytest.raises(UserError) as err:
         voc.check_voc(synth_copy, full=False)
     msg = str(err.value)
@@ -105,8 +108,11 @@ def test_mask_invalid_value(synth_copy):
     mask = np.asarray(Image.open(path)).copy()
     mask[0, 0] = 37
     Image.fromarray(mask).save(path)
-    with pytest.raises(UserError, match=r"mask .*synth_val_000002\.png contains value\(s\) 37; expected only 0\.\.20 "
-                                        r"and 255"):
+    with pytest.raises(
+        UserError,
+        match=r"mask .*synth_val_000002\.png contains value\(s\) 37; expected only 0\.\.20 "
+        r"and 255",
+    ):
         voc.check_voc(synth_copy, full=True)
 
 
@@ -166,10 +172,11 @@ def make_coco(root: Path, with_labels: bool = True) -> Path:
         for i, classes in enumerate(COCO_MASKS[split]):
             image_id = f"{(100 if split == 'val' else 0) + i:012d}"
             Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(
-                root / "images" / subset / f"{image_id}.jpg")
+                root / "images" / subset / f"{image_id}.jpg"
+            )
             mask = np.zeros((30, 40), np.uint8)
             for j, c in enumerate(classes):
-                mask[:, j * 8: j * 8 + 6] = c
+                mask[:, j * 8 : j * 8 + 6] = c
             mask[-1] = 255
             Image.fromarray(mask).save(root / "annotations" / subset / f"{image_id}.png")
             row = np.zeros(91)

@@ -53,13 +53,15 @@ def snapshot(root: Path) -> dict[str, str]:
         return {}
     if root.is_file():
         return {".": hashlib.sha1(root.read_bytes()).hexdigest()}
-    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and MANIFEST_CACHE not in p.relative_to(root).parts}
+    return {
+        str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and MANIFEST_CACHE not in p.relative_to(root).parts
+    }
 
 
 def child_env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(tmp_path / "xdg"),
-            "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(tmp_path / "xdg"), "PYTHONUNBUFFERED": "1"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -90,8 +92,19 @@ class Ctx:
     def train(self, *argv: str, root: Path | None = None) -> list[str]:
         out, cache = self.tmp / "out", self.tmp / "cache"
         self.empty += [out, cache]
-        return ["train", "--preset", "demo", "--data-root", str(root or self.data()), "--out", str(out),
-                "--cache-dir", str(cache), *SETS, *argv]
+        return [
+            "train",
+            "--preset",
+            "demo",
+            "--data-root",
+            str(root or self.data()),
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(cache),
+            *SETS,
+            *argv,
+        ]
 
     def sweep(self, space: Path, *argv: str) -> list[str]:
         from wilson_ray.orchestration import tune_driver
@@ -216,101 +229,180 @@ def _too_many_gpus(ctx: Ctx) -> list[str]:
 
 # (id, build the argv, fragments the one error line must contain; {tmp} is the test's tmp_path)
 CASES: list[tuple[str, Callable[[Ctx], list[str]], list[str]]] = [
-    ("missing-dataset-root",
-     lambda c: ["data", "check", "--root", str(c.tmp / "nope")],
-     ["data root: {tmp}/nope does not exist", "expected the VOC or COCO dataset folder"]),
-    ("missing-dataset-root-train",
-     lambda c: c.train(root=c.tmp / "nope"),
-     ["data root: {tmp}/nope does not exist", "expected the VOC dataset folder"]),
-    ("list-line-missing-image",
-     lambda c: ["data", "check", "--root", str(c.data(_edit_list_line))],
-     ["{tmp}/voc/splits/train_aug.txt line 3", "JPEGImages/nothere.jpg does not exist",
-      "expected every file named in the list to exist"]),
-    ("list-line-missing-image-train",
-     lambda c: c.train(root=c.data(_edit_list_line)),
-     ["train_aug.txt line 3", "JPEGImages/nothere.jpg does not exist", "expected every file named in the list"]),
-    ("corrupt-jpeg",
-     lambda c: ["data", "check", "--root", str(c.data(_truncate_jpeg))],
-     ["train_aug.txt line 6", "synth_train_000005.jpg is corrupt", "expected a valid image"]),
-    ("mask-wrong-size",
-     lambda c: ["data", "check", "--root", str(c.data(_small_mask))],
-     ["mask {tmp}/voc/SegmentationClassAug/synth_train_000001.png is 12x10 (WxH)", "is 64x64; expected equal sizes"]),
-    ("mask-value-outside-classes",
-     lambda c: ["data", "check", "--root", str(c.data(_mask_value_37))],
-     ["synth_val_000002.png contains value(s) 37", "expected only 0..20 and 255"]),
-    ("unknown-task",
-     lambda c: c.train("--task", "15-6"),
-     ["task: unknown task '15-6'", "expected one of 15-5, 10-10"]),
-    ("step-out-of-range",
-     lambda c: c.train("--steps", "7"),
-     ["step: got 7 for task '15-5'", "expected an integer in 0..1"]),
-    ("steps-not-a-number",
-     lambda c: c.train("--steps", "last"),
-     ["--steps: got 'last'", "expected comma-separated step numbers"]),
-    ("overlap-without-overlap-split",
-     lambda c: c.train("--task", "offline", "--overlap"),
-     ["--overlap: task 'offline' has a single step", "expected a multi-step task"]),
-    ("overlap-without-overlap-split-splits",
-     lambda c: ["data", "splits", "--root", str(c.data()), "--task", "offline", "--overlap"],
-     ["--overlap: task 'offline' has a single step", "expected a multi-step task"]),
-    ("space-not-yaml",
-     lambda c: c.sweep(c.space(text="parameters: [unclosed\n  - {")),
-     ["search space {tmp}/space.yaml: not valid YAML at line 2", "expected"]),
-    ("space-unknown-parameter",
-     lambda c: c.sweep(c.space(_param("method.lambda_clss", {"distribution": "uniform", "low": 0, "high": 1}))),
-     ["search space {tmp}/space.yaml", "unknown parameter 'method.lambda_clss'", "did you mean 'method.lambda_cls'",
-      "expected a dotted key"]),
-    ("space-low-above-high",
-     lambda c: c.sweep(c.space(_param("method.alpha", {"distribution": "uniform", "low": 0.9, "high": 0.1}))),
-     ["search space {tmp}/space.yaml", "parameter 'method.alpha': low 0.9 > high 0.1, expected low <= high"]),
-    ("space-loguniform-nonpositive",
-     lambda c: c.sweep(c.space(_param("method.lambda_cls", {"distribution": "loguniform", "low": 0, "high": 1}))),
-     ["search space {tmp}/space.yaml", "parameter 'method.lambda_cls': loguniform low is 0, expected low > 0"]),
-    ("space-base-key-misspelt",
-     lambda c: c.sweep(c.space(lambda d: d["base"]["set"].__setitem__("incremental.epoch", 3))),
-     ["search space {tmp}/space.yaml", "unknown key 'incremental.epoch' (did you mean 'epochs'?)",
-      "expected a key of 'incremental'"]),
-    ("preset-name-misspelt",
-     lambda c: ["train", "--preset", "demoo", "--cache-dir", str(c.tmp / "cache")],
-     ["--preset: unknown preset 'demoo'", "expected one of coco-voc, demo"]),
-    ("set-key-misspelt",
-     lambda c: c.train("--set", "data.batchsize=2"),
-     ["unknown key 'data.batchsize' (did you mean 'batch_size'?)", "expected a key of 'data'"]),
-    ("config-key-misspelt",
-     lambda c: ["train", "--config", str(c.file("config.yaml", "data:\n  root: x\n  taks: 15-5\n")),
-                "--cache-dir", str(c.tmp / "cache")],
-     ["{tmp}/config.yaml: unknown key 'data.taks' (did you mean 'task'?)", "expected a key of 'data'"]),
-    ("checkpoint-of-another-task",
-     _other_task_checkpoint,
-     ["checkpoint {tmp}/out/step0.pt: trained on task '15-5' step 0 with 16 classes",
-      "expected task '10-10' step 0 with 11 classes"]),
-    ("checkpoint-missing",
-     lambda c: ["eval", "--ckpt", str(c.tmp / "nope.pt")],
-     ["checkpoint {tmp}/nope.pt: not found", "expected a wilson-ray checkpoint file"]),
-    ("checkpoint-garbage-bytes",
-     lambda c: ["eval", "--ckpt", str(c.file("junk.pt", b"this is not a checkpoint"))],
-     ["checkpoint {tmp}/junk.pt: not a readable weights-only checkpoint", "expected a file written by wilson-ray"]),
-    ("checkpoint-truncated",
-     _truncated_checkpoint,
-     ["checkpoint {tmp}/half.pt: not a readable weights-only checkpoint", "zip archive",
-      "expected a file written by wilson-ray"]),
-    ("checkpoint-without-format-tag",
-     _torch_file_without_tag,
-     ["checkpoint {tmp}/plain.pt: not a wilson-ray checkpoint", "expected a step checkpoint written by wilson-ray"]),
-    ("storage-not-writable",
-     _unwritable_storage,
-     ["--storage: {tmp}/blocker/sweeps is not a writable folder", "expected a folder this user can create files in"]),
-    ("more-workers-than-cluster",
-     _too_many_workers,
-     ["--workers-per-trial 3 x 1 CPUs: a trial needs 3 CPUs, but the Ray cluster has 2",
-      "expected at most 2 workers per trial"]),
-    ("more-gpus-than-cluster",
-     _too_many_gpus,
-     ["--gpus-per-worker 1 x --workers-per-trial 2: a trial needs 2 GPUs", "the Ray cluster has 0 GPUs",
-      "expected fewer workers or --gpus-per-worker 0"]),
-    ("tracking-uri-unknown-scheme",
-     lambda c: c.sweep(SPACE, "--tracking-uri", "ftp://example.org/mlflow"),
-     ["--tracking-uri: 'ftp://example.org/mlflow' has unknown scheme 'ftp'", "expected one of sqlite:"]),
+    (
+        "missing-dataset-root",
+        lambda c: ["data", "check", "--root", str(c.tmp / "nope")],
+        ["data root: {tmp}/nope does not exist", "expected the VOC or COCO dataset folder"],
+    ),
+    (
+        "missing-dataset-root-train",
+        lambda c: c.train(root=c.tmp / "nope"),
+        ["data root: {tmp}/nope does not exist", "expected the VOC dataset folder"],
+    ),
+    (
+        "list-line-missing-image",
+        lambda c: ["data", "check", "--root", str(c.data(_edit_list_line))],
+        [
+            "{tmp}/voc/splits/train_aug.txt line 3",
+            "JPEGImages/nothere.jpg does not exist",
+            "expected every file named in the list to exist",
+        ],
+    ),
+    (
+        "list-line-missing-image-train",
+        lambda c: c.train(root=c.data(_edit_list_line)),
+        ["train_aug.txt line 3", "JPEGImages/nothere.jpg does not exist", "expected every file named in the list"],
+    ),
+    (
+        "corrupt-jpeg",
+        lambda c: ["data", "check", "--root", str(c.data(_truncate_jpeg))],
+        ["train_aug.txt line 6", "synth_train_000005.jpg is corrupt", "expected a valid image"],
+    ),
+    (
+        "mask-wrong-size",
+        lambda c: ["data", "check", "--root", str(c.data(_small_mask))],
+        ["mask {tmp}/voc/SegmentationClassAug/synth_train_000001.png is 12x10 (WxH)", "is 64x64; expected equal sizes"],
+    ),
+    (
+        "mask-value-outside-classes",
+        lambda c: ["data", "check", "--root", str(c.data(_mask_value_37))],
+        ["synth_val_000002.png contains value(s) 37", "expected only 0..20 and 255"],
+    ),
+    ("unknown-task", lambda c: c.train("--task", "15-6"), ["task: unknown task '15-6'", "expected one of 15-5, 10-10"]),
+    (
+        "step-out-of-range",
+        lambda c: c.train("--steps", "7"),
+        ["step: got 7 for task '15-5'", "expected an integer in 0..1"],
+    ),
+    (
+        "steps-not-a-number",
+        lambda c: c.train("--steps", "last"),
+        ["--steps: got 'last'", "expected comma-separated step numbers"],
+    ),
+    (
+        "overlap-without-overlap-split",
+        lambda c: c.train("--task", "offline", "--overlap"),
+        ["--overlap: task 'offline' has a single step", "expected a multi-step task"],
+    ),
+    (
+        "overlap-without-overlap-split-splits",
+        lambda c: ["data", "splits", "--root", str(c.data()), "--task", "offline", "--overlap"],
+        ["--overlap: task 'offline' has a single step", "expected a multi-step task"],
+    ),
+    (
+        "space-not-yaml",
+        lambda c: c.sweep(c.space(text="parameters: [unclosed\n  - {")),
+        ["search space {tmp}/space.yaml: not valid YAML at line 2", "expected"],
+    ),
+    (
+        "space-unknown-parameter",
+        lambda c: c.sweep(c.space(_param("method.lambda_clss", {"distribution": "uniform", "low": 0, "high": 1}))),
+        [
+            "search space {tmp}/space.yaml",
+            "unknown parameter 'method.lambda_clss'",
+            "did you mean 'method.lambda_cls'",
+            "expected a dotted key",
+        ],
+    ),
+    (
+        "space-low-above-high",
+        lambda c: c.sweep(c.space(_param("method.alpha", {"distribution": "uniform", "low": 0.9, "high": 0.1}))),
+        ["search space {tmp}/space.yaml", "parameter 'method.alpha': low 0.9 > high 0.1, expected low <= high"],
+    ),
+    (
+        "space-loguniform-nonpositive",
+        lambda c: c.sweep(c.space(_param("method.lambda_cls", {"distribution": "loguniform", "low": 0, "high": 1}))),
+        ["search space {tmp}/space.yaml", "parameter 'method.lambda_cls': loguniform low is 0, expected low > 0"],
+    ),
+    (
+        "space-base-key-misspelt",
+        lambda c: c.sweep(c.space(lambda d: d["base"]["set"].__setitem__("incremental.epoch", 3))),
+        [
+            "search space {tmp}/space.yaml",
+            "unknown key 'incremental.epoch' (did you mean 'epochs'?)",
+            "expected a key of 'incremental'",
+        ],
+    ),
+    (
+        "preset-name-misspelt",
+        lambda c: ["train", "--preset", "demoo", "--cache-dir", str(c.tmp / "cache")],
+        ["--preset: unknown preset 'demoo'", "expected one of coco-voc, demo"],
+    ),
+    (
+        "set-key-misspelt",
+        lambda c: c.train("--set", "data.batchsize=2"),
+        ["unknown key 'data.batchsize' (did you mean 'batch_size'?)", "expected a key of 'data'"],
+    ),
+    (
+        "config-key-misspelt",
+        lambda c: [
+            "train",
+            "--config",
+            str(c.file("config.yaml", "data:\n  root: x\n  taks: 15-5\n")),
+            "--cache-dir",
+            str(c.tmp / "cache"),
+        ],
+        ["{tmp}/config.yaml: unknown key 'data.taks' (did you mean 'task'?)", "expected a key of 'data'"],
+    ),
+    (
+        "checkpoint-of-another-task",
+        _other_task_checkpoint,
+        [
+            "checkpoint {tmp}/out/step0.pt: trained on task '15-5' step 0 with 16 classes",
+            "expected task '10-10' step 0 with 11 classes",
+        ],
+    ),
+    (
+        "checkpoint-missing",
+        lambda c: ["eval", "--ckpt", str(c.tmp / "nope.pt")],
+        ["checkpoint {tmp}/nope.pt: not found", "expected a wilson-ray checkpoint file"],
+    ),
+    (
+        "checkpoint-garbage-bytes",
+        lambda c: ["eval", "--ckpt", str(c.file("junk.pt", b"this is not a checkpoint"))],
+        ["checkpoint {tmp}/junk.pt: not a readable weights-only checkpoint", "expected a file written by wilson-ray"],
+    ),
+    (
+        "checkpoint-truncated",
+        _truncated_checkpoint,
+        [
+            "checkpoint {tmp}/half.pt: not a readable weights-only checkpoint",
+            "zip archive",
+            "expected a file written by wilson-ray",
+        ],
+    ),
+    (
+        "checkpoint-without-format-tag",
+        _torch_file_without_tag,
+        ["checkpoint {tmp}/plain.pt: not a wilson-ray checkpoint", "expected a step checkpoint written by wilson-ray"],
+    ),
+    (
+        "storage-not-writable",
+        _unwritable_storage,
+        ["--storage: {tmp}/blocker/sweeps is not a writable folder", "expected a folder this user can create files in"],
+    ),
+    (
+        "more-workers-than-cluster",
+        _too_many_workers,
+        [
+            "--workers-per-trial 3 x 1 CPUs: a trial needs 3 CPUs, but the Ray cluster has 2",
+            "expected at most 2 workers per trial",
+        ],
+    ),
+    (
+        "more-gpus-than-cluster",
+        _too_many_gpus,
+        [
+            "--gpus-per-worker 1 x --workers-per-trial 2: a trial needs 2 GPUs",
+            "the Ray cluster has 0 GPUs",
+            "expected fewer workers or --gpus-per-worker 0",
+        ],
+    ),
+    (
+        "tracking-uri-unknown-scheme",
+        lambda c: c.sweep(SPACE, "--tracking-uri", "ftp://example.org/mlflow"),
+        ["--tracking-uri: 'ftp://example.org/mlflow' has unknown scheme 'ftp'", "expected one of sqlite:"],
+    ),
 ]
 
 
@@ -345,8 +437,12 @@ def test_corrupt_image_found_while_training_is_one_error_line(synth_root, tmp_pa
     is the reader's one line, not the worker's traceback (torch re-raises it wrapped), and no entry or --out is
     written. The step-cache notice printed when training started stays above it; the lock file stays."""
     ctx = Ctx(tmp_path, synth_root, monkeypatch)
-    root = ctx.data(lambda r: [(r / "JPEGImages" / p.name).write_bytes(p.read_bytes()[:200])
-                               for p in (r / "JPEGImages").glob("synth_train_*.jpg")])
+    root = ctx.data(
+        lambda r: [
+            (r / "JPEGImages" / p.name).write_bytes(p.read_bytes()[:200])
+            for p in (r / "JPEGImages").glob("synth_train_*.jpg")
+        ]
+    )
     code = main(ctx.train("--set", "data.num_workers=1", root=root))
     err = capsys.readouterr().err
     lines = err.splitlines()
@@ -361,9 +457,25 @@ def test_corrupt_image_found_while_training_is_one_error_line(synth_root, tmp_pa
 def test_bad_input_as_a_process_exit_2_no_traceback(tmp_path):
     """``python -m wilson_ray train --steps 1,x`` (a ValueError traceback before the fix). The pickled-checkpoint
     test below is the second process-level case."""
-    proc = subprocess.run([sys.executable, "-m", "wilson_ray", "train", "--preset", "demo", "--steps", "1,x",
-                           "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True,
-                          env=child_env(tmp_path), cwd=tmp_path, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wilson_ray",
+            "train",
+            "--preset",
+            "demo",
+            "--steps",
+            "1,x",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        env=child_env(tmp_path),
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     lines = proc.stderr.splitlines()
@@ -383,21 +495,29 @@ def _stub(bin_dir: Path, name: str, log: Path) -> None:
     path.chmod(0o755)
 
 
-@pytest.mark.parametrize("script, binary, env, expected", [
-    ("mlflow_server.sh", "mlflow", {}, "--host 127.0.0.1 --port 5000"),
-    ("mlflow_server.sh", "mlflow", {"MLFLOW_HOST": "0.0.0.0"}, "--host 0.0.0.0 --port 5000"),
-    ("start_head.sh", "ray", {}, "--dashboard-host 127.0.0.1 --dashboard-port 8265"),
-    ("start_head.sh", "ray", {"DASHBOARD_HOST": "0.0.0.0"}, "--dashboard-host 0.0.0.0"),
-], ids=["mlflow-default", "mlflow-told-otherwise", "ray-default", "ray-told-otherwise"])
+@pytest.mark.parametrize(
+    "script, binary, env, expected",
+    [
+        ("mlflow_server.sh", "mlflow", {}, "--host 127.0.0.1 --port 5000"),
+        ("mlflow_server.sh", "mlflow", {"MLFLOW_HOST": "0.0.0.0"}, "--host 0.0.0.0 --port 5000"),
+        ("start_head.sh", "ray", {}, "--dashboard-host 127.0.0.1 --dashboard-port 8265"),
+        ("start_head.sh", "ray", {"DASHBOARD_HOST": "0.0.0.0"}, "--dashboard-host 0.0.0.0"),
+    ],
+    ids=["mlflow-default", "mlflow-told-otherwise", "ray-default", "ray-told-otherwise"],
+)
 def test_server_scripts_bind_localhost_unless_told_otherwise(script, binary, env, expected, tmp_path):
     """Run the real script with a stub ``mlflow``/``ray`` that records the command line it would start."""
     log = tmp_path / "calls.log"
     _stub(tmp_path / "bin", binary, log)
     base = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_HOST", "DASHBOARD_HOST", "RAY_ADDRESS")}
-    proc = subprocess.run(["bash", str(REPO / "scripts" / script), *([str(tmp_path / "store")] if binary == "mlflow"
-                                                                    else [])],
-                          env={**base, **env, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"},
-                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / script), *([str(tmp_path / "store")] if binary == "mlflow" else [])],
+        env={**base, **env, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     (call,) = log.read_text().splitlines()
     assert call.startswith(f"{binary} ") and expected in call, call
@@ -434,7 +554,7 @@ def test_docker_images_run_as_non_root(dockerfile):
     assert users, f"{dockerfile} has no USER"
     last = instructions[users[-1]][1].split(":")[0]
     assert last not in ("root", "0"), last
-    assert not any(ins[0] == "RUN" for ins in instructions[users[-1]:]), "RUN after the last USER"
+    assert not any(ins[0] == "RUN" for ins in instructions[users[-1] :]), "RUN after the last USER"
     assert any("useradd" in ln and f" {last}" in ln for ln in lines), "the user is not created in the image"
 
 
@@ -480,8 +600,14 @@ def test_checkpoint_with_pickled_object_refused_by_a_process(tmp_path):
     marker = tmp_path / "executed"
     evil = tmp_path / "evil.pt"
     torch.save({"format": CHECKPOINT_FORMAT, "x": Payload(marker)}, evil)
-    proc = subprocess.run([sys.executable, "-m", "wilson_ray", "eval", "--ckpt", str(evil)], capture_output=True,
-                          text=True, env=child_env(tmp_path), cwd=tmp_path, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "wilson_ray", "eval", "--ckpt", str(evil)],
+        capture_output=True,
+        text=True,
+        env=child_env(tmp_path),
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.splitlines()) == 1 and "refused by weights_only=True" in proc.stderr
     assert not marker.exists()
@@ -502,8 +628,10 @@ def test_yaml_python_tags_are_refused_unexecuted(tmp_path, capsys):
     for argv, fragment in [
         (["train", "--config", str(config), "--cache-dir", str(tmp_path / "c")], f"config {config}: not valid YAML"),
         (["sweep", "--space", str(space), "--storage", str(tmp_path / "s")], f"search space {space}: not valid YAML"),
-        (["train", "--preset", "demo", "--set", f"method.alpha={tag}", "--cache-dir", str(tmp_path / "c")],
-         "field 'method.alpha'"),
+        (
+            ["train", "--preset", "demo", "--set", f"method.alpha={tag}", "--cache-dir", str(tmp_path / "c")],
+            "field 'method.alpha'",
+        ),
     ]:
         assert main(argv) == 2
         lines = capsys.readouterr().err.splitlines()
@@ -550,12 +678,18 @@ def sigkill(proc: subprocess.Popen) -> None:
 def spawn(tmp_path: Path, code: str, *args: str) -> subprocess.Popen:
     script = tmp_path / f"child_{len(list(tmp_path.glob('child_*.py')))}.py"
     script.write_text(code)
-    return subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=child_env(tmp_path), cwd=tmp_path)
+    return subprocess.Popen(
+        [sys.executable, str(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(tmp_path),
+        cwd=tmp_path,
+    )
 
 
 # A slow writer for the children: write the first half, signal, then hang until killed.
-SLOW = r'''
+SLOW = r"""
 import os, sys, time
 from pathlib import Path
 SIGNAL = Path(os.environ.get("SLOW_SIGNAL", "started"))
@@ -580,7 +714,7 @@ def patch_write_text():
         with open(self, "wb") as fh:
             slow_write(fh, text.encode(encoding or "utf-8"))
     Path.write_text = write_text
-'''
+"""
 
 
 @pytest.mark.parametrize("previous", [True, False], ids=["previous-file", "no-file"])
@@ -591,10 +725,15 @@ def test_atomic_write_killed_mid_write(previous, tmp_path):
     good = b"previous good content\n" * 1000
     if previous:
         atomic_write_bytes(target, good)
-    proc = spawn(tmp_path, SLOW + r'''
+    proc = spawn(
+        tmp_path,
+        SLOW
+        + r"""
 from wilson_ray.atomic import atomic_write
 atomic_write(sys.argv[1], lambda tmp: slow_write(open(tmp, "wb"), b"n" * (8 << 20)))
-''', str(target))
+""",
+        str(target),
+    )
     wait_for(lambda: (tmp_path / "started").exists(), proc)
     (partial,) = target.parent.glob(".big.bin.*.tmp")
     assert partial.stat().st_size == 4 << 20  # the kill lands in the middle of the write
@@ -621,7 +760,10 @@ def test_checkpoint_save_killed_mid_write_keeps_previous(tmp_path):
     from wilson_ray.engine import load_checkpoint, model_from_checkpoint
 
     target = tmp_path / "run" / "step0.pt"
-    proc = spawn(tmp_path, SLOW + r'''
+    proc = spawn(
+        tmp_path,
+        SLOW
+        + r"""
 import json
 import torch
 from wilson_ray.config import resolve_config
@@ -637,7 +779,10 @@ with torch.no_grad():
     for p in model.parameters():
         p.add_(1.0)
 save_checkpoint(Path(sys.argv[1]), model, cfg, task, 0, {"miou_all": 2.0})   # killed in the middle
-''', str(target), json.dumps(TINY))
+""",
+        str(target),
+        json.dumps(TINY),
+    )
     wait_for(lambda: (tmp_path / "started").exists(), proc)
     assert list(target.parent.glob(".step0.pt.*.tmp"))
     sigkill(proc)
@@ -669,11 +814,17 @@ def test_best_config_export_killed_mid_write_keeps_previous(tmp_path, capsys):
     good = out.read_text()
     assert resolve_config(None, str(out)).method.params["alpha"] == 0.3
     _fake_sweep(storage, "sw", alpha=0.7, miou=20.0)  # a better trial: the next export rewrites best.yaml
-    proc = spawn(tmp_path, SLOW + r'''
+    proc = spawn(
+        tmp_path,
+        SLOW
+        + r"""
 patch_write_text()
 from wilson_ray.orchestration.results import export_best   # what `wilson-ray best` calls (without importing torch)
 export_best(sys.argv[1], "sw", sys.argv[2])
-''', str(storage), str(out))
+""",
+        str(storage),
+        str(out),
+    )
     wait_for(lambda: (tmp_path / "started").exists(), proc)
     (partial,) = tmp_path.glob(".best.yaml.*.tmp")  # the kill lands while the new best.yaml is half written
     assert 0 < partial.stat().st_size
@@ -694,11 +845,13 @@ def test_synthetic_generation_killed_leaves_previous_or_nothing(previous, tmp_pa
         synthetic.generate(out, seed=1, train=20, val=6, size=48)
     before = snapshot(out)
     # what `wilson-ray data synth --out OUT --train 600 --val 100 --size 64 --force` calls
-    proc = spawn(tmp_path, "import sys\nfrom wilson_ray.data import synthetic\n"
-                           "synthetic.generate(sys.argv[1], seed=0, train=600, val=100, size=64, force=True)\n",
-                 str(out))
-    wait_for(lambda: any(len(list(d.glob("JPEGImages/*.jpg"))) >= 20 for d in tmp_path.glob(".synthetic.*.tmp")),
-             proc)
+    proc = spawn(
+        tmp_path,
+        "import sys\nfrom wilson_ray.data import synthetic\n"
+        "synthetic.generate(sys.argv[1], seed=0, train=600, val=100, size=64, force=True)\n",
+        str(out),
+    )
+    wait_for(lambda: any(len(list(d.glob("JPEGImages/*.jpg"))) >= 20 for d in tmp_path.glob(".synthetic.*.tmp")), proc)
     sigkill(proc)
     if previous:
         assert snapshot(out) == before
@@ -724,7 +877,9 @@ def test_damaged_manifest_cache_is_rebuilt_not_trusted(synth_copy):
 # Step-0 cache: concurrency and kills
 
 
-CACHE_CHILD = SLOW + r'''
+CACHE_CHILD = (
+    SLOW
+    + r"""
 import json
 from wilson_ray import engine
 from wilson_ray.cache import cached_step
@@ -745,7 +900,8 @@ deadline = time.time() + 120
 while len(list(Path(".").glob("ready-*"))) < int(os.environ.get("BARRIER", "1")) and time.time() < deadline:
     time.sleep(0.01)   # both processes ask at the same moment
 print(json.dumps({"path": str(cached_step(cfg, 0, cache))}))
-'''
+"""
+)
 
 
 def _cache_cfg(root: Path) -> dict:
@@ -759,8 +915,17 @@ def test_two_processes_train_a_missing_step0_once(synth_root, tmp_path):
     cache = tmp_path / "cache"
     overrides = json.dumps(_cache_cfg(synth_root))
     env = {**child_env(tmp_path), "BARRIER": "2"}
-    procs = [subprocess.Popen([sys.executable, "-c", CACHE_CHILD, str(cache), overrides, me], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path) for me in ("a", "b")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CACHE_CHILD, str(cache), overrides, me],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
+        for me in ("a", "b")
+    ]
     results = [p.communicate(timeout=280) for p in procs]
     for p, (out, err) in zip(procs, results):
         assert p.returncode == 0, err[-3000:]
@@ -783,9 +948,14 @@ def test_cache_writer_killed_leaves_no_valid_entry_and_next_call_retrains(synth_
 
     cache = tmp_path / "cache"
     overrides = _cache_cfg(synth_root)
-    proc = subprocess.Popen([sys.executable, "-c", CACHE_CHILD, str(cache), json.dumps(overrides), "slow"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(tmp_path),
-                            cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CACHE_CHILD, str(cache), json.dumps(overrides), "slow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(tmp_path),
+        cwd=tmp_path,
+    )
     wait_for(lambda: (tmp_path / "started").exists(), proc, timeout=240)
     cfg = resolve_config("demo", overrides=overrides)
     key = step_key(cfg, 0)

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.test_methods import TINY
 from wilson_ray.cli import main
 from wilson_ray.data.dataset import build_dataset
 from wilson_ray.data.voc import SALIENCY_DIR, voc_manifest
 from wilson_ray.protocol import get_task
-from tests.test_methods import TINY
 
 SETS = [f"--set={k}={v}" for k, v in TINY.items()]
 
@@ -34,8 +34,13 @@ def test_synthetic_saliency_is_imperfect_but_informative(synth_root):
     salient = np.concatenate([(sal > 127)[v] for (_, sal), v in zip(pairs, valid)])
     iou = _iou(fg, salient)
     # chance: each image's saliency against another image's objects
-    shuffled = np.concatenate([(pairs[(i + 1) % len(pairs)][1] > 127)[v] for i, v in enumerate(valid)
-                               if pairs[(i + 1) % len(pairs)][1].shape == v.shape])
+    shuffled = np.concatenate(
+        [
+            (pairs[(i + 1) % len(pairs)][1] > 127)[v]
+            for i, v in enumerate(valid)
+            if pairs[(i + 1) % len(pairs)][1].shape == v.shape
+        ]
+    )
     chance = _iou(fg, shuffled)
     assert 0.35 < iou < 0.9, iou  # informative, never the exact mask
     assert iou > chance + 0.2, (iou, chance)
@@ -48,10 +53,13 @@ def _step1_image(root):
     return build_dataset(root, get_task("15-5"), 1, "train").image_id(0)
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("missing", "does not exist; expected one PNG per image"),
-    ("resized", "is 10x12 (WxH) but its image is 64x64; expected equal sizes"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("missing", "does not exist; expected one PNG per image"),
+        ("resized", "is 10x12 (WxH) but its image is 64x64; expected equal sizes"),
+    ],
+)
 def test_bad_saliency_map_is_one_line_exit_2_and_nothing_written(damage, message, synth_copy, tmp_path, capsys):
     path = synth_copy / SALIENCY_DIR / f"{_step1_image(synth_copy)}.png"
     if damage == "missing":
@@ -59,14 +67,43 @@ def test_bad_saliency_map_is_one_line_exit_2_and_nothing_written(damage, message
     else:
         Image.new("L", (10, 12)).save(path)
     cache, out = tmp_path / "cache", tmp_path / "out"
-    argv = ["train", "--preset", "demo", "--method", "eps", "--data-root", str(synth_copy), "--cache-dir", str(cache),
-            "--out", str(out), *SETS]
+    argv = [
+        "train",
+        "--preset",
+        "demo",
+        "--method",
+        "eps",
+        "--data-root",
+        str(synth_copy),
+        "--cache-dir",
+        str(cache),
+        "--out",
+        str(out),
+        *SETS,
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("wilson-ray: error:") and "\n" not in err
     assert f"saliency map {path}" in err and message in err
     assert not cache.exists() and not out.exists() and not (synth_copy / "PseudoLabels").exists()
     capsys.readouterr()
-    assert main(["table", "--preset", "demo", "--methods", "finetune,eps", "--data-root", str(synth_copy),
-                 "--cache-dir", str(cache), "--out", str(out), *SETS]) == 2
+    assert (
+        main(
+            [
+                "table",
+                "--preset",
+                "demo",
+                "--methods",
+                "finetune,eps",
+                "--data-root",
+                str(synth_copy),
+                "--cache-dir",
+                str(cache),
+                "--out",
+                str(out),
+                *SETS,
+            ]
+        )
+        == 2
+    )
     assert message in capsys.readouterr().err and not cache.exists() and not out.exists()

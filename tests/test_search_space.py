@@ -52,8 +52,15 @@ def test_shipped_spaces_load(name):
 
 def test_demo_space_sweeps_wilson_losses_alpha_temperature():
     space = load_search_space(SPACES / "demo.yaml")
-    assert {"method.lambda_cls", "method.lambda_loc", "method.lambda_sss", "method.lambda_enc",
-            "method.lambda_seg", "method.alpha", "method.temperature"} <= set(space.keys)
+    assert {
+        "method.lambda_cls",
+        "method.lambda_loc",
+        "method.lambda_sss",
+        "method.lambda_enc",
+        "method.lambda_seg",
+        "method.alpha",
+        "method.temperature",
+    } <= set(space.keys)
     assert space.base_config().data.task == "15-5" and space.base_config().method.name == "wilson"
     assert space.workers_per_trial == 2 and space.num_samples >= 8
 
@@ -70,8 +77,9 @@ def test_optuna_distributions_and_overrides(tmp_path):
     dists = space.to_optuna()
     assert dists["method.lambda_cls"].log and dists["incremental.epochs"].low == 2
     assert dists["method.lambda_enc"].choices == (0.0, 1.0, 10.0)
-    over = trial_overrides(space, {"method.alpha": 0.3, "method.lambda_cls": 2.0, "incremental.epochs": 4.0,
-                                   "method.lambda_enc": 1.0})
+    over = trial_overrides(
+        space, {"method.alpha": 0.3, "method.lambda_cls": 2.0, "incremental.epochs": 4.0, "method.lambda_enc": 1.0}
+    )
     assert over["incremental.epochs"] == 4 and isinstance(over["incremental.epochs"], int)
     assert space.resolve(over).incremental.epochs == 4
     assert space.fingerprint() == load_search_space(write(tmp_path, BASE, "again.yaml")).fingerprint()
@@ -98,14 +106,22 @@ def test_not_a_mapping(tmp_path):
 
 
 def test_unknown_parameter(tmp_path):
-    msg = expect_error(tmp_path, with_param("method.lambda_clss", {"distribution": "uniform", "low": 0, "high": 1}),
-                       "method.lambda_clss", "unknown parameter")
+    msg = expect_error(
+        tmp_path,
+        with_param("method.lambda_clss", {"distribution": "uniform", "low": 0, "high": 1}),
+        "method.lambda_clss",
+        "unknown parameter",
+    )
     assert "lambda_cls" in msg  # did-you-mean
 
 
 def test_unknown_parameter_of_other_method(tmp_path):
-    expect_error(tmp_path, with_param("method.kd_weight", {"distribution": "uniform", "low": 1, "high": 2}),
-                 "method.kd_weight", "wilson")
+    expect_error(
+        tmp_path,
+        with_param("method.kd_weight", {"distribution": "uniform", "low": 1, "high": 2}),
+        "method.kd_weight",
+        "wilson",
+    )
 
 
 def test_section_is_not_a_parameter(tmp_path):
@@ -114,34 +130,52 @@ def test_section_is_not_a_parameter(tmp_path):
 
 
 def test_low_greater_than_high(tmp_path):
-    expect_error(tmp_path, with_param("method.alpha", {"distribution": "uniform", "low": 0.9, "high": 0.1}),
-                 "method.alpha", "low 0.9 > high 0.1")
+    expect_error(
+        tmp_path,
+        with_param("method.alpha", {"distribution": "uniform", "low": 0.9, "high": 0.1}),
+        "method.alpha",
+        "low 0.9 > high 0.1",
+    )
 
 
 def test_loguniform_nonpositive(tmp_path):
-    expect_error(tmp_path, with_param("method.lambda_cls", {"distribution": "loguniform", "low": 0, "high": 1}),
-                 "method.lambda_cls", "loguniform", "> 0")
+    expect_error(
+        tmp_path,
+        with_param("method.lambda_cls", {"distribution": "loguniform", "low": 0, "high": 1}),
+        "method.lambda_cls",
+        "loguniform",
+        "> 0",
+    )
 
 
 def test_unknown_distribution(tmp_path):
-    expect_error(tmp_path, with_param("method.alpha", {"distribution": "normal", "low": 0, "high": 1}),
-                 "method.alpha", "'normal'", "uniform, loguniform, int, choice")
+    expect_error(
+        tmp_path,
+        with_param("method.alpha", {"distribution": "normal", "low": 0, "high": 1}),
+        "method.alpha",
+        "'normal'",
+        "uniform, loguniform, int, choice",
+    )
 
 
 def test_int_bounds_must_be_integers(tmp_path):
-    expect_error(tmp_path, with_param("incremental.epochs", {"distribution": "int", "low": 1.5, "high": 4}),
-                 "incremental.epochs", "integer")
+    expect_error(
+        tmp_path,
+        with_param("incremental.epochs", {"distribution": "int", "low": 1.5, "high": 4}),
+        "incremental.epochs",
+        "integer",
+    )
 
 
 def test_bound_of_wrong_type_for_the_key(tmp_path):
     # run.seed is an int field: a float bound fails when the config is resolved at the corners
-    expect_error(tmp_path, with_param("run.seed", {"distribution": "uniform", "low": 0.5, "high": 3.5}),
-                 "run.seed")
+    expect_error(tmp_path, with_param("run.seed", {"distribution": "uniform", "low": 0.5, "high": 3.5}), "run.seed")
 
 
 def test_bound_outside_config_range(tmp_path):
-    expect_error(tmp_path, with_param("incremental.lr", {"distribution": "uniform", "low": 0.0, "high": 0.1}),
-                 "incremental.lr")
+    expect_error(
+        tmp_path, with_param("incremental.lr", {"distribution": "uniform", "low": 0.0, "high": 0.1}), "incremental.lr"
+    )
 
 
 def test_empty_choice_and_missing_bounds(tmp_path):
@@ -150,8 +184,12 @@ def test_empty_choice_and_missing_bounds(tmp_path):
 
 
 def test_default_outside_range(tmp_path):
-    expect_error(tmp_path, with_param("method.alpha", {"distribution": "uniform", "low": 0.6, "high": 0.9}),
-                 "method.alpha", "default 0.5")
+    expect_error(
+        tmp_path,
+        with_param("method.alpha", {"distribution": "uniform", "low": 0.6, "high": 0.9}),
+        "method.alpha",
+        "default 0.5",
+    )
 
 
 def test_unknown_top_level_key_and_missing_step(tmp_path):
@@ -199,8 +237,17 @@ def test_cli_rejects_bad_space_with_exit_2(tmp_path, capsys):
 def test_cli_rejects_unknown_tracking_scheme(tmp_path, capsys):
     from wilson_ray.cli import main
 
-    rc = main(["sweep", "--space", str(SPACES / "demo.yaml"), "--storage", str(tmp_path / "s"),
-               "--tracking-uri", "ftp://example.org/mlflow"])
+    rc = main(
+        [
+            "sweep",
+            "--space",
+            str(SPACES / "demo.yaml"),
+            "--storage",
+            str(tmp_path / "s"),
+            "--tracking-uri",
+            "ftp://example.org/mlflow",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "--tracking-uri" in err and "'ftp'" in err and not (tmp_path / "s").exists()
@@ -236,13 +283,19 @@ def test_cluster_check_refuses_trials_that_never_fit(monkeypatch):
 
 
 def _searcher(space, db: str, name: str, metric, mode):
-    from wilson_ray.orchestration.tune_driver import WilsonOptunaSearch
-
     import optuna
 
-    return WilsonOptunaSearch(space=space.to_optuna(), metric=metric, mode=mode,
-                              points_to_evaluate=[space.defaults()], study_name=name,
-                              sampler=optuna.samplers.TPESampler(seed=0), storage=optuna.storages.RDBStorage(db))
+    from wilson_ray.orchestration.tune_driver import WilsonOptunaSearch
+
+    return WilsonOptunaSearch(
+        space=space.to_optuna(),
+        metric=metric,
+        mode=mode,
+        points_to_evaluate=[space.defaults()],
+        study_name=name,
+        sampler=optuna.samplers.TPESampler(seed=0),
+        storage=optuna.storages.RDBStorage(db),
+    )
 
 
 def test_optuna_search_multi_objective_and_paper_defaults_first(tmp_path):
@@ -313,9 +366,14 @@ def test_grid_and_random_samplers_cover_the_space(tmp_path):
     assert grid["method.temperature"] == pytest.approx([0.25, 1.0, 4.0])
     assert grid["method.alpha"] == pytest.approx([0.0, 0.5, 1.0])
     assert space.grid_size() == 18
-    s = WilsonOptunaSearch(space=space.to_optuna(), metric="miou_all", mode="max", study_name="g",
-                           sampler=_sampler(space, None), storage=optuna.storages.RDBStorage(
-                               f"sqlite:///{tmp_path / 'g.db'}"))
+    s = WilsonOptunaSearch(
+        space=space.to_optuna(),
+        metric="miou_all",
+        mode="max",
+        study_name="g",
+        sampler=_sampler(space, None),
+        storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'g.db'}"),
+    )
     seen = set()
     for i in range(18):
         point = flatten(s.suggest(f"t{i}"))
@@ -327,9 +385,14 @@ def test_grid_and_random_samplers_cover_the_space(tmp_path):
     space = load_search_space(write(tmp_path, data))
     draws = []
     for name in ("r1", "r2"):
-        r = WilsonOptunaSearch(space=space.to_optuna(), metric="miou_all", mode="max", study_name=name,
-                               sampler=_sampler(space, None), storage=optuna.storages.RDBStorage(
-                                   f"sqlite:///{tmp_path / 'r.db'}"))
+        r = WilsonOptunaSearch(
+            space=space.to_optuna(),
+            metric="miou_all",
+            mode="max",
+            study_name=name,
+            sampler=_sampler(space, None),
+            storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'r.db'}"),
+        )
         draws.append(flatten(r.suggest("t0")))
     assert draws[0] == draws[1]  # seeded
     assert all(p.contains(draws[0][p.key]) for p in space.params)
@@ -372,8 +435,12 @@ def test_sections_are_typed_dataclasses(tmp_path):
     from wilson_ray.orchestration.search_space import Objective, Resources, Scheduler, Search
 
     data = yaml.safe_load(yaml.safe_dump(BASE))
-    data.update(objective={"metric": "loss/total"}, search={"num_samples": 5, "sampler": "random"},
-                scheduler={"grace_period": 2, "max_t": 6}, resources={"cpus_per_worker": 2, "trainer": "direct"})
+    data.update(
+        objective={"metric": "loss/total"},
+        search={"num_samples": 5, "sampler": "random"},
+        scheduler={"grace_period": 2, "max_t": 6},
+        resources={"cpus_per_worker": 2, "trainer": "direct"},
+    )
     space = load_search_space(write(tmp_path, data))
     assert space.objective == Objective(metric="loss/total", mode="min")  # a loss is minimised unless told
     assert space.search == Search(num_samples=5, sampler="random")
@@ -389,18 +456,23 @@ def test_sections_are_typed_dataclasses(tmp_path):
     assert load_search_space(write(tmp_path, data)).objective == Objective(metric="miou_all", mode="max")
 
 
-@pytest.mark.parametrize("section, fragments", [
-    ({"search": {"num_sample": 3}},
-     ["unknown key 'search.num_sample' (did you mean 'num_samples'?); expected one of num_samples, seed"]),
-    ({"search": {"num_samples": "many"}}, ["search.num_samples is 'many', expected an integer"]),
-    ({"search": {"num_samples": 0}}, ["search.num_samples is 0, expected a positive number"]),
-    ({"objective": 5}, ["'objective' is 5, expected a mapping"]),
-    ({"scheduler": {"type": "hyperband"}}, ["scheduler.type is 'hyperband', expected one of asha, none, fifo"]),
-    ({"scheduler": {"max_t": 0}}, ["scheduler.max_t is 0, expected a positive number"]),
-    ({"resources": {"cpus_per_worker": -1}}, ["resources.cpus_per_worker is -1.0, expected >= 0"]),
-    ({"step": -1}, ["step is -1, expected >= 0"]),
-    ({"base": {"preset": "demo", "sett": {}}}, ["unknown key 'base.sett' (did you mean 'set'?)"]),
-])
+@pytest.mark.parametrize(
+    "section, fragments",
+    [
+        (
+            {"search": {"num_sample": 3}},
+            ["unknown key 'search.num_sample' (did you mean 'num_samples'?); expected one of num_samples, seed"],
+        ),
+        ({"search": {"num_samples": "many"}}, ["search.num_samples is 'many', expected an integer"]),
+        ({"search": {"num_samples": 0}}, ["search.num_samples is 0, expected a positive number"]),
+        ({"objective": 5}, ["'objective' is 5, expected a mapping"]),
+        ({"scheduler": {"type": "hyperband"}}, ["scheduler.type is 'hyperband', expected one of asha, none, fifo"]),
+        ({"scheduler": {"max_t": 0}}, ["scheduler.max_t is 0, expected a positive number"]),
+        ({"resources": {"cpus_per_worker": -1}}, ["resources.cpus_per_worker is -1.0, expected >= 0"]),
+        ({"step": -1}, ["step is -1, expected >= 0"]),
+        ({"base": {"preset": "demo", "sett": {}}}, ["unknown key 'base.sett' (did you mean 'set'?)"]),
+    ],
+)
 def test_section_errors_name_the_field(tmp_path, section, fragments):
     data = yaml.safe_load(yaml.safe_dump(BASE))
     data.update(section)
@@ -408,12 +480,21 @@ def test_section_errors_name_the_field(tmp_path, section, fragments):
 
 
 def test_parameter_fields_are_checked_like_config_fields(tmp_path):
-    expect_error(tmp_path, with_param("method.alpha", {"distribution": "uniform", "lo": 0, "high": 1}),
-                 "parameter 'method.alpha': unknown field 'lo' (did you mean 'low'?), expected distribution, low")
-    expect_error(tmp_path, with_param("method.alpha", {"distribution": "uniform", "low": "a", "high": 1}),
-                 "parameter 'method.alpha': low is 'a', expected a number")
-    expect_error(tmp_path, with_param("method.alpha", {"distribution": "uniform", "low": 0, "high": 1, "log": 1}),
-                 "parameter 'method.alpha': log is 1, expected true or false")
+    expect_error(
+        tmp_path,
+        with_param("method.alpha", {"distribution": "uniform", "lo": 0, "high": 1}),
+        "parameter 'method.alpha': unknown field 'lo' (did you mean 'low'?), expected distribution, low",
+    )
+    expect_error(
+        tmp_path,
+        with_param("method.alpha", {"distribution": "uniform", "low": "a", "high": 1}),
+        "parameter 'method.alpha': low is 'a', expected a number",
+    )
+    expect_error(
+        tmp_path,
+        with_param("method.alpha", {"distribution": "uniform", "low": 0, "high": 1, "log": 1}),
+        "parameter 'method.alpha': log is 1, expected true or false",
+    )
 
 
 def test_removed_key_is_named_in_a_space(tmp_path):
@@ -432,9 +513,11 @@ def test_fingerprint_follows_what_defines_the_trials(tmp_path):
     data["resources"] = {"workers_per_trial": 3}
     data["search"] = {"sampler": "random"}
     assert load_search_space(write(tmp_path, data)).fingerprint() == first
-    for change in (lambda d: d["parameters"]["method.alpha"].update(high=0.9),
-                   lambda d: d["base"].update(set={"incremental.epochs": 3}),
-                   lambda d: d.update(objective={"metric": "miou_new"})):
+    for change in (
+        lambda d: d["parameters"]["method.alpha"].update(high=0.9),
+        lambda d: d["base"].update(set={"incremental.epochs": 3}),
+        lambda d: d.update(objective={"metric": "miou_new"}),
+    ):
         data = yaml.safe_load(yaml.safe_dump(BASE))
         change(data)
         assert load_search_space(write(tmp_path, data)).fingerprint() != first

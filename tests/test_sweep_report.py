@@ -10,7 +10,14 @@ from wilson_ray.metrics import harmonic_mean
 from wilson_ray.orchestration import results as R
 from wilson_ray.orchestration.backends import redact
 from wilson_ray.orchestration.console import (
-    Eta, asha_rungs, epoch_line, fmt_duration, fmt_params, progress_line, started_line, stopped_line,
+    Eta,
+    asha_rungs,
+    epoch_line,
+    fmt_duration,
+    fmt_params,
+    progress_line,
+    started_line,
+    stopped_line,
 )
 from wilson_ray.orchestration.report import build_report, comparison
 from wilson_ray.sweep_record import TrialRecord, rounded, short_names
@@ -29,7 +36,10 @@ def test_harmonic_mean():
 
 def test_short_names_and_rounding():
     assert short_names(["method.alpha", "incremental.lr", "step0.lr"]) == {
-        "method.alpha": "alpha", "incremental.lr": "incremental.lr", "step0.lr": "step0.lr"}
+        "method.alpha": "alpha",
+        "incremental.lr": "incremental.lr",
+        "step0.lr": "step0.lr",
+    }
     assert rounded(0.0073123) == 0.00731 and rounded(1.94444) == 1.94 and rounded(3) == 3 and rounded("x") == "x"
     assert fmt_params({"method.alpha": 0.312345, "method.temperature": 1.0}) == "alpha=0.312 temperature=1.0"
 
@@ -41,7 +51,9 @@ def test_console_lines():
     assert started_line(3, 8, "abc", {"method.alpha": 0.5}) == "[3/8] abc started   alpha=0.5"
     line = epoch_line("abc", 2, 4, {"miou_old": 35.04, "miou_new": 20.0, "miou_all": 33.3, "miou_hm": 25.46})
     assert line.split() == ["abc", "epoch", "2/4", "old", "35.0", "new", "20.0", "all", "33.3", "hm", "25.5"]
-    assert "epoch-2 rung" in stopped_line("abc", 2, "miou_hm", 12.34) and "12.3" in stopped_line("abc", 2, "miou_hm", 12.34)
+    assert "epoch-2 rung" in stopped_line("abc", 2, "miou_hm", 12.34) and "12.3" in stopped_line(
+        "abc", 2, "miou_hm", 12.34
+    )
     assert progress_line(3, 8, 2, 130) == "  -- 3/8 trials done, 2 running, at most 2 min 10 s left"
     assert progress_line(0, 8, 2, None) == "  -- 0/8 trials done, 2 running"
 
@@ -65,11 +77,23 @@ def _trial(trials, tid, params, curve, outcome, per_class=None):
     rec = TrialRecord(trials / tid)
     rec.write_trial(tid, f"trial_{tid}", params, {"data": {"task": "15-5"}, "method": {"name": "wilson"}}, 1, "sw")
     for e, (old, new) in enumerate(curve, 1):
-        rec.record_epoch(e, {"epoch": e, "miou_old": old, "miou_new": new, "miou_all": (old + new) / 2,
-                             "miou_hm": harmonic_mean(old, new), "evaluated": 1.0,
-                             **{f"iou/{c}": v for c, v in (per_class or {}).items()}})
-    rec.set_outcome(outcome, "stopped by ASHA at the epoch-2 rung" if outcome == "stopped_early" else None,
-                    rung=2 if outcome == "stopped_early" else None)
+        rec.record_epoch(
+            e,
+            {
+                "epoch": e,
+                "miou_old": old,
+                "miou_new": new,
+                "miou_all": (old + new) / 2,
+                "miou_hm": harmonic_mean(old, new),
+                "evaluated": 1.0,
+                **{f"iou/{c}": v for c, v in (per_class or {}).items()},
+            },
+        )
+    rec.set_outcome(
+        outcome,
+        "stopped by ASHA at the epoch-2 rung" if outcome == "stopped_early" else None,
+        rung=2 if outcome == "stopped_early" else None,
+    )
     return rec
 
 
@@ -81,29 +105,50 @@ def fake_sweep(tmp_path, optuna_url=None):
     folder = R.sweep_dir(storage, name)
     trials = folder / "trials"
     per_class = {"background": 80.0, "a": 40.0, "b": 30.0, "c": 35.0, "d": 25.0}
-    specs = [("t1", DEFAULTS, [(30, 1), (36, 20), (35, 24), (34, 26)], "completed"),
-             ("t2", {"incremental.lr": 0.02, "method.alpha": 0.8}, [(28, 2), (30, 28), (31, 33), (30, 35)], "completed"),
-             ("t3", {"incremental.lr": 0.006, "method.alpha": 0.35}, [(25, 0), (27, 5)], "stopped_early"),
-             ("t4", {"incremental.lr": 0.012, "method.alpha": 0.6}, [(29, 1), (33, 22), (32, 27), (31, 29)], "completed")]
+    specs = [
+        ("t1", DEFAULTS, [(30, 1), (36, 20), (35, 24), (34, 26)], "completed"),
+        ("t2", {"incremental.lr": 0.02, "method.alpha": 0.8}, [(28, 2), (30, 28), (31, 33), (30, 35)], "completed"),
+        ("t3", {"incremental.lr": 0.006, "method.alpha": 0.35}, [(25, 0), (27, 5)], "stopped_early"),
+        ("t4", {"incremental.lr": 0.012, "method.alpha": 0.6}, [(29, 1), (33, 22), (32, 27), (31, 29)], "completed"),
+    ]
     for tid, params, curve, outcome in specs:
         _trial(trials, tid, params, curve, outcome, per_class)
-    R.write_sweep(storage, name, {"name": name, "metric": "miou_hm", "mode": "max", "keys": KEYS, "step": 1,
-                                  "epochs": 4, "rungs": [2], "defaults": DEFAULTS,
-                                  "base": {"data": {"task": "15-5"}},
-                                  "optuna_storage": redact(optuna_url) if optuna_url else None,
-                                  "seed_spread": {"metric": "miou_hm", "values": [29.0, 31.0, 30.0],
-                                                  "command": "three seeds"}})
-    study = optuna.create_study(study_name=name, storage=optuna_url or f"sqlite:///{folder / 'optuna.db'}",
-                                direction="maximize")
-    dists = {"incremental.lr": optuna.distributions.FloatDistribution(0.005, 0.03, log=True),
-             "method.alpha": optuna.distributions.FloatDistribution(0.3, 0.9)}
+    R.write_sweep(
+        storage,
+        name,
+        {
+            "name": name,
+            "metric": "miou_hm",
+            "mode": "max",
+            "keys": KEYS,
+            "step": 1,
+            "epochs": 4,
+            "rungs": [2],
+            "defaults": DEFAULTS,
+            "base": {"data": {"task": "15-5"}},
+            "optuna_storage": redact(optuna_url) if optuna_url else None,
+            "seed_spread": {"metric": "miou_hm", "values": [29.0, 31.0, 30.0], "command": "three seeds"},
+        },
+    )
+    study = optuna.create_study(
+        study_name=name, storage=optuna_url or f"sqlite:///{folder / 'optuna.db'}", direction="maximize"
+    )
+    dists = {
+        "incremental.lr": optuna.distributions.FloatDistribution(0.005, 0.03, log=True),
+        "method.alpha": optuna.distributions.FloatDistribution(0.3, 0.9),
+    }
     for tid, params, curve, outcome in specs:
         old, new = curve[-1]
         state = optuna.trial.TrialState.PRUNED if outcome == "stopped_early" else optuna.trial.TrialState.COMPLETE
-        study.add_trial(optuna.trial.create_trial(
-            params=params, distributions=dists, state=state,
-            value=harmonic_mean(old, new) if state == optuna.trial.TrialState.COMPLETE else None,
-            intermediate_values={e: harmonic_mean(o, n) for e, (o, n) in enumerate(curve, 1)}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions=dists,
+                state=state,
+                value=harmonic_mean(old, new) if state == optuna.trial.TrialState.COMPLETE else None,
+                intermediate_values={e: harmonic_mean(o, n) for e, (o, n) in enumerate(curve, 1)},
+            )
+        )
     return storage, name
 
 
@@ -169,6 +214,10 @@ def test_make_demo_space_compares_trials_after_the_pseudo_label_epochs():
     assert space.scheduler.grace_period >= cfg.method.args.pseudo_epochs + 1
     assert space.scheduler.grace_period < cfg.incremental.epochs
     assert space.workers_per_trial == 1 and space.resources.previous_step_workers == 2
-    assert space.defaults() == {"incremental.lr": 0.005, "incremental.lr_head": 10.0, "method.alpha": 0.5,
-                                "method.temperature": 1.0}
+    assert space.defaults() == {
+        "incremental.lr": 0.005,
+        "incremental.lr_head": 10.0,
+        "method.alpha": 0.5,
+        "method.temperature": 1.0,
+    }
     assert len(space.seed_spread.values) >= 3 and space.seed_spread.metric == space.metric

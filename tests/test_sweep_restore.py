@@ -26,10 +26,27 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "search_spaces" / "demo.yaml"
 # Cheapest sweep that still has two epochs per trial: single-worker trials in the Tune process (no TorchTrainer)
-TINY = ["--workers-per-trial", "1", "--num-cpus", "2", "--quiet",
-        "--set", "step0.epochs=1", "--set", "step0.max_iters_per_epoch=1", "--set", "incremental.epochs=2",
-        "--set", "incremental.max_iters_per_epoch=1", "--set", "data.batch_size=4",
-        "--set", "data.val_batch_size=8", "--set", "data.num_workers=0"]
+TINY = [
+    "--workers-per-trial",
+    "1",
+    "--num-cpus",
+    "2",
+    "--quiet",
+    "--set",
+    "step0.epochs=1",
+    "--set",
+    "step0.max_iters_per_epoch=1",
+    "--set",
+    "incremental.epochs=2",
+    "--set",
+    "incremental.max_iters_per_epoch=1",
+    "--set",
+    "data.batch_size=4",
+    "--set",
+    "data.val_batch_size=8",
+    "--set",
+    "data.num_workers=0",
+]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -48,10 +65,16 @@ def test_restored_searcher_hands_a_lost_trial_its_record(tmp_path):
     trials = tmp_path / "trials"
 
     def searcher():
-        return WilsonOptunaSearch(space=space.to_optuna(), metric="miou_all", mode="max",
-                                  points_to_evaluate=[space.defaults()], study_name="s",
-                                  sampler=optuna.samplers.TPESampler(seed=0),
-                                  storage=optuna.storages.RDBStorage(db), record_dir=trials)
+        return WilsonOptunaSearch(
+            space=space.to_optuna(),
+            metric="miou_all",
+            mode="max",
+            points_to_evaluate=[space.defaults()],
+            study_name="s",
+            sampler=optuna.samplers.TPESampler(seed=0),
+            storage=optuna.storages.RDBStorage(db),
+            record_dir=trials,
+        )
 
     s = searcher()
     assert s.suggest("a") == space.defaults()
@@ -103,8 +126,26 @@ def test_next_trial_start_fires_after_a_completed_or_stopped_trial(tmp_path):
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "synth"
-    subprocess.run([sys.executable, "-m", "wilson_ray", "data", "synth", "--out", str(out), "--train", "24",
-                    "--val", "6", "--size", "64"], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wilson_ray",
+            "data",
+            "synth",
+            "--out",
+            str(out),
+            "--train",
+            "24",
+            "--val",
+            "6",
+            "--size",
+            "64",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return out
 
 
@@ -138,10 +179,16 @@ def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, wh
 
 
 def run_killed_then_again(cmd: list[str], point: str, marker: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WILSON_RAY_TEST_KILL_AT": point,
-           "WILSON_RAY_TEST_KILL_MARKER": str(marker), "TUNE_GLOBAL_CHECKPOINT_S": "3600"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env=env)
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "WILSON_RAY_TEST_KILL_AT": point,
+        "WILSON_RAY_TEST_KILL_MARKER": str(marker),
+        "TUNE_GLOBAL_CHECKPOINT_S": "3600",
+    }
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env
+    )
     try:
         wait_for(marker.is_file, 420, proc, f"kill point {point}")
     finally:
@@ -150,8 +197,14 @@ def run_killed_then_again(cmd: list[str], point: str, marker: Path) -> subproces
     wait_for(lambda: not session_pids(proc.pid), 60, what="the killed session to end")
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WILSON_RAY_TEST_", "TUNE_GLOBAL_CHECKPOINT"))}
-    again = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True, env={**env, "PYTHONUNBUFFERED": "1"})
+    again = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         out, err = again.communicate(timeout=480)
     finally:
@@ -217,8 +270,25 @@ def test_sweep_killed_at_point_resumes_with_one_of_each(synth, storage, tmp_path
     """One trial at a time (``--num-cpus 2`` with ``--num-samples 3`` and one CPU per trial would run two: the
     concurrent case is the next test), killed at ``point``, then the same command again."""
     name = f"kill-{point.replace('_', '-')}"
-    cmd = [sys.executable, "-m", "wilson_ray", "sweep", "--space", str(SPACE), "--data-root", str(synth),
-           "--storage", str(storage), "--name", name, "--num-samples", "3", "--cpus-per-worker", "2", *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wilson_ray",
+        "sweep",
+        "--space",
+        str(SPACE),
+        "--data-root",
+        str(synth),
+        "--storage",
+        str(storage),
+        "--name",
+        name,
+        "--num-samples",
+        "3",
+        "--cpus-per-worker",
+        "2",
+        *TINY,
+    ]
     again = run_killed_then_again(cmd, point, tmp_path / "killed")
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-6000:]
@@ -234,8 +304,25 @@ def test_sweep_killed_at_point_resumes_with_one_of_each(synth, storage, tmp_path
 def test_concurrent_sweep_killed_resumes_with_one_of_each(synth, storage, tmp_path, point):
     """Two single-CPU trials at a time on the 2-CPU local cluster: the kill lands with two trials in flight."""
     name = f"kill2-{point.replace('_', '-')}"
-    cmd = [sys.executable, "-m", "wilson_ray", "sweep", "--space", str(SPACE), "--data-root", str(synth),
-           "--storage", str(storage), "--name", name, "--num-samples", "3", "--cpus-per-worker", "1", *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wilson_ray",
+        "sweep",
+        "--space",
+        str(SPACE),
+        "--data-root",
+        str(synth),
+        "--storage",
+        str(storage),
+        "--name",
+        name,
+        "--num-samples",
+        "3",
+        "--cpus-per-worker",
+        "1",
+        *TINY,
+    ]
     again = run_killed_then_again(cmd, point, tmp_path / "killed")
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-6000:]

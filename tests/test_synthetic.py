@@ -20,7 +20,8 @@ def tree_hashes(root: Path) -> dict[str, str]:
     """sha256 of every generated file (the manifest cache excluded), by relative path."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*")) if p.is_file() and ".wilson-ray" not in p.parts
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".wilson-ray" not in p.parts
     }
 
 
@@ -138,12 +139,15 @@ def test_empty_folder_is_filled(tmp_path):
     assert synthetic.generate(tmp_path / "d", **SMALL).generated
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(val=3), r"--val: got 3, expected an integer >= 5"),
-    (dict(train=0), r"--train: got 0"),
-    (dict(size=16), r"--size: got 16, expected an integer >= 32"),
-    (dict(seed=-1), r"--seed: got -1"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(val=3), r"--val: got 3, expected an integer >= 5"),
+        (dict(train=0), r"--train: got 0"),
+        (dict(size=16), r"--size: got 16, expected an integer >= 32"),
+        (dict(seed=-1), r"--seed: got -1"),
+    ],
+)
 def test_parameter_errors(tmp_path, kwargs, match):
     with pytest.raises(UserError, match=match):
         synthetic.generate(tmp_path / "x", **{**SMALL, **kwargs})

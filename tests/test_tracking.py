@@ -26,22 +26,45 @@ CLASSES = ["background", "a", "b", "c"]
 
 
 def info_for(tmp_path: Path, uri: str | None = None) -> TrackingInfo:
-    return TrackingInfo(uri=uri or default_tracking_uri(tmp_path), experiment="sw", sweep="sw",
-                        artifact_location=default_artifact_location(tmp_path, "sw"))
+    return TrackingInfo(
+        uri=uri or default_tracking_uri(tmp_path),
+        experiment="sw",
+        sweep="sw",
+        artifact_location=default_artifact_location(tmp_path, "sw"),
+    )
 
 
 def epoch_metrics(epoch: int) -> dict:
-    m = {"epoch": epoch, "lr": 0.01 / epoch, "images_per_s": 100.0 / 3, "loss/cls": 1.0 / epoch, "loss/total": 2.0 / epoch}
+    m = {
+        "epoch": epoch,
+        "lr": 0.01 / epoch,
+        "images_per_s": 100.0 / 3,
+        "loss/cls": 1.0 / epoch,
+        "loss/total": 2.0 / epoch,
+    }
     if epoch % 2 == 0:
-        m.update({"miou_old": 10.0 * epoch, "miou_new": 5.0 * epoch, "miou_all": 8.0 * epoch,
-                  "iou/background": 80.0, "iou/a": 1.0})
+        m.update(
+            {
+                "miou_old": 10.0 * epoch,
+                "miou_new": 5.0 * epoch,
+                "miou_all": 8.0 * epoch,
+                "iou/background": 80.0,
+                "iou/a": 1.0,
+            }
+        )
     return m
 
 
 def make_record(tmp_path: Path, trial_id: str = "t0001", epochs: int = 2) -> TrialRecord:
     rec = TrialRecord(tmp_path / "trials" / trial_id)
-    rec.write_trial(trial_id, f"trial_{trial_id}", {"method.alpha": 0.3}, {"method": {"name": "wilson", "alpha": 0.3},
-                    "data": {"task": "15-5"}}, 1, "sw")
+    rec.write_trial(
+        trial_id,
+        f"trial_{trial_id}",
+        {"method.alpha": 0.3},
+        {"method": {"name": "wilson", "alpha": 0.3}, "data": {"task": "15-5"}},
+        1,
+        "sw",
+    )
     for e in range(1, epochs + 1):
         rec.record_epoch(e, epoch_metrics(e))
     return rec
@@ -55,8 +78,10 @@ def finish_record(rec: TrialRecord) -> None:
     plots.confusion_png(cm, CLASSES, final / "confusion.png")
     plots.write_per_class(per_class, final)
     plots.iou_bar_png(per_class, final / "iou_bar.png", new_classes=["c"])
-    (final / "final.json").write_text('{"metrics": {"miou_all": 16.0, "miou_old": 20.0, "miou_new": 10.0}, '
-                                      '"per_class_iou": {"background": 80.0, "a": 50.0}, "epochs": 2, "step": 1}')
+    (final / "final.json").write_text(
+        '{"metrics": {"miou_all": 16.0, "miou_old": 20.0, "miou_new": 10.0}, '
+        '"per_class_iou": {"background": 80.0, "a": 50.0}, "epochs": 2, "step": 1}'
+    )
     rec.set_outcome("completed")
 
 
@@ -90,8 +115,13 @@ def test_parent_child_metrics_artifacts(tmp_path):
     assert [m.value for m in client.get_metric_history(child.info.run_id, "images_per_s")] == [33.33, 33.33]
     assert not [k for k in child.data.metrics if k.startswith(("final/", "final_iou/"))], child.data.metrics
     arts = {a.path for a in client.list_artifacts(child.info.run_id, "final")}
-    assert {"final/confusion.png", "final/confusion.csv", "final/confusion.npy", "final/iou_bar.png",
-            "final/per_class_iou.json"} <= arts
+    assert {
+        "final/confusion.png",
+        "final/confusion.csv",
+        "final/confusion.npy",
+        "final/iou_bar.png",
+        "final/per_class_iou.json",
+    } <= arts
     # artifacts live under the storage folder we chose, not the working directory
     assert Path(child.info.artifact_uri.replace("file://", "")).is_relative_to(tmp_path / "mlartifacts")
 
@@ -177,8 +207,17 @@ def test_failed_outcome_sets_reason(tmp_path):
     assert rec.failure().startswith("NonFiniteLossError")
 
 
-@pytest.mark.parametrize("uri", ["sqlite:////tmp/x/mlflow.db", "http://127.0.0.1:5000", "https://mlflow.example.org",
-                                 "postgresql://u@h/db", "postgresql+psycopg2://u@h/db", "databricks"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "sqlite:////tmp/x/mlflow.db",
+        "http://127.0.0.1:5000",
+        "https://mlflow.example.org",
+        "postgresql://u@h/db",
+        "postgresql+psycopg2://u@h/db",
+        "databricks",
+    ],
+)
 def test_known_tracking_uris(uri):
     assert check_tracking_uri(uri) == uri
 
@@ -195,8 +234,12 @@ def test_plots_write_pngs(tmp_path):
     assert plots.confusion_png(cm, CLASSES, tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     assert plots.iou_bar_png({"background": 90.0, "a": float("nan")}, tmp_path / "b.png").stat().st_size > 0
     rows = [{"trial": f"t{i}", "miou_old": i, "miou_new": 2 * i, "miou_all": 3 * i} for i in range(3)]
-    assert plots.sweep_summary_png(rows, "miou_all", tmp_path / "s.png",
-                                   curves={"t1": [(1, 1.0), (2, 2.0)]}).stat().st_size > 0
+    assert (
+        plots.sweep_summary_png(rows, "miou_all", tmp_path / "s.png", curves={"t1": [(1, 1.0), (2, 2.0)]})
+        .stat()
+        .st_size
+        > 0
+    )
     paths = plots.write_confusion(cm, CLASSES, tmp_path)
     assert np.array_equal(np.load(paths[0]), cm)
     assert paths[1].read_text().splitlines()[0].endswith("a,b,c")

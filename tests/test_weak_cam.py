@@ -16,7 +16,7 @@ def test_soft_margin_against_hand_computed_values():
     logits = torch.tensor([[0.0, 2.0]])
     labels = torch.tensor([[1.0, 0.0]])
     # mean over classes of -log σ(0) and -log(1 - σ(2)) = log 2 and log(1 + e²)
-    expected = (math.log(2.0) + math.log(1.0 + math.e ** 2)) / 2
+    expected = (math.log(2.0) + math.log(1.0 + math.e**2)) / 2
     assert soft_margin_loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
 
 
@@ -38,7 +38,9 @@ def test_multiscale_flip_resizes_back_and_unflips():
     sizes = []
     multiscale_flip(lambda x: sizes.append(tuple(x.shape[-2:])) or x, image, scales=(0.5, 2.0), flip=True)
     assert sizes == [(2, 3), (2, 3), (8, 12), (8, 12)]
-    assert denormalize(torch.zeros(1, 3, 1, 1)).flatten().tolist() == pytest.approx([0.485 * 255, 0.456 * 255, 0.406 * 255])
+    assert denormalize(torch.zeros(1, 3, 1, 1)).flatten().tolist() == pytest.approx(
+        [0.485 * 255, 0.456 * 255, 0.406 * 255]
+    )
 
 
 def test_cam_learner_net_and_losses():

@@ -18,7 +18,7 @@ CAM = torch.tensor([[[[LN3, 0.0]], [[0.0, LN3]]]])
 def test_valid_class_counts_as_foreground():
     # round(p_1) = [1, 0] overlaps the salient pixel a fully: valid. fg = p_1, bg = 1 - p_bg = p_1.
     loss = saliency_loss(CAM, torch.tensor([[[[1.0, 0.0]]]]), torch.tensor([[1.0]]), tau=0.4, lam=0.5)
-    assert loss.item() == pytest.approx((0.25 ** 2 + 0.25 ** 2) / 2, abs=1e-4)
+    assert loss.item() == pytest.approx((0.25**2 + 0.25**2) / 2, abs=1e-4)
 
 
 def test_invalid_labelled_class_counts_as_background():
@@ -30,7 +30,7 @@ def test_invalid_labelled_class_counts_as_background():
 def test_unlabelled_class_is_neither_and_lambda_weighs_fg():
     # Not labelled: fg = 0, bg = 1 - p_bg = (0.75, 0.25); estimate 0.5·bg = (0.375, 0.125) vs S = (1, 0).
     loss = saliency_loss(CAM, torch.tensor([[[[1.0, 0.0]]]]), torch.tensor([[0.0]]), tau=0.4, lam=0.5)
-    assert loss.item() == pytest.approx((0.625 ** 2 + 0.125 ** 2) / 2, abs=1e-4)
+    assert loss.item() == pytest.approx((0.625**2 + 0.125**2) / 2, abs=1e-4)
     # λ = 1: only the valid foreground map: (0.75, 0.25) vs (1, 0)
     loss = saliency_loss(CAM, torch.tensor([[[[1.0, 0.0]]]]), torch.tensor([[1.0]]), tau=0.4, lam=1.0)
     assert loss.item() == pytest.approx(0.0625, abs=1e-4)
@@ -43,7 +43,7 @@ def test_tau_threshold_and_resize():
     low = saliency_loss(cam, sal, torch.tensor([[1.0]]), tau=0.4, lam=0.5)
     high = saliency_loss(cam, sal, torch.tensor([[1.0]]), tau=0.6, lam=0.5)
     p = torch.sigmoid(torch.tensor(5.0)).item()
-    assert low.item() == pytest.approx(((p - 1) ** 2 + p ** 2) / 2, abs=1e-5)  # fg = bg = p_1
+    assert low.item() == pytest.approx(((p - 1) ** 2 + p**2) / 2, abs=1e-5)  # fg = bg = p_1
     assert high.item() == pytest.approx((1.0 + 0.0) / 2, abs=1e-5)  # fg = 0 and bg = 1 - 1 = 0
 
 
@@ -54,8 +54,12 @@ def test_eps_learner_losses_and_mask():
     learner = EpsLearner(EpsParams(scales=[1.0, 0.5], flip=True), num_classes=2)
     net = learner.build_net(ModelConfig(backbone="small", small_width=8, output_stride=8))
     assert net.classifier.out_channels == 3  # K + 1, the last one background
-    batch = Batch(torch.randn(2, 3, 32, 32), torch.empty(0), torch.tensor([[1.0, 0.0], [1.0, 1.0]]),
-                  {"saliency": torch.rand(2, 1, 32, 32)})
+    batch = Batch(
+        torch.randn(2, 3, 32, 32),
+        torch.empty(0),
+        torch.tensor([[1.0, 0.0], [1.0, 1.0]]),
+        {"saliency": torch.rand(2, 1, 32, 32)},
+    )
     terms = learner.losses(net, batch, epoch=0)
     assert set(terms) == {"cls", "sal"} and all(torch.isfinite(v) for v in terms.values())
     net.eval()

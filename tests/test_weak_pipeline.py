@@ -9,17 +9,23 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.test_methods import TINY
 from wilson_ray.config import resolve_config
 from wilson_ray.engine import train_step
 from wilson_ray.methods import METHODS
 from wilson_ray.methods.wsss import WsssRow, offline_mask_loss, offline_mask_targets
 from wilson_ray.protocol import get_task
 from wilson_ray.weak import LEARNERS, pipeline
-from tests.test_methods import TINY
 
 MARGIN = 4.0  # points of new-class mask IoU above chance that a learner must clear (with 1.6x chance)
-LEARNER = {"method.epochs": 1, "method.max_iters_per_epoch": 2, "method.batch_size": 4, "method.crop_size": 32,
-           "method.scales": [1.0], "method.flip": False}
+LEARNER = {
+    "method.epochs": 1,
+    "method.max_iters_per_epoch": 2,
+    "method.batch_size": 4,
+    "method.crop_size": 32,
+    "method.scales": [1.0],
+    "method.flip": False,
+}
 
 
 def test_alpha_one_target_against_hand_values():
@@ -70,8 +76,9 @@ def test_pseudo_masks_are_made_once_and_reused(synth_copy, tmp_path, monkeypatch
     assert pipeline.ensure_pseudo_masks(cfg, task, 1, LEARNERS["cam"], cfg.method.args) == folder
     assert calls == ["cam"]
     # a step-3 run reads the cached masks through the pseudo_mask input
-    step0 = train_step(resolve_config("demo", overrides={**TINY, "data.root": str(synth_copy)}), 0,
-                       out_dir=tmp_path / "s0").checkpoint
+    step0 = train_step(
+        resolve_config("demo", overrides={**TINY, "data.root": str(synth_copy)}), 0, out_dir=tmp_path / "s0"
+    ).checkpoint
     seen = []
 
     class Spy:
@@ -85,8 +92,9 @@ def test_pseudo_masks_are_made_once_and_reused(synth_copy, tmp_path, monkeypatch
     assert calls == ["cam"] and {"loss/seg", "loss/total"} == {k for k in seen[0] if k.startswith("loss/")}
     assert all(math.isfinite(m["loss/total"]) for m in seen) and 0 <= result.metrics["miou_all"] <= 100
     # another learner knob: another entry, trained once more
-    other = resolve_config("demo", method="cam", overrides={**TINY, **LEARNER, "data.root": str(synth_copy),
-                                                             "method.bg_threshold": 0.3})
+    other = resolve_config(
+        "demo", method="cam", overrides={**TINY, **LEARNER, "data.root": str(synth_copy), "method.bg_threshold": 0.3}
+    )
     assert pipeline.ensure_pseudo_masks(cfg, task, 1, LEARNERS["cam"], other.method.args) != folder
     assert calls == ["cam", "cam"]
 
@@ -108,8 +116,10 @@ def test_pseudo_mask_input_gets_the_image_crop_and_flip(synth_copy):
         assert torch.equal(extras["pseudo_mask"], mask)  # same random resized crop and flip
 
 
-@pytest.mark.parametrize("name, keys", [("cam", {"method.bg_threshold", "method.lr"}),
-                                        ("eps", {"method.tau", "method.lam", "method.bg_threshold"})])
+@pytest.mark.parametrize(
+    "name, keys",
+    [("cam", {"method.bg_threshold", "method.lr"}), ("eps", {"method.tau", "method.lam", "method.bg_threshold"})],
+)
 def test_shipped_weak_spaces_load_with_the_paper_point_inside(name, keys):
     from pathlib import Path
 
@@ -151,9 +161,17 @@ def _labelled_class_everywhere_iou(view) -> float:
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("name", ["cam", "eps", "seam", "ss"])
 def test_short_learner_run_gives_masks_well_above_chance(synth96, name):
-    cfg = resolve_config("demo", method=name, overrides={
-        "data.root": str(synth96), "data.num_workers": 0, "model.small_width": 8, "method.scales": [1.0],
-        "method.flip": False})
+    cfg = resolve_config(
+        "demo",
+        method=name,
+        overrides={
+            "data.root": str(synth96),
+            "data.num_workers": 0,
+            "model.small_width": 8,
+            "method.scales": [1.0],
+            "method.flip": False,
+        },
+    )
     task = get_task("15-5")
     folder = pipeline.ensure_pseudo_masks(cfg, task, 1, LEARNERS[name], cfg.method.args, verbose=False)
     quality = pipeline.read_quality(folder)
@@ -167,8 +185,11 @@ def test_learner_backbone_is_the_runs_or_its_own_at_stride_8():
     cfg = resolve_config("voc-15-5", method="eps")
     own = pipeline.learner_model_config(cfg, cfg.method.args)
     assert (own.backbone, own.pretrained, own.output_stride) == ("resnet101", "torchvision", 8)
-    cfg = resolve_config("voc-15-5", method="eps", overrides={"method.backbone": "wideresnet38",
-                                                              "method.pretrained": "iabn:/w/wrn38.pth.tar"})
+    cfg = resolve_config(
+        "voc-15-5",
+        method="eps",
+        overrides={"method.backbone": "wideresnet38", "method.pretrained": "iabn:/w/wrn38.pth.tar"},
+    )
     own = pipeline.learner_model_config(cfg, cfg.method.args)
     assert (own.backbone, own.pretrained, own.output_stride) == ("wideresnet38", "iabn:/w/wrn38.pth.tar", 8)
     assert cfg.model.backbone == "resnet101"  # the segmenter keeps the run's backbone

@@ -133,4 +133,3 @@ def test_defaults_are_the_papers():
     assert (p.cutoff_fg, p.cutoff_bg, p.cutoff_low) == (0.6, 0.7, 0.2)
     assert (p.epochs, p.batch_size, p.crop_size, p.lr, p.power, p.momentum) == (24, 16, 321, 1e-3, 0.0, 0.9)
     assert math.isclose(p.weight_decay, 5e-4) and p.crf is False
-

@@ -15,8 +15,14 @@ from torch import nn
 from wilson_ray import fast
 from wilson_ray.config import resolve_config
 from wilson_ray.errors import UserError
-from wilson_ray.models import DeepLabV3Head, Segmenter, build_backbone, build_segmenter
-from wilson_ray.models import convert_iabn_checkpoint, load_backbone_weights
+from wilson_ray.models import (
+    DeepLabV3Head,
+    Segmenter,
+    build_backbone,
+    build_segmenter,
+    convert_iabn_checkpoint,
+    load_backbone_weights,
+)
 from wilson_ray.models.wideresnet import WideResNet38
 
 # The authors' layout, written out independently of the module: module -> (blocks, conv widths, first-block stride
@@ -68,8 +74,10 @@ def iabn_wrn38_shapes(divisor: int) -> dict[str, tuple[int, ...]]:
 
 def iabn_wrn38_state(divisor: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """A synthetic InPlace-ABN WRN-38 checkpoint state dict with random values (running_var positive)."""
-    return {k: torch.rand(shape, generator=generator) + (0.5 if k.endswith("running_var") else -0.5)
-            for k, shape in iabn_wrn38_shapes(divisor).items()}
+    return {
+        k: torch.rand(shape, generator=generator) + (0.5 if k.endswith("running_var") else -0.5)
+        for k, shape in iabn_wrn38_shapes(divisor).items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +91,9 @@ def test_full_width_layout_matches_the_checkpoint_layout():
         body = build_backbone("wideresnet38", output_stride=8)
     assert (body.arch, body.out_channels, body.output_stride) == ("wideresnet38", 4096, 8)
     assert body.stage_channels == {"conv3": 256, "conv4": 512, "conv5": 1024, "conv6": 2048, "out": 4096}
-    expected = {k.removeprefix("module."): shape for k, shape in iabn_wrn38_shapes(1).items() if ".classifier." not in k}
+    expected = {
+        k.removeprefix("module."): shape for k, shape in iabn_wrn38_shapes(1).items() if ".classifier." not in k
+    }
     got = {k: tuple(v.shape) for k, v in body.state_dict().items() if not k.endswith("num_batches_tracked")}
     assert got == expected
     # per two-conv block bn1 (4 tensors) + conv1 + bn2 (4) + conv2 = 10, bottleneck 15, proj_conv on each first
@@ -103,8 +113,11 @@ def test_strides_dilations_and_dropout_of_every_module(small_wrn):
             drops = [m.p for m in block.convs if isinstance(m, nn.Dropout2d)]
             assert drops == ([drop] if drop else [])
             assert isinstance(list(block.convs)[-1], nn.Conv2d)  # dropout sits before the last conv
-    assert all(isinstance(m, nn.LeakyReLU) and m.negative_slope == 0.01 for m in small_wrn.modules()
-               if isinstance(m, (nn.ReLU, nn.LeakyReLU)))
+    assert all(
+        isinstance(m, nn.LeakyReLU) and m.negative_slope == 0.01
+        for m in small_wrn.modules()
+        if isinstance(m, (nn.ReLU, nn.LeakyReLU))
+    )
 
 
 @pytest.mark.parametrize("output_stride", [8, 16])
@@ -133,7 +146,9 @@ def test_bn_relu_and_sync_batchnorm_conversion_keep_the_activations():
     assert acts and all(type(m) is nn.ReLU for m in acts)
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in body.modules())
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(body)
-    assert sum(isinstance(m, nn.SyncBatchNorm) for m in synced.modules()) == n_bn == 17 + (15 + 2 * 2) + 1  # bn1 per block, inner BNs, bn_out
+    assert (
+        sum(isinstance(m, nn.SyncBatchNorm) for m in synced.modules()) == n_bn == 17 + (15 + 2 * 2) + 1
+    )  # bn1 per block, inner BNs, bn_out
     assert sum(isinstance(m, nn.ReLU) for m in synced.modules()) == len(acts)
     with pytest.raises(UserError, match="width_divisor: found 3"):
         WideResNet38(width_divisor=3)
@@ -243,8 +258,12 @@ def test_small_and_resnet_bodies_expose_the_same_stage_names():
     body = build_backbone("small", output_stride=8, small_width=4)
     feats = body.forward_features(torch.randn(1, 3, 32, 32))
     assert {k: tuple(v.shape) for k, v in feats.items()} == {
-        "conv3": (1, 4, 8, 8), "conv4": (1, 8, 4, 4), "conv5": (1, 16, 4, 4), "conv6": (1, 32, 4, 4),
-        "out": (1, 32, 4, 4)}
+        "conv3": (1, 4, 8, 8),
+        "conv4": (1, 8, 4, 4),
+        "conv5": (1, 16, 4, 4),
+        "conv6": (1, 32, 4, 4),
+        "out": (1, 32, 4, 4),
+    }
     assert body.stage_channels == {"conv3": 4, "conv4": 8, "conv5": 16, "conv6": 32, "out": 32}
     with torch.device("meta"):
         assert build_backbone("resnet101").stage_channels == WideResNet38().stage_channels | {"out": 2048}

@@ -26,8 +26,7 @@ from wilson_ray.methods import get_method
 # Fields that do not change the trained weights, so they are left out of the key.
 _NEUTRAL = {
     "data": {"num_workers", "val_batch_size", "eval_mode", "val_crop_size"},
-    "run": {"device", "progress", "log_interval", "val_interval", "fail_on_nonfinite", "compile",
-            "ddp_find_unused"},
+    "run": {"device", "progress", "log_interval", "val_interval", "fail_on_nonfinite", "compile", "ddp_find_unused"},
 }
 
 
@@ -56,8 +55,12 @@ def step_key(cfg: Config, step: int) -> str:
     # method of that kind (and every sweep trial of it) reuses one checkpoint.
     shared_key = None if method.step0_kind == "bce" else {"step0_kind": method.step0_kind}
     parts = {
-        "data": d["data"], "stamp": _data_stamp(cfg.data.root) + (_data_stamp(cfg.data.voc_root) if cfg.data.voc_root else []),
-        "model": d["model"], "step0": d["step0"], "run": d["run"], "step": step,
+        "data": d["data"],
+        "stamp": _data_stamp(cfg.data.root) + (_data_stamp(cfg.data.voc_root) if cfg.data.voc_root else []),
+        "model": d["model"],
+        "step0": d["step0"],
+        "run": d["run"],
+        "step": step,
         # Step 0 is the same BCE step for every method that shares it (the joint bound trains differently).
         "method": d["method"] if (step > 0 or not shared_step0) else shared_key,
         "incremental": d["incremental"] if step > 0 else None,
@@ -113,8 +116,10 @@ def cached_step(cfg: Config, step: int, cache_dir: str | Path, verbose: bool = T
         if entry.is_file():
             if valid_entry(entry):  # another process trained it while we waited
                 return entry
-            print(f"cache: ignoring incomplete entry {entry} (not a complete checkpoint); training it again",
-                  file=sys.stderr)
+            print(
+                f"cache: ignoring incomplete entry {entry} (not a complete checkpoint); training it again",
+                file=sys.stderr,
+            )
             entry.unlink()
         if verbose:
             print(f"cache: training step {step} of task '{cfg.data.task}' once ({entry})", file=sys.stderr)

@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(f"wilson_ray.commands.{name}").register(sub)
     return parser
 
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

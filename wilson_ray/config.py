@@ -85,14 +85,19 @@ class RunConfig:
 
 # Every fast-path switch of RunConfig, all on. `--fast` applies the values `hardware.fast_path_plan` measured for
 # the device instead (BENCHMARKS.md measures each switch per hardware kind); benchmarks use this full set.
-FAST_PATH: dict[str, Any] = {"run.amp": "auto", "run.channels_last": True, "run.frozen_old_model": True,
-                             "run.valid_taps": True, "run.fused_sgd": True}
+FAST_PATH: dict[str, Any] = {
+    "run.amp": "auto",
+    "run.channels_last": True,
+    "run.frozen_old_model": True,
+    "run.valid_taps": True,
+    "run.fused_sgd": True,
+}
 
 
 # Old keys that were removed, with what replaces them: found in a file or ``--set``, the error says so.
 REMOVED_KEYS: dict[str, str] = {
     "run.max_iters_per_epoch": "run.max_iters_per_epoch was removed; use step0.max_iters_per_epoch / "
-                               "incremental.max_iters_per_epoch",
+    "incremental.max_iters_per_epoch",
 }
 
 # Sections a preset's ``methods.<name>`` block may override for that method (its own optimisation recipe).
@@ -161,8 +166,13 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_hash(obj: Config | dict[str, Any], *, sections: typing.Iterable[str] | None = None,
-                drop: dict[str, typing.Iterable[str]] | None = None, length: int = 16) -> str:
+def config_hash(
+    obj: Config | dict[str, Any],
+    *,
+    sections: typing.Iterable[str] | None = None,
+    drop: dict[str, typing.Iterable[str]] | None = None,
+    length: int = 16,
+) -> str:
     """The one config hash: sha256 of the sorted-key JSON of ``obj`` (a ``Config`` is hashed as its ``to_dict``),
     keeping only the top-level ``sections`` when given and removing ``drop[section]`` fields from each section;
     the first ``length`` hex digits. Values JSON cannot write are hashed as ``str(value)``."""
@@ -170,8 +180,10 @@ def config_hash(obj: Config | dict[str, Any], *, sections: typing.Iterable[str] 
     if sections is not None:
         d = {k: d[k] for k in sections}
     if drop:
-        d = {k: ({f: v for f, v in sec.items() if f not in set(drop[k])} if k in drop and isinstance(sec, dict)
-                 else sec) for k, sec in d.items()}
+        d = {
+            k: ({f: v for f, v in sec.items() if f not in set(drop[k])} if k in drop and isinstance(sec, dict) else sec)
+            for k, sec in d.items()
+        }
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
@@ -224,8 +236,9 @@ class ErrorStyle:
         near = difflib.get_close_matches(str(key), names, n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
         if self.item and prefix:
-            return UserError(f"{source}: {self.item} '{prefix}': unknown field '{key}'{hint}, expected "
-                             f"{', '.join(names)}")
+            return UserError(
+                f"{source}: {self.item} '{prefix}': unknown field '{key}'{hint}, expected {', '.join(names)}"
+            )
         if not self.quoted:
             return UserError(f"{source}: unknown key '{where}'{hint}; expected one of {', '.join(names)}")
         section = f"'{prefix}'" if prefix else "the top level"
@@ -240,8 +253,14 @@ class ErrorStyle:
 
 
 CONFIG_STYLE = ErrorStyle()
-_PLAIN_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping",
-                     list: "a list"}
+_PLAIN_TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    dict: "a mapping",
+    list: "a list",
+}
 
 
 def _coerce(value: Any, tp: Any, where: str, source: str, style: ErrorStyle = CONFIG_STYLE) -> Any:
@@ -294,8 +313,7 @@ def _coerce(value: Any, tp: Any, where: str, source: str, style: ErrorStyle = CO
     raise style.bad(source, where, value, style.type_name(tp))
 
 
-def from_dict(cls: type, data: Any, source: str = "config", prefix: str = "",
-              style: ErrorStyle = CONFIG_STYLE) -> Any:
+def from_dict(cls: type, data: Any, source: str = "config", prefix: str = "", style: ErrorStyle = CONFIG_STYLE) -> Any:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys (with a did-you-mean) and wrong types with
     the field's name; ``style`` words the errors (config or search-space file)."""
     if not isinstance(data, dict):
@@ -343,8 +361,12 @@ def _optim_checks(o: OptimConfig, sec: str) -> list[tuple[str, Any, bool, str]]:
         (f"{sec}.lr_head", o.lr_head, o.lr_head > 0, "a positive number"),
         (f"{sec}.lr_localizer", o.lr_localizer, o.lr_localizer > 0, "a positive number"),
         (f"{sec}.weight_decay", o.weight_decay, o.weight_decay >= 0, "a number >= 0"),
-        (f"{sec}.max_iters_per_epoch", o.max_iters_per_epoch,
-         o.max_iters_per_epoch is None or o.max_iters_per_epoch > 0, "a positive integer or null"),
+        (
+            f"{sec}.max_iters_per_epoch",
+            o.max_iters_per_epoch,
+            o.max_iters_per_epoch is None or o.max_iters_per_epoch > 0,
+            "a positive integer or null",
+        ),
     ]
 
 

@@ -29,27 +29,60 @@ from torch.utils.data.distributed import DistributedSampler
 
 from wilson_ray import step_setup
 from wilson_ray.checkpoint import (
-    CHECKPOINT_FORMAT, STATE_FORMAT, check_checkpoint_matches, load_checkpoint, load_training_state,
-    model_from_checkpoint, save_checkpoint, save_training_state,
+    CHECKPOINT_FORMAT,
+    STATE_FORMAT,
+    check_checkpoint_matches,
+    load_checkpoint,
+    load_training_state,
+    model_from_checkpoint,
+    save_checkpoint,
+    save_training_state,
 )
 from wilson_ray.config import Config, config_from_dict
+from wilson_ray.hardware import describe_amp_choice, resolve_amp
 from wilson_ray.methods import get_method
 from wilson_ray.methods.base import Batch, Context, Method, Trainable
 from wilson_ray.metrics import ConfusionMatrix, miou_table, per_class_iou
 from wilson_ray.protocol import Task
-from wilson_ray.hardware import describe_amp_choice, resolve_amp
 from wilson_ray.runtime import autocast_context, rank_world, resolve_device, seed_everything
 from wilson_ray.step_setup import (
-    build_model, compile_models, data_root, lr_factor, make_optimizer, param_groups,
-    prepare_models, task_of,
+    build_model,
+    compile_models,
+    data_root,
+    lr_factor,
+    make_optimizer,
+    param_groups,
+    prepare_models,
+    task_of,
 )
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "STATE_FORMAT", "Callback", "NonFiniteLossError", "StepResult", "autocast_context",
-    "build_model", "check_checkpoint_matches", "compile_models", "data_root", "evaluate", "evaluate_checkpoint",
-    "evaluate_sources", "load_checkpoint", "lr_factor", "make_optimizer", "model_from_checkpoint", "param_groups",
-    "prepare_models", "rank_world", "resolve_device", "save_checkpoint", "score", "seed_everything",
-    "train_one_epoch", "train_step",
+    "CHECKPOINT_FORMAT",
+    "STATE_FORMAT",
+    "Callback",
+    "NonFiniteLossError",
+    "StepResult",
+    "autocast_context",
+    "build_model",
+    "check_checkpoint_matches",
+    "compile_models",
+    "data_root",
+    "evaluate",
+    "evaluate_checkpoint",
+    "evaluate_sources",
+    "load_checkpoint",
+    "lr_factor",
+    "make_optimizer",
+    "model_from_checkpoint",
+    "param_groups",
+    "prepare_models",
+    "rank_world",
+    "resolve_device",
+    "save_checkpoint",
+    "score",
+    "seed_everything",
+    "train_one_epoch",
+    "train_step",
 ]
 
 
@@ -130,8 +163,17 @@ class DeviceBatches:
 # One epoch
 
 
-def train_one_epoch(method: Method, ctx: Context, batches: DeviceBatches, optimizer: torch.optim.Optimizer,
-                    scheduler, scaler: torch.amp.GradScaler, loop: Loop, epoch: int, progress=None) -> dict:
+def train_one_epoch(
+    method: Method,
+    ctx: Context,
+    batches: DeviceBatches,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    scaler: torch.amp.GradScaler,
+    loop: Loop,
+    epoch: int,
+    progress=None,
+) -> dict:
     """One epoch of ``method.losses`` + SGD over ``batches``; returns {epoch, lr, images_per_s, loss/<term>}
     with each term's mean over the epoch (``epoch`` is 0-based, the returned one 1-based)."""
     ctx.module.train()
@@ -159,12 +201,17 @@ def train_one_epoch(method: Method, ctx: Context, batches: DeviceBatches, optimi
             value = float(total.detach())  # the only host sync of the iteration loop
             if loop.fail_on_nonfinite and not math.isfinite(value):
                 bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
-                raise NonFiniteLossError(f"non-finite loss at step {loop.step} epoch {epoch + 1} iteration "
-                                         f"{it + 1}: {', '.join(bad) or 'total'} = {value}")
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {loop.step} epoch {epoch + 1} iteration "
+                    f"{it + 1}: {', '.join(bad) or 'total'} = {value}"
+                )
             if progress is not None:  # running means of the epoch so far, per loss term
                 running = {k: f"{float(v) / (it + 1):.3f}" for k, v in sums.items() if k != "total"}
-                progress.set_postfix(loss=f"{float(sums['total']) / (it + 1):.3f}", **running,
-                                     img_s=f"{seen / (time.perf_counter() - t0):.1f}")
+                progress.set_postfix(
+                    loss=f"{float(sums['total']) / (it + 1):.3f}",
+                    **running,
+                    img_s=f"{seen / (time.perf_counter() - t0):.1f}",
+                )
         if progress is not None:
             progress.update(1)
     elapsed = time.perf_counter() - t0
@@ -180,8 +227,14 @@ def train_one_epoch(method: Method, ctx: Context, batches: DeviceBatches, optimi
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device, amp: str = "none",
-             channels_last: bool = False) -> np.ndarray:
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    num_classes: int,
+    device: torch.device,
+    amp: str = "none",
+    channels_last: bool = False,
+) -> np.ndarray:
     """Confusion matrix of argmax(upsampled logits) vs ground truth over the loader, summed over all ranks (§5)."""
     was_training = model.training
     model.eval()
@@ -221,9 +274,16 @@ class Evaluation:
     extra: dict[str, dict[str, float]]
 
 
-def evaluate_sources(model: nn.Module, loaders: dict[str, DataLoader], task: Task, step: int,
-                     report_task: Task | None, device: torch.device, amp: str = "none",
-                     channels_last: bool = False) -> Evaluation:
+def evaluate_sources(
+    model: nn.Module,
+    loaders: dict[str, DataLoader],
+    task: Task,
+    step: int,
+    report_task: Task | None,
+    device: torch.device,
+    amp: str = "none",
+    channels_last: bool = False,
+) -> Evaluation:
     """``evaluate`` + ``score`` on each evaluation source (the first is the task's own validation set)."""
     result = None
     extra: dict[str, dict[str, float]] = {}
@@ -285,15 +345,20 @@ def train_step(
     module, net, old_model = prepare_models(cfg, module, old_model, device, world, find_unused, amp=amp)
     from wilson_ray.cache import default_cache_dir, step_key
 
-    ctx = Context(net=net, module=module, old_model=old_model,
-                  cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
-                  pass_key=f"{step_key(cfg, step - 1)}-step{step}" if step > 0 else None)
+    ctx = Context(
+        net=net,
+        module=module,
+        old_model=old_model,
+        cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
+        pass_key=f"{step_key(cfg, step - 1)}-step{step}" if step > 0 else None,
+    )
 
     # --- data ------------------------------------------------------------------------------------------------
     train_set = step_setup.train_dataset(cfg, task, step, method)
     per_rank_batch = max(1, cfg.data.batch_size // world)
-    train_loader = step_setup.make_loader(train_set, per_rank_batch, True, cfg, device, cfg.run.seed + step,
-                                          drop_last=True)
+    train_loader = step_setup.make_loader(
+        train_set, per_rank_batch, True, cfg, device, cfg.run.seed + step, drop_last=True
+    )
     val_loaders = step_setup.eval_loaders(cfg, task, step, device, world)
     loop = Loop(step, device, amp, cfg.run.channels_last, world, cfg.run.log_interval, cfg.run.fail_on_nonfinite)
     iters = step_setup.iterations_per_epoch(cfg, step, len(train_loader))
@@ -304,8 +369,7 @@ def train_step(
     optimizer = make_optimizer(cfg, module, step, method)
     scheduler = step_setup.make_scheduler(optimizer, o, iters, method.constant_lr_epochs())
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    state_parts = {"module": module, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler,
-                   "method": method}
+    state_parts = {"module": module, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "method": method}
     start_epoch = 0
     if resume_from is not None:
         start_epoch = load_training_state(resume_from, step, state_parts)
@@ -330,16 +394,19 @@ def train_step(
         progress = _progress(cfg, rank, f"step {step} epoch {epoch + 1}/{o.epochs}", iters)
         metrics = train_one_epoch(method, ctx, batches, optimizer, scheduler, scaler, loop, epoch, progress)
         if epoch + 1 == o.epochs or (epoch + 1) % cfg.run.val_interval == 0:
-            evaluation = evaluate_sources(module.model, val_loaders, task, step, view.report, device, amp,
-                                          cfg.run.channels_last)
+            evaluation = evaluate_sources(
+                module.model, val_loaders, task, step, view.report, device, amp, cfg.run.channels_last
+            )
             metrics.update(evaluation.metrics)
             metrics.update({f"iou/{n}": v for n, v in evaluation.per_class.items()})
             metrics.update({f"{src}/{k}": v for src, table in evaluation.extra.items() for k, v in table.items()})
         if progress is not None:
             if "miou_all" in metrics:
-                progress.set_postfix_str(f"loss {metrics.get('loss/total', float('nan')):.3f}  mIoU old "
-                                         f"{metrics['miou_old']:.1f} new {metrics['miou_new']:.1f} "
-                                         f"all {metrics['miou_all']:.1f}")
+                progress.set_postfix_str(
+                    f"loss {metrics.get('loss/total', float('nan')):.3f}  mIoU old "
+                    f"{metrics['miou_old']:.1f} new {metrics['miou_new']:.1f} "
+                    f"all {metrics['miou_all']:.1f}"
+                )
             progress.close()
         for cb in callbacks:
             cb.on_epoch_end(epoch + 1, dict(metrics), lambda d, e=epoch + 1: save_state(d, e))
@@ -352,9 +419,17 @@ def train_step(
             save_checkpoint(checkpoint, module.model, cfg, task, step, metrics, method.state_dict())
         if world > 1:
             dist.barrier()
-    result = StepResult(step, {k: v for k, v in metrics.items() if not k.startswith("iou/")}, evaluation.per_class,
-                        evaluation.confusion, task.class_names(step), checkpoint, o.epochs, evaluation.extra,
-                        live=(method, ctx))
+    result = StepResult(
+        step,
+        {k: v for k, v in metrics.items() if not k.startswith("iou/")},
+        evaluation.per_class,
+        evaluation.confusion,
+        task.class_names(step),
+        checkpoint,
+        o.epochs,
+        evaluation.extra,
+        live=(method, ctx),
+    )
     for cb in callbacks:
         cb.on_step_end(result)
     return result
@@ -369,8 +444,9 @@ def _progress(cfg: Config, rank: int, desc: str, iters: int):
     return tqdm(total=iters, desc=desc, unit="it", dynamic_ncols=True, leave=True, file=sys.stderr)
 
 
-def evaluate_checkpoint(path: str | Path, data_root: str | None = None, eval_mode: str | None = None,
-                        device: str = "auto") -> StepResult:
+def evaluate_checkpoint(
+    path: str | Path, data_root: str | None = None, eval_mode: str | None = None, device: str = "auto"
+) -> StepResult:
     """Evaluate a step checkpoint on its task's validation set(s) in fp32 (method.md §5)."""
     model, ckpt = model_from_checkpoint(path)
     cfg = config_from_dict(copy.deepcopy(ckpt["config"]), f"checkpoint {path}")
@@ -383,5 +459,6 @@ def evaluate_checkpoint(path: str | Path, data_root: str | None = None, eval_mod
     model.to(dev)
     loaders = step_setup.eval_loaders(cfg, view.train, step, dev)
     ev = evaluate_sources(model, loaders, view.train, step, view.report, dev)
-    return StepResult(step, ev.metrics, ev.per_class, ev.confusion, view.train.class_names(step), Path(path), 0,
-                      ev.extra)
+    return StepResult(
+        step, ev.metrics, ev.per_class, ev.confusion, view.train.class_names(step), Path(path), 0, ev.extra
+    )

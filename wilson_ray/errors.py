@@ -14,7 +14,7 @@ class UserError(Exception):
         if text.startswith("Caught ") and "Original Traceback" in text and _REPR in text:
             # Raised in a DataLoader worker and re-raised by torch as ``UserError("Caught UserError in DataLoader
             # worker ... Original Traceback ...: <message>")``: keep the message, not the worker's traceback.
-            text = text[text.rindex(_REPR) + len(_REPR):]
+            text = text[text.rindex(_REPR) + len(_REPR) :]
         super().__init__(" ".join(text.split()))  # always one line
 
 

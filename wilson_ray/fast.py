@@ -37,8 +37,9 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     In place, not a new conv: a fresh weight per layer while the old one is still referenced would leave the
     freed weights behind as fragmented heap (+40 MB peak RSS for ResNet-101 on CPU)."""
     with torch.no_grad():
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(
-            bn.running_var + bn.eps)
+        scale = (
+            bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(bn.running_var + bn.eps)
+        )
         shift = (bn.bias if bn.affine else 0.0) - bn.running_mean * scale
         bias = conv.bias * scale + shift if conv.bias is not None else shift
         conv.weight.requires_grad_(False).mul_(scale.view(-1, 1, 1, 1).to(conv.weight.dtype))
@@ -90,8 +91,14 @@ class FrozenOldModel(nn.Module):
     with no extra copy. Either way they are bit-identical in layout to the original model's outputs.
     """
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype | None = None, fold_bn: bool = True,
-                 inference_mode: bool = True, in_place: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        dtype: torch.dtype | None = None,
+        fold_bn: bool = True,
+        inference_mode: bool = True,
+        in_place: bool = False,
+    ):
         super().__init__()
         self.inference_mode = inference_mode  # False: no_grad (what torch.compile can trace)
         # in_place: the caller hands the model over. A deep copy made while the eager model is alive doubles the
@@ -116,12 +123,14 @@ class FrozenOldModel(nn.Module):
                 out = self.model(x, upsample=upsample, maps=maps)
         if not self.inference_mode:
             return ModelOutput(out.logits, out.features, maps=out.maps if maps else None)
-        return ModelOutput(out.logits.clone(), out.features.clone(),
-                           maps=tuple(m.clone() for m in out.maps) if maps else None)
+        return ModelOutput(
+            out.logits.clone(), out.features.clone(), maps=tuple(m.clone() for m in out.maps) if maps else None
+        )
 
 
-def freeze_old_model(model: nn.Module, amp: str = "none", fold_bn: bool = True,
-                     inference_mode: bool = True, in_place: bool = False) -> FrozenOldModel:
+def freeze_old_model(
+    model: nn.Module, amp: str = "none", fold_bn: bool = True, inference_mode: bool = True, in_place: bool = False
+) -> FrozenOldModel:
     """A :class:`FrozenOldModel` of ``model``; with ``amp='bf16'`` its weights are stored in bf16, as autocast
     would compute them (convolutions in bf16), so outputs match autocast up to the BN-folding rounding.
     ``inference_mode=False`` runs it under ``no_grad`` instead (for ``torch.compile``, and without the output
@@ -181,8 +190,16 @@ class ChannelsLastGradients(nn.Module):
 
     def forward(self, *args, **kwargs):
         out = self.inner(*args, **kwargs)
-        return ModelOutput(*(None if v is None else tuple(map(channels_last_grad, v)) if isinstance(v, tuple)
-                             else channels_last_grad(v) for v in out))
+        return ModelOutput(
+            *(
+                None
+                if v is None
+                else tuple(map(channels_last_grad, v))
+                if isinstance(v, tuple)
+                else channels_last_grad(v)
+                for v in out
+            )
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -311,5 +328,14 @@ def use_plain_convs_(module: nn.Module) -> int:
     return n
 
 
-__all__ = ["ChannelsLastGradients", "FrozenOldModel", "ValidTapsConv2d", "channels_last_grad", "fold_conv_bn_", "freeze_old_model", "sgd", "use_plain_convs_",
-           "use_valid_taps_"]
+__all__ = [
+    "ChannelsLastGradients",
+    "FrozenOldModel",
+    "ValidTapsConv2d",
+    "channels_last_grad",
+    "fold_conv_bn_",
+    "freeze_old_model",
+    "sgd",
+    "use_plain_convs_",
+    "use_valid_taps_",
+]

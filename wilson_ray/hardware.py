@@ -55,8 +55,14 @@ class CpuCapability:
 
     def as_dict(self) -> dict:
         """JSON-friendly fields (benchmarks, MLflow params)."""
-        return {"cpu_model": self.model, "cpu_isa": self.isa, "cpu_native_bf16": self.native_bf16,
-                "cpu_amx": self.amx, "cpu_avx512_bf16": self.avx512_bf16, "cpu_capability": self.label()}
+        return {
+            "cpu_model": self.model,
+            "cpu_isa": self.isa,
+            "cpu_native_bf16": self.native_bf16,
+            "cpu_amx": self.amx,
+            "cpu_avx512_bf16": self.avx512_bf16,
+            "cpu_capability": self.label(),
+        }
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
@@ -159,9 +165,14 @@ def resolve_amp(requested: str, device: torch.device | str) -> str:
         _warned.add("bf16-cpu")
         cap = cpu_capability()
         # warn_explicit with a source-less location: stderr gets exactly one line, not the caller's code too
-        warnings.warn_explicit(f"run.amp: bf16 on a CPU without native bf16 ({cap.model}, {cap.label()}) is "
-                               f"emulated, measured {BF16_EMULATED_SLOWDOWN}; use run.amp: auto (fp32 here)",
-                               HardwareWarning, filename="wilson-ray", lineno=0, module="wilson_ray.hardware")
+        warnings.warn_explicit(
+            f"run.amp: bf16 on a CPU without native bf16 ({cap.model}, {cap.label()}) is "
+            f"emulated, measured {BF16_EMULATED_SLOWDOWN}; use run.amp: auto (fp32 here)",
+            HardwareWarning,
+            filename="wilson-ray",
+            lineno=0,
+            module="wilson_ray.hardware",
+        )
     return requested
 
 
@@ -189,10 +200,14 @@ def describe_amp_choice(requested: str, resolved: str, device: torch.device | st
 # 2 minutes of compilation on the GPU host's 16 cores, cached by inductor across runs), so it is on for CUDA only:
 # on a 2-core CPU compiling ResNet-101 takes far longer than the training it would speed up.
 FAST_PATH_PLANS: dict[str, dict[str, bool]] = {
-    "cpu_bf16": {"channels_last": True, "frozen_old_model": True, "valid_taps": True, "fused_sgd": True,
-                 "compile": False},
-    "cpu": {"channels_last": True, "frozen_old_model": False, "valid_taps": True, "fused_sgd": True,
-            "compile": False},
+    "cpu_bf16": {
+        "channels_last": True,
+        "frozen_old_model": True,
+        "valid_taps": True,
+        "fused_sgd": True,
+        "compile": False,
+    },
+    "cpu": {"channels_last": True, "frozen_old_model": False, "valid_taps": True, "fused_sgd": True, "compile": False},
     "cuda": {"channels_last": True, "frozen_old_model": True, "valid_taps": True, "fused_sgd": True, "compile": True},
 }
 

@@ -144,8 +144,9 @@ def unbiased_ce_loss(s: torch.Tensor, target: torch.Tensor, num_old: int) -> tor
     return nll.mean()
 
 
-def unbiased_kd_loss(s: torch.Tensor, s_old: torch.Tensor, temperature: float = 1.0,
-                     alpha: float = 1.0) -> torch.Tensor:
+def unbiased_kd_loss(
+    s: torch.Tensor, s_old: torch.Tensor, temperature: float = 1.0, alpha: float = 1.0
+) -> torch.Tensor:
     """MiB unbiased knowledge distillation (method.md §3.10).
 
     Teacher q = softmax(α · s_old / T) over the C_old old channels; student log-probabilities over all C channels

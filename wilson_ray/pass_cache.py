@@ -15,8 +15,13 @@ from wilson_ray.config import config_hash
 from wilson_ray.filelock import locked
 
 
-def cached_pass(cache_dir: str | Path | None, pass_key: str | None, name: str, settings: dict[str, Any],
-                compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, Any]:
+def cached_pass(
+    cache_dir: str | Path | None,
+    pass_key: str | None,
+    name: str,
+    settings: dict[str, Any],
+    compute: Callable[[], dict[str, torch.Tensor]],
+) -> dict[str, Any]:
     """``compute()`` once per (``pass_key``, ``name``, ``settings``); later calls read the stored result. Without
     a cache dir or key (a bare ``train_step`` in a test) it just computes."""
     if cache_dir is None or pass_key is None:

@@ -23,22 +23,123 @@ from wilson_ray.errors import UserError
 VOID = 255
 
 VOC_CLASSES: tuple[str, ...] = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 
 # COCO category ids 1..91 (stuff values and the 11 unused ids become background, method.md §1.4).
 COCO_CLASSES: tuple[str, ...] = (
-    "background", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "street sign", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
-    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "hat", "backpack", "umbrella", "shoe",
-    "eye glasses", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "plate", "wine glass",
-    "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot",
-    "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "mirror", "dining table",
-    "window", "desk", "toilet", "door", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave",
-    "oven", "toaster", "sink", "refrigerator", "blender", "book", "clock", "vase", "scissors", "teddy bear",
-    "hair drier", "toothbrush", "hair brush",
+    "background",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "street sign",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "hat",
+    "backpack",
+    "umbrella",
+    "shoe",
+    "eye glasses",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "plate",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "mirror",
+    "dining table",
+    "window",
+    "desk",
+    "toilet",
+    "door",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "blender",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
+    "hair brush",
 )
 
 # VOC id -> COCO category id (method.md §1.5); index = VOC id.
@@ -71,9 +172,7 @@ def _r(a: int, b: int) -> tuple[int, ...]:
 
 
 _COCO_VOC_STEP1 = tuple(sorted(VOC_TO_COCO[1:]))
-_COCO_VOC_STEP0 = (0,) + tuple(
-    k for k in range(1, 92) if k not in _COCO_VOC_STEP1 and k not in COCO_UNUSED_IDS
-)
+_COCO_VOC_STEP0 = (0,) + tuple(k for k in range(1, 92) if k not in _COCO_VOC_STEP1 and k not in COCO_UNUSED_IDS)
 
 
 @dataclass(frozen=True)
@@ -145,7 +244,7 @@ class Task:
 
     def future_ids(self, step: int) -> tuple[int, ...]:
         """Dataset ids learned after ``step``."""
-        return self.order[self.num_classes(step):]
+        return self.order[self.num_classes(step) :]
 
     def class_names(self, step: int) -> list[str]:
         """Names of internal indices 0..num_classes(step)-1."""
@@ -223,8 +322,14 @@ TASKS: dict[str, Task] = {
         _voc("10-5", _r(0, 10), _r(11, 15), _r(16, 20)),
         _voc("10-2", _r(0, 10), (11, 12), (13, 14), (15, 16), (17, 18), (19, 20)),
         _voc("offline", _r(0, 20)),
-        Task("coco-voc", "coco", (_COCO_VOC_STEP0, _COCO_VOC_STEP1), ("coco", "voc-as-coco"),
-             ("coco", "voc-as-coco"), paper=True),
+        Task(
+            "coco-voc",
+            "coco",
+            (_COCO_VOC_STEP0, _COCO_VOC_STEP1),
+            ("coco", "voc-as-coco"),
+            ("coco", "voc-as-coco"),
+            paper=True,
+        ),
     )
 }
 

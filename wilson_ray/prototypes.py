@@ -43,8 +43,9 @@ def class_means(f: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tupl
 
 
 @torch.no_grad()
-def update_prototypes(protos: torch.Tensor, counts: torch.Tensor, f: torch.Tensor, labels: torch.Tensor,
-                      skip: tuple[int, ...] = ()) -> None:
+def update_prototypes(
+    protos: torch.Tensor, counts: torch.Tensor, f: torch.Tensor, labels: torch.Tensor, skip: tuple[int, ...] = ()
+) -> None:
     """SDR's running prototype update, in place: P_c ← (Σ_{i∈c} f_i + n_c·P_c)/(n_c + m_c), n_c += m_c, for every
     class c present in ``labels`` except 255 and ``skip`` (f detached)."""
     sums, m = class_sums(f.detach(), labels, protos.shape[0])
@@ -63,5 +64,4 @@ def grown(protos: torch.Tensor, counts: torch.Tensor, num_classes: int) -> tuple
     extra = num_classes - protos.shape[0]
     if extra <= 0:
         return protos.clone(), counts.clone()
-    return (torch.cat([protos, protos.new_zeros(extra, protos.shape[1])]),
-            torch.cat([counts, counts.new_zeros(extra)]))
+    return (torch.cat([protos, protos.new_zeros(extra, protos.shape[1])]), torch.cat([counts, counts.new_zeros(extra)]))

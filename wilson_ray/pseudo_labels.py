@@ -18,9 +18,7 @@ def _mask_foreground(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return probs * keep[:, :, None, None]
 
 
-def _compose_target(
-    q: torch.Tensor, s_old: torch.Tensor, bkg_beta: float | None
-) -> torch.Tensor:
+def _compose_target(q: torch.Tensor, s_old: torch.Tensor, bkg_beta: float | None) -> torch.Tensor:
     """q̂ of §3.5 step 5: background min(σ(s_old,b), q_b) (or the β blend), σ(s_old) on old foreground
     channels, q on the new channels."""
     c_old = s_old.shape[1]

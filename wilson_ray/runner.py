@@ -11,8 +11,8 @@ from typing import Sequence
 
 from wilson_ray.atomic import atomic_write_text
 from wilson_ray.cache import cached_step
-from wilson_ray.config import Config, dump_config
 from wilson_ray.checkpoint import load_checkpoint
+from wilson_ray.config import Config, dump_config
 from wilson_ray.engine import Callback, StepResult, train_step
 from wilson_ray.methods import get_method
 from wilson_ray.protocol import get_task
@@ -35,12 +35,19 @@ def _row_from_checkpoint(path: Path, step: int) -> StepRow:
 
 
 def _row(result: StepResult) -> StepRow:
-    return StepRow(result.step, result.metrics, result.per_class_iou,
-                   str(result.checkpoint) if result.checkpoint else None, False)
+    return StepRow(
+        result.step, result.metrics, result.per_class_iou, str(result.checkpoint) if result.checkpoint else None, False
+    )
 
 
-def run_task(cfg: Config, out_dir: str | Path | None, cache_dir: str | Path, steps: Sequence[int] | None = None,
-             callbacks: Sequence[Callback] = (), reuse_step0: bool = True) -> list[StepRow]:
+def run_task(
+    cfg: Config,
+    out_dir: str | Path | None,
+    cache_dir: str | Path,
+    steps: Sequence[int] | None = None,
+    callbacks: Sequence[Callback] = (),
+    reuse_step0: bool = True,
+) -> list[StepRow]:
     """Train every step of ``cfg.data.task`` (or ``steps``) with ``cfg.method``.
 
     Step 0 comes from the step cache (trained once per config, shared by all methods); later steps are trained
@@ -51,7 +58,7 @@ def run_task(cfg: Config, out_dir: str | Path | None, cache_dir: str | Path, ste
     steps = list(range(task.num_steps)) if steps is None else list(steps)
     out = Path(out_dir) if out_dir else None
     for step in steps:  # a missing external input (saliency map, pseudo-mask input, replay folder) fails here,
-        if step > 0:      # before anything is written or trained
+        if step > 0:  # before anything is written or trained
             check_step_inputs(cfg, task.check_step(step))
             get_method(cfg.method.name).preflight(cfg.method.args, task, step)
     rows: list[StepRow] = []
@@ -72,8 +79,9 @@ def run_task(cfg: Config, out_dir: str | Path | None, cache_dir: str | Path, ste
         if out is None:
             rows.append(_row_from_checkpoint(cached_step(cfg, step, cache_dir), step))
         else:
-            rows.append(_row(train_step(cfg, step, init_checkpoint=init, out_dir=out, callbacks=callbacks,
-                                        cache_dir=cache_dir)))
+            rows.append(
+                _row(train_step(cfg, step, init_checkpoint=init, out_dir=out, callbacks=callbacks, cache_dir=cache_dir))
+            )
     if out is not None:
         write_results(out / "results.json", cfg, rows)
         atomic_write_text(out / "config.yaml", dump_config(cfg))
@@ -98,12 +106,20 @@ def results_dict(cfg: Config, rows: list[StepRow]) -> dict:
     """The ``results.json`` content: per step the mIoU columns (both conventions) and the per-class IoU."""
     clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731  JSON has no NaN
     return {
-        "task": cfg.data.task, "overlap": cfg.data.overlap, "method": cfg.method.name,
+        "task": cfg.data.task,
+        "overlap": cfg.data.overlap,
+        "method": cfg.method.name,
         "steps": [
-            {"step": r.step, "checkpoint": r.checkpoint, "reused_from_cache": r.cached,
-             "miou_old": clean(r.metrics.get("miou_old")), "miou_new": clean(r.metrics.get("miou_new")),
-             "miou_all": clean(r.metrics.get("miou_all")), "miou_all_mib": clean(r.metrics.get("miou_all_mib")),
-             "per_class_iou": {k: clean(v) for k, v in r.per_class_iou.items()}}
+            {
+                "step": r.step,
+                "checkpoint": r.checkpoint,
+                "reused_from_cache": r.cached,
+                "miou_old": clean(r.metrics.get("miou_old")),
+                "miou_new": clean(r.metrics.get("miou_new")),
+                "miou_all": clean(r.metrics.get("miou_all")),
+                "miou_all_mib": clean(r.metrics.get("miou_all_mib")),
+                "per_class_iou": {k: clean(v) for k, v in r.per_class_iou.items()},
+            }
             for r in rows
         ],
     }
@@ -127,6 +143,8 @@ def format_table(cfg: Config, rows: list[StepRow]) -> str:
             ids = task.new_ids(r.step) if r.step > 0 else task.steps[0][1:]
             classes = f"{len(ids)} ({task.spec.class_names[ids[0]]}..)" if ids else "-"
         m = r.metrics
-        lines.append(f"{r.step:>4}  {classes:<22} {fmt(m.get('miou_old'))} {fmt(m.get('miou_new'))} "
-                     f"{fmt(m.get('miou_all'))} {fmt(m.get('miou_all_mib')):>9}")
+        lines.append(
+            f"{r.step:>4}  {classes:<22} {fmt(m.get('miou_old'))} {fmt(m.get('miou_new'))} "
+            f"{fmt(m.get('miou_all'))} {fmt(m.get('miou_all_mib')):>9}"
+        )
     return "\n".join(lines)

@@ -42,13 +42,19 @@ def build_model(cfg: Config, task: Task, step: int) -> Segmenter:
     """The step-``step`` segmenter of ``cfg.model`` with one classifier per step (method.md §2)."""
     m = cfg.model
     return build_segmenter(
-        m.backbone, task.classes_per_step(step), output_stride=m.output_stride, norm=m.norm,
-        small_width=m.small_width, pooling_size=cfg.data.crop_size, head_channels=m.head_channels,
+        m.backbone,
+        task.classes_per_step(step),
+        output_stride=m.output_stride,
+        norm=m.norm,
+        small_width=m.small_width,
+        pooling_size=cfg.data.crop_size,
+        head_channels=m.head_channels,
     )
 
 
-def initial_models(cfg: Config, task: Task, step: int, init_checkpoint: Any = None
-                   ) -> tuple[Segmenter, Segmenter | None, dict]:
+def initial_models(
+    cfg: Config, task: Task, step: int, init_checkpoint: Any = None
+) -> tuple[Segmenter, Segmenter | None, dict]:
     """(step-``step`` model, frozen old model or None, the previous step's method state or {}) at the start of a
     step.
 
@@ -93,9 +99,15 @@ def build_step_dataset(cfg: Config, task: Task, step: int, split: str, source: s
     if source is None:
         source = task.train_data[step] if split == "train" else task.eval_data[0]
     return build_dataset(
-        data_root(cfg, source), task, step, split, overlap=cfg.data.overlap, no_mask=cfg.data.no_mask,
+        data_root(cfg, source),
+        task,
+        step,
+        split,
+        overlap=cfg.data.overlap,
+        no_mask=cfg.data.no_mask,
         crop_size=cfg.data.crop_size if split == "train" else cfg.data.val_crop_size,
-        eval_mode=cfg.data.eval_mode, source=source,
+        eval_mode=cfg.data.eval_mode,
+        source=source,
     )
 
 
@@ -107,9 +119,11 @@ class WithExtraInputs(Dataset):
 
     def __init__(self, dataset: Dataset, names: tuple[str, ...], method_name: str):
         if not callable(getattr(dataset, "extra_input", None)):
-            raise UserError(f"method {method_name}: needs per-sample inputs {', '.join(names)}, found a "
-                            f"{type(dataset).__name__} without extra_input(name, index), expected a dataset "
-                            "that supplies them")
+            raise UserError(
+                f"method {method_name}: needs per-sample inputs {', '.join(names)}, found a "
+                f"{type(dataset).__name__} without extra_input(name, index), expected a dataset "
+                "that supplies them"
+            )
         self.dataset = dataset
         self.names = names
 
@@ -145,8 +159,10 @@ def train_dataset(cfg: Config, task: Task, step: int, method: Method, check_only
     ``check_only``: the same checks, without preparing the method's own inputs (nothing is written)."""
     dataset = build_step_dataset(cfg, task, step, "train")
     if len(dataset) == 0:
-        raise UserError(f"data.root {cfg.data.root}: no training image of task '{task.name}' step {step} "
-                        f"({'overlap' if cfg.data.overlap else 'disjoint'}), expected at least one")
+        raise UserError(
+            f"data.root {cfg.data.root}: no training image of task '{task.name}' step {step} "
+            f"({'overlap' if cfg.data.overlap else 'disjoint'}), expected at least one"
+        )
     if method.extra_inputs:
         if callable(getattr(dataset, "with_extras", None)):
             dataset = dataset.with_extras(extra_inputs(cfg, task, step, method, check_only))
@@ -164,8 +180,9 @@ def check_step_inputs(cfg: Config, step: int) -> None:
         train_dataset(cfg, task, step, method, check_only=True)
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, cfg: Config, device: torch.device, seed: int,
-                drop_last: bool) -> DataLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int, shuffle: bool, cfg: Config, device: torch.device, seed: int, drop_last: bool
+) -> DataLoader:
     """DataLoader of one rank: a DistributedSampler for training under several ranks, an exact shard (every
     image once over all ranks) for evaluation."""
     rank, world = rank_world()
@@ -178,9 +195,15 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, cfg: Config, d
     workers = cfg.data.num_workers
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-        num_workers=workers, pin_memory=device.type == "cuda", drop_last=drop_last and len(dataset) >= batch_size,
-        persistent_workers=workers > 0, generator=generator,
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=drop_last and len(dataset) >= batch_size,
+        persistent_workers=workers > 0,
+        generator=generator,
         worker_init_fn=seed_worker if workers > 0 else None,
     )
 
@@ -188,9 +211,10 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, cfg: Config, d
 def eval_loaders(cfg: Config, task: Task, step: int, device: torch.device, world: int = 1) -> dict[str, DataLoader]:
     """One evaluation loader per evaluation source of the task (first: the task's own validation set)."""
     batch = 1 if cfg.data.eval_mode == "full" else max(1, cfg.data.val_batch_size // world)
-    return {src: make_loader(build_step_dataset(cfg, task, step, "val", src), batch, False, cfg, device, 0,
-                             drop_last=False)
-            for src in task.eval_data}
+    return {
+        src: make_loader(build_step_dataset(cfg, task, step, "val", src), batch, False, cfg, device, 0, drop_last=False)
+        for src in task.eval_data
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -218,8 +242,14 @@ def param_groups(module: Trainable, cfg: Config, step: int, method: Method | Non
 def make_optimizer(cfg: Config, module: Trainable, step: int, method: Method | None = None) -> torch.optim.Optimizer:
     """SGD (Nesterov by default) over the method's parameter groups (method.md §4); fused when ``run.fused_sgd``."""
     o = cfg.optim(step)
-    return fast.sgd(param_groups(module, cfg, step, method), o.lr, o.momentum, o.nesterov, o.weight_decay,
-                    fused=True if cfg.run.fused_sgd else False)
+    return fast.sgd(
+        param_groups(module, cfg, step, method),
+        o.lr,
+        o.momentum,
+        o.nesterov,
+        o.weight_decay,
+        fused=True if cfg.run.fused_sgd else False,
+    )
 
 
 def iterations_per_epoch(cfg: Config, step: int, loader_len: int) -> int:
@@ -232,8 +262,9 @@ def iterations_per_epoch(cfg: Config, step: int, loader_len: int) -> int:
     return iters
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, o: OptimConfig, iters: int, constant_epochs: int
-                   ) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, o: OptimConfig, iters: int, constant_epochs: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-iteration LR schedule of ``o.policy`` over ``o.epochs × iters`` iterations (method.md §4)."""
     max_it = o.epochs * iters
     constant_its = constant_epochs * iters
@@ -246,9 +277,16 @@ def make_scheduler(optimizer: torch.optim.Optimizer, o: OptimConfig, iters: int,
 # Placement and speed switches
 
 
-def prepare_models(cfg: Config, module: Trainable, old_model: nn.Module | None, device: torch.device, world: int,
-                   find_unused: bool, compile: bool | None = None, amp: str | None = None,
-                   ) -> tuple[Trainable, nn.Module, nn.Module | None]:
+def prepare_models(
+    cfg: Config,
+    module: Trainable,
+    old_model: nn.Module | None,
+    device: torch.device,
+    world: int,
+    find_unused: bool,
+    compile: bool | None = None,
+    amp: str | None = None,
+) -> tuple[Trainable, nn.Module, nn.Module | None]:
     """Place the trainable and the old model on ``device`` and apply the ``run.*`` speed switches.
 
     Returns ``(module, net, old_model)``: ``module`` is the bare trainable (state dicts, evaluation), ``net`` what

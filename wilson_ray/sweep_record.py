@@ -42,25 +42,34 @@ def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 class TrialRecord:
     """A trial's files under ``<storage>/<sweep>/trials/<trial_id>/`` (written atomically, read by anyone)::
 
-        trial.json          trial id/name, swept params, full resolved config, step, host and pid of the
-                            process that ran it (last; direct trials share reused processes)
-        epochs/0001.json    metrics of epoch 1 (every loss term, lr, images/s, mIoU columns, iou/<class>)
-        final/              final.json, per_class_iou.{json,csv}, confusion.{npy,csv,png}, iou_bar.png, overlays.png
-        outcome.json        {"outcome": completed|stopped_early|failed, "reason": ...}
-        failed.json         marker of a deterministic failure (non-finite loss): retries stop early
-        mlflow_run.json     {"run_id": ...} once the MLflow run exists
+    trial.json          trial id/name, swept params, full resolved config, step, host and pid of the
+                        process that ran it (last; direct trials share reused processes)
+    epochs/0001.json    metrics of epoch 1 (every loss term, lr, images/s, mIoU columns, iou/<class>)
+    final/              final.json, per_class_iou.{json,csv}, confusion.{npy,csv,png}, iou_bar.png, overlays.png
+    outcome.json        {"outcome": completed|stopped_early|failed, "reason": ...}
+    failed.json         marker of a deterministic failure (non-finite loss): retries stop early
+    mlflow_run.json     {"run_id": ...} once the MLflow run exists
     """
 
     def __init__(self, directory: str | Path):
         self.dir = Path(directory)
 
     # -- writing ----------------------------------------------------------------------------------------------
-    def write_trial(self, trial_id: str, trial_name: str, params: dict[str, Any], config: dict[str, Any],
-                    step: int, sweep: str) -> None:
+    def write_trial(
+        self, trial_id: str, trial_name: str, params: dict[str, Any], config: dict[str, Any], step: int, sweep: str
+    ) -> None:
         old = _read_json(self.dir / "trial.json") or {}
-        data = {"trial_id": trial_id, "trial_name": trial_name, "sweep": sweep, "step": step,
-                "params": params, "config": config, "started": old.get("started") or time.time(),
-                "host": socket.gethostname(), "pid": os.getpid()}
+        data = {
+            "trial_id": trial_id,
+            "trial_name": trial_name,
+            "sweep": sweep,
+            "step": step,
+            "params": params,
+            "config": config,
+            "started": old.get("started") or time.time(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
         if old != json.loads(json.dumps(data, default=str)):
             atomic_write_text(self.dir / "trial.json", json.dumps(data, indent=1, default=str))
 
@@ -68,8 +77,9 @@ class TrialRecord:
         data = {"epoch": int(epoch), "time": time.time(), "metrics": finite_metrics(metrics)}
         atomic_write_text(self.dir / "epochs" / f"{int(epoch):04d}.json", json.dumps(data))
 
-    def set_outcome(self, outcome: str, reason: str | None = None, overwrite: bool = True,
-                    rung: int | None = None) -> None:
+    def set_outcome(
+        self, outcome: str, reason: str | None = None, overwrite: bool = True, rung: int | None = None
+    ) -> None:
         """``rung``: the epoch of the ASHA rung that stopped the trial (``stopped_early``)."""
         if not overwrite and (self.dir / "outcome.json").is_file():
             return
@@ -152,5 +162,8 @@ def set_alias(trials_dir: str | Path, tune_trial_id: str, record: str) -> None:
 def any_trial_ended(trials_dir: str | Path) -> bool:
     """Whether a trial of the sweep has ended without failing: completed, or stopped by ASHA (with two trials in
     flight the first to end may be the stopped one)."""
-    return any((TrialRecord(p).outcome() or {}).get("outcome") in ("completed", "stopped_early")
-               for p in Path(trials_dir).iterdir() if p.is_dir())
+    return any(
+        (TrialRecord(p).outcome() or {}).get("outcome") in ("completed", "stopped_early")
+        for p in Path(trials_dir).iterdir()
+        if p.is_dir()
+    )

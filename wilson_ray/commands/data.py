@@ -29,26 +29,40 @@ def register(subparsers) -> None:
     p.add_argument("--train", type=int, default=synthetic.DEFAULT_TRAIN, help="training images (default %(default)s)")
     p.add_argument("--val", type=int, default=synthetic.DEFAULT_VAL, help="validation images (default %(default)s)")
     p.add_argument("--size", type=int, default=synthetic.DEFAULT_SIZE, help="image side, pixels (default %(default)s)")
-    p.add_argument("--replay", type=int, default=synthetic.DEFAULT_REPLAY,
-                   help="unlabelled replay images per class in replay/<class>/ for RECALL (default %(default)s)")
+    p.add_argument(
+        "--replay",
+        type=int,
+        default=synthetic.DEFAULT_REPLAY,
+        help="unlabelled replay images per class in replay/<class>/ for RECALL (default %(default)s)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing, different dataset at --out")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("check", help="validate a dataset layout; print image counts and class frequencies")
     p.add_argument("--root", required=True, type=Path, help="dataset folder")
-    p.add_argument("--dataset", choices=("auto", "voc", "coco"), default="auto",
-                   help="layout (default: voc if splits/train_aug.txt exists, coco if split/train.txt exists)")
+    p.add_argument(
+        "--dataset",
+        choices=("auto", "voc", "coco"),
+        default="auto",
+        help="layout (default: voc if splits/train_aug.txt exists, coco if split/train.txt exists)",
+    )
     p.add_argument("--quick", action="store_true", help="only check that listed files exist; do not decode them")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("splits", help="per step of a task: classes and training images (needs lists + labels only)")
-    p.add_argument("--root", required=True, action="append", metavar="[LAYOUT=]DIR",
-                   help="dataset folder; for coco-voc give both: --root voc=DIR --root coco=DIR")
+    p.add_argument(
+        "--root",
+        required=True,
+        action="append",
+        metavar="[LAYOUT=]DIR",
+        help="dataset folder; for coco-voc give both: --root voc=DIR --root coco=DIR",
+    )
     p.add_argument("--task", required=True, help=f"one of {', '.join(protocol.TASKS)}")
     p.add_argument("--overlap", action="store_true", help="overlap setting instead of disjoint")
-    p.add_argument("--json", action="store_true", help="print {task, overlap, steps: [{step, classes, count, "
-                                                       "indices}]} as JSON")
+    p.add_argument(
+        "--json", action="store_true", help="print {task, overlap, steps: [{step, classes, count, indices}]} as JSON"
+    )
     p.set_defaults(func=cmd_splits)
 
     p = sub.add_parser("prepare-coco", help="convert COCO-Stuff stuffthingmaps to COCO-id masks (method.md §1.4)")
@@ -58,12 +72,15 @@ def register(subparsers) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    result = synthetic.generate(args.out, args.seed, args.train, args.val, args.size, force=args.force,
-                                replay=args.replay)
+    result = synthetic.generate(
+        args.out, args.seed, args.train, args.val, args.size, force=args.force, replay=args.replay
+    )
     p = result.params
     verb = f"wrote in {result.seconds:.1f}s" if result.generated else "already present, kept"
-    print(f"synthetic dataset {verb}: {result.root} (seed {p.seed}, {p.train} train / {p.val} val, {p.size}px, "
-          f"{p.replay} replay images per class in {synthetic.REPLAY_DIR}/)")
+    print(
+        f"synthetic dataset {verb}: {result.root} (seed {p.seed}, {p.train} train / {p.val} val, {p.size}px, "
+        f"{p.replay} replay images per class in {synthetic.REPLAY_DIR}/)"
+    )
     print("images per class (train / val):")
     for k, (tr, va) in enumerate(zip(result.train_class_counts, result.val_class_counts), 1):
         print(f"  {k:2d} {protocol.VOC_CLASSES[k]:<12} {tr:6d} {va:6d}")

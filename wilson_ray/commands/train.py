@@ -14,8 +14,21 @@ from wilson_ray.errors import UserError
 
 # The rows of the paper's Table 1: pixel labels at every step (joint bound, fine-tuning, LwF, ILT, MiB, PLOP, SDR,
 # RECALL), then image labels at the incremental steps (CAM, SEAM, SS, EPS, WILSON).
-PAPER_TABLE_METHODS = ("joint", "finetune", "lwf", "ilt", "mib", "plop", "sdr", "recall", "cam", "seam", "ss", "eps",
-                       "wilson")
+PAPER_TABLE_METHODS = (
+    "joint",
+    "finetune",
+    "lwf",
+    "ilt",
+    "mib",
+    "plop",
+    "sdr",
+    "recall",
+    "cam",
+    "seam",
+    "ss",
+    "eps",
+    "wilson",
+)
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,18 +42,33 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="dataset folder (overrides data.root)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], help="mixed precision")
-    p.add_argument("--fast", action="store_true", default=None,
-                   help="the fast path measured for this hardware (wilson_ray.hardware.fast_path_plan): amp auto (bf16 only where "
-                        "native), channels_last, valid-tap ASPP, fused SGD, frozen old model where it pays, "
-                        "torch.compile on CUDA")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set method.alpha=0.7 (repeatable)")
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        default=None,
+        help="the fast path measured for this hardware (wilson_ray.hardware.fast_path_plan): amp auto (bf16 only where "
+        "native), channels_last, valid-tap ASPP, fused SGD, frozen old model where it pays, "
+        "torch.compile on CUDA",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set method.alpha=0.7 (repeatable)",
+    )
 
 
 def config_from_args(args: argparse.Namespace, method: str | None = None) -> Config:
     overrides = parse_overrides(args.set)
-    for flag, key in (("task", "data.task"), ("overlap", "data.overlap"), ("no_mask", "data.no_mask"),
-                      ("data_root", "data.root"), ("device", "run.device"), ("amp", "run.amp")):
+    for flag, key in (
+        ("task", "data.task"),
+        ("overlap", "data.overlap"),
+        ("no_mask", "data.no_mask"),
+        ("data_root", "data.root"),
+        ("device", "run.device"),
+        ("amp", "run.amp"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.setdefault(key, value)
@@ -90,8 +118,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from wilson_ray.engine import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.ckpt, data_root=args.data_root, eval_mode=args.eval_mode,
-                                 device=args.device or "auto")
+    result = evaluate_checkpoint(
+        args.ckpt, data_root=args.data_root, eval_mode=args.eval_mode, device=args.device or "auto"
+    )
     out = {"step": result.step, **result.metrics, "per_class_iou": result.per_class_iou, "extra": result.extra_eval}
     if args.json:
         print(json.dumps(out, indent=2, default=lambda v: None))
@@ -127,15 +156,25 @@ def cmd_table(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - start
         print(format_table(cfg, rows), flush=True)
         first, last = rows[0].metrics, rows[-1].metrics
-        table.append({"method": method, "step0_old": first.get("miou_old"), **{
-            k: last.get(k) for k in ("miou_old", "miou_new", "miou_all", "miou_all_mib")},
-            "mask_miou": mask_quality(cfg, rows[-1].step), "seconds": round(seconds, 1)})
+        table.append(
+            {
+                "method": method,
+                "step0_old": first.get("miou_old"),
+                **{k: last.get(k) for k in ("miou_old", "miou_new", "miou_all", "miou_all_mib")},
+                "mask_miou": mask_quality(cfg, rows[-1].step),
+                "seconds": round(seconds, 1),
+            }
+        )
     fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}"  # noqa: E731
-    md = ["| method | step-0 old | old | new | all | all (MiB) | mask mIoU | time (s) |",
-          "|---|---|---|---|---|---|---|---|"]
-    md += [f"| {r['method']} | {fmt(r['step0_old'])} | {fmt(r['miou_old'])} | {fmt(r['miou_new'])} | "
-           f"{fmt(r['miou_all'])} | {fmt(r['miou_all_mib'])} | {fmt(r['mask_miou'])} | {r['seconds']:.0f} |"
-           for r in table]
+    md = [
+        "| method | step-0 old | old | new | all | all (MiB) | mask mIoU | time (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['method']} | {fmt(r['step0_old'])} | {fmt(r['miou_old'])} | {fmt(r['miou_new'])} | "
+        f"{fmt(r['miou_all'])} | {fmt(r['miou_all_mib'])} | {fmt(r['mask_miou'])} | {r['seconds']:.0f} |"
+        for r in table
+    ]
     atomic_write_text(out / "table.md", "\n".join(md) + "\n")
     atomic_write_text(out / "table.json", json.dumps(table, indent=2, default=lambda v: None))
     print("\n".join(md))
@@ -146,8 +185,11 @@ def cmd_table(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("train", help="run an incremental task in one process (step 0 cached, then every step)")
     add_config_arguments(p)
-    p.add_argument("--method", help="joint, finetune, lwf, ilt, mib, plop, sdr, recall, cam_online, wilson, cam, "
-                                    "seam, ss, eps (default: the preset's)")
+    p.add_argument(
+        "--method",
+        help="joint, finetune, lwf, ilt, mib, plop, sdr, recall, cam_online, wilson, cam, "
+        "seam, ss, eps (default: the preset's)",
+    )
     p.add_argument("--replay-root", help="RECALL's replay folder: one sub-folder of images per old class name")
     p.add_argument("--out", help="folder for the checkpoints, results.json and the resolved config.yaml")
     p.add_argument("--steps", help="comma-separated steps to run (default: all)")
@@ -169,5 +211,3 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="folder for per-method results and table.md / table.json")
     p.add_argument("--cache-dir", help="step cache (default: $WILSON_RAY_CACHE or ~/.cache/wilson-ray/steps)")
     p.set_defaults(func=cmd_table)
-
-

@@ -21,7 +21,13 @@ from PIL import Image
 from wilson_ray.atomic import atomic_write
 from wilson_ray.data import voc
 from wilson_ray.data.manifest import (
-    ListEntries, Manifest, SourceSpec, check_pairs, load_manifest, read_mask, valid_value_table,
+    ListEntries,
+    Manifest,
+    SourceSpec,
+    check_pairs,
+    load_manifest,
+    read_mask,
+    valid_value_table,
 )
 from wilson_ray.errors import UserError
 from wilson_ray.protocol import COCO_CLASSES, VOID, recode_voc_presence_to_coco
@@ -88,8 +94,11 @@ def voc_as_coco_manifest(root: str | Path, split: str, use_cache: bool = True) -
 def check_coco(root: str | Path, full: bool = True, workers: int | None = None) -> dict:
     """Validate a COCO layout; same checks and report as ``voc.check_voc`` (mask values 0..91 and 255)."""
     root = voc.check_root(root, "COCO")
-    for folder in (*(f"{IMAGE_DIR}/{s}" for s in SUBSETS.values()), *(f"{MASK_DIR}/{s}" for s in SUBSETS.values()),
-                   "split"):
+    for folder in (
+        *(f"{IMAGE_DIR}/{s}" for s in SUBSETS.values()),
+        *(f"{MASK_DIR}/{s}" for s in SUBSETS.values()),
+        "split",
+    ):
         if not (root / folder).is_dir():
             raise UserError(
                 f"data root: {root / folder} is missing; expected a COCO folder with images/{{train2017,val2017}}/, "

@@ -108,9 +108,20 @@ class SegmentationDataset(Dataset):
 
     extras: tuple[ExtraInput, ...] = ()
 
-    def __init__(self, manifest: Manifest, indices: np.ndarray, lut: np.ndarray, labels: np.ndarray,
-                 transform: Callable, num_classes: int, class_names: list[str], task: Task | None = None,
-                 step: int | None = None, split: str | None = None, source: str | None = None):
+    def __init__(
+        self,
+        manifest: Manifest,
+        indices: np.ndarray,
+        lut: np.ndarray,
+        labels: np.ndarray,
+        transform: Callable,
+        num_classes: int,
+        class_names: list[str],
+        task: Task | None = None,
+        step: int | None = None,
+        split: str | None = None,
+        source: str | None = None,
+    ):
         self.manifest = manifest
         self.indices = np.asarray(indices, dtype=np.int64)
         self.lut = np.asarray(lut, dtype=np.uint8)
@@ -127,8 +138,10 @@ class SegmentationDataset(Dataset):
         return len(self.indices)
 
     def __repr__(self) -> str:
-        return (f"SegmentationDataset(task={getattr(self.task, 'name', None)!r}, step={self.step}, "
-                f"split={self.split!r}, source={self.source!r}, n={len(self)}, num_classes={self.num_classes})")
+        return (
+            f"SegmentationDataset(task={getattr(self.task, 'name', None)!r}, step={self.step}, "
+            f"split={self.split!r}, source={self.source!r}, n={len(self)}, num_classes={self.num_classes})"
+        )
 
     def image_id(self, item: int) -> str:
         return self.manifest.table.column("image_id")[int(self.indices[item])].as_py()
@@ -178,9 +191,18 @@ def task_lut(task: Task, step: int, training: bool, source: str) -> np.ndarray:
     return lut if recode is None else lut[recode]
 
 
-def build_dataset(root: Root, task: Task, step: int, split: str, overlap: bool = False, no_mask: bool = False,
-                  crop_size: int = 512, eval_mode: str = "crop", source: str | None = None,
-                  check_files: bool = True) -> SegmentationDataset:
+def build_dataset(
+    root: Root,
+    task: Task,
+    step: int,
+    split: str,
+    overlap: bool = False,
+    no_mask: bool = False,
+    crop_size: int = 512,
+    eval_mode: str = "crop",
+    source: str | None = None,
+    check_files: bool = True,
+) -> SegmentationDataset:
     """The Dataset of ``task`` at ``step`` for ``split`` (``"train"`` or ``"val"``).
 
     Train: the images ``task.select`` picks (disjoint or ``overlap``), masks with void and unseen classes -> 0,
@@ -214,9 +236,17 @@ def build_dataset(root: Root, task: Task, step: int, split: str, overlap: bool =
         manifest.check_files(indices)
     transform = train_transform(crop_size) if training else eval_transform(crop_size, eval_mode)
     return SegmentationDataset(
-        manifest, indices, task_lut(task, step, training, source),
-        label_matrix(task, step, presence[indices], no_mask), transform,
-        task.num_classes(step), task.class_names(step), task, step, split, source,
+        manifest,
+        indices,
+        task_lut(task, step, training, source),
+        label_matrix(task, step, presence[indices], no_mask),
+        transform,
+        task.num_classes(step),
+        task.class_names(step),
+        task,
+        step,
+        split,
+        source,
     )
 
 
@@ -231,10 +261,12 @@ def summary(root: Root, task: Task, overlap: bool = False) -> list[dict]:
         source = get_source(default_source(task, step, "train"), task).name
         manifest = source_manifest(root, source, "train")
         indices = task.select(manifest.presence(), step, overlap)
-        out.append({
-            "step": step,
-            "classes": [task.spec.class_names[c] for c in task.steps[step]],
-            "count": int(indices.size),
-            "indices": indices.tolist(),
-        })
+        out.append(
+            {
+                "step": step,
+                "classes": [task.spec.class_names[c] for c in task.steps[step]],
+                "count": int(indices.size),
+                "indices": indices.tolist(),
+            }
+        )
     return out

@@ -49,11 +49,14 @@ class ExtraInput:
             with Image.open(path) as png:
                 found = png.size
         except Exception as err:  # PIL raises many types for corrupt files
-            raise UserError(f"{where}: {self.what} {path} is unreadable ({type(err).__name__}: {err}); "
-                            "expected a PNG") from None
+            raise UserError(
+                f"{where}: {self.what} {path} is unreadable ({type(err).__name__}: {err}); expected a PNG"
+            ) from None
         if found != size:
-            raise UserError(f"{where}: {self.what} {path} is {found[0]}x{found[1]} (WxH) but its image is "
-                            f"{size[0]}x{size[1]}; expected equal sizes")
+            raise UserError(
+                f"{where}: {self.what} {path} is {found[0]}x{found[1]} (WxH) but its image is "
+                f"{size[0]}x{size[1]}; expected equal sizes"
+            )
 
     def read(self, image_id: str, size: tuple[int, int], where: str) -> np.ndarray:
         """uint8 [H, W] of ``image_id``; ``size`` is the image's (W, H)."""
@@ -84,8 +87,12 @@ class SaliencyInput(ExtraInput):
 
 def saliency_input(root: str | Path) -> SaliencyInput:
     """The ``saliency`` input of a VOC-layout root: ``<root>/SaliencyMaps/<id>.png``."""
-    return SaliencyInput("saliency", Path(root) / SALIENCY_DIR, "saliency map",
-                         f"run a salient-object detector over JPEGImages/ into {SALIENCY_DIR}/, see the README")
+    return SaliencyInput(
+        "saliency",
+        Path(root) / SALIENCY_DIR,
+        "saliency map",
+        f"run a salient-object detector over JPEGImages/ into {SALIENCY_DIR}/, see the README",
+    )
 
 
 def mask_input(name: str, folder: str | Path) -> ExtraInput:
@@ -100,6 +107,8 @@ DATA_INPUTS = {"saliency": saliency_input}
 def data_input(name: str, root: str | Path, method: str) -> ExtraInput:
     """The data-supplied input ``name`` under ``root``; a UserError for a name the data cannot supply."""
     if name not in DATA_INPUTS:
-        raise UserError(f"method {method}: needs per-sample input {name!r}, expected one the data supplies "
-                        f"({', '.join(DATA_INPUTS)}) or one the method prepares")
+        raise UserError(
+            f"method {method}: needs per-sample input {name!r}, expected one the data supplies "
+            f"({', '.join(DATA_INPUTS)}) or one the method prepares"
+        )
     return DATA_INPUTS[name](root)

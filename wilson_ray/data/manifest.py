@@ -68,8 +68,16 @@ class Manifest:
     """The manifest of one (dataset root, split): ``table`` has columns ``image_id``, ``image``, ``mask``,
     ``line`` and one bool column per dataset id ``"1"..."K"``."""
 
-    def __init__(self, root: Path, split: str, list_file: Path, table: pa.Table, spec: SourceSpec,
-                 cache_path: Path | None = None, from_cache: bool = False):
+    def __init__(
+        self,
+        root: Path,
+        split: str,
+        list_file: Path,
+        table: pa.Table,
+        spec: SourceSpec,
+        cache_path: Path | None = None,
+        from_cache: bool = False,
+    ):
         self.root = Path(root)
         self.split = split
         self.list_file = Path(list_file)
@@ -200,8 +208,9 @@ def read_image(path: Path, where: str | None = None) -> Image.Image:
         ) from None
 
 
-def check_pair(image_path: Path, mask_path: Path, num_ids: int, valid_values: np.ndarray,
-               where: str | None = None) -> np.ndarray:
+def check_pair(
+    image_path: Path, mask_path: Path, num_ids: int, valid_values: np.ndarray, where: str | None = None
+) -> np.ndarray:
     """Fully validate one image/mask pair (decodable image, valid mask values, equal sizes); return its presence [K]."""
     label = where or str(image_path)
     try:
@@ -221,7 +230,7 @@ def check_pair(image_path: Path, mask_path: Path, num_ids: int, valid_values: np
             f"{image.width}x{image.height}; expected equal sizes"
         )
     counts = np.bincount(mask.ravel(), minlength=256)
-    return counts[1: num_ids + 1] > 0
+    return counts[1 : num_ids + 1] > 0
 
 
 def _check_pair_job(args: tuple[str, str, int, bytes, str]) -> np.ndarray:
@@ -232,8 +241,10 @@ def _check_pair_job(args: tuple[str, str, int, bytes, str]) -> np.ndarray:
 def check_pairs(manifest: "Manifest", workers: int | None = None) -> np.ndarray:
     """Run ``check_pair`` over every image of ``manifest`` (process pool when large); return presence [N, K]."""
     valid = manifest.spec.valid_values.astype(bool).tobytes()
-    jobs = [(str(manifest.root / im), str(manifest.root / mk), manifest.num_ids, valid, manifest.where(i))
-            for i, (im, mk) in enumerate(zip(manifest.images, manifest.masks))]
+    jobs = [
+        (str(manifest.root / im), str(manifest.root / mk), manifest.num_ids, valid, manifest.where(i))
+        for i, (im, mk) in enumerate(zip(manifest.images, manifest.masks))
+    ]
     return _run_jobs(_check_pair_job, jobs, manifest.num_ids, workers)
 
 
@@ -255,7 +266,7 @@ def _run_jobs(fn, jobs: list, num_ids: int, workers: int | None) -> np.ndarray:
 def mask_presence(path: Path, num_ids: int, valid_values: np.ndarray, where: str | None = None) -> np.ndarray:
     """Bool [K]: which dataset ids 1..K have at least one pixel in the mask at ``path``."""
     counts = np.bincount(read_mask(path, valid_values, where).ravel(), minlength=256)
-    return counts[1: num_ids + 1] > 0
+    return counts[1 : num_ids + 1] > 0
 
 
 def _mask_presence_job(args: tuple[str, int, bytes, str]) -> np.ndarray:
@@ -263,8 +274,13 @@ def _mask_presence_job(args: tuple[str, int, bytes, str]) -> np.ndarray:
     return mask_presence(Path(path), num_ids, np.frombuffer(valid, dtype=bool), where)
 
 
-def presence_from_masks(paths: Sequence[Path], num_ids: int, valid_values: np.ndarray,
-                        wheres: Sequence[str] | None = None, workers: int | None = None) -> np.ndarray:
+def presence_from_masks(
+    paths: Sequence[Path],
+    num_ids: int,
+    valid_values: np.ndarray,
+    wheres: Sequence[str] | None = None,
+    workers: int | None = None,
+) -> np.ndarray:
     """Bool [N, K] presence derived from the masks at ``paths`` (np.bincount per mask), in a process pool when large."""
     wheres = list(wheres) if wheres is not None else [str(p) for p in paths]
     jobs = [(str(p), num_ids, valid_values.astype(bool).tobytes(), w) for p, w in zip(paths, wheres)]
@@ -280,8 +296,10 @@ def load_label_file(path: Path, n_images: int, num_ids: int, list_file: Path) ->
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as err:
-        raise UserError(f"{path}: cannot be read as a .npy array ({type(err).__name__}: {err}); "
-                        f"expected a {n_images}x{num_ids} 0/1 array") from None
+        raise UserError(
+            f"{path}: cannot be read as a .npy array ({type(err).__name__}: {err}); "
+            f"expected a {n_images}x{num_ids} 0/1 array"
+        ) from None
     if arr.shape != (n_images, num_ids):
         raise UserError(
             f"{path}: shape {tuple(arr.shape)} disagrees with {list_file} ({n_images} images); "
@@ -381,17 +399,20 @@ def _with_presence_columns(table: pa.Table, presence: np.ndarray) -> pa.Table:
 
 def build_table(entries: ListEntries, presence: np.ndarray) -> pa.Table:
     """The manifest table of ``entries`` with presence columns ``"1".."K"``."""
-    base = pa.table({
-        "image_id": pa.array(entries.ids, pa.string()),
-        "image": pa.array(entries.images, pa.string()),
-        "mask": pa.array(entries.masks, pa.string()),
-        "line": pa.array(entries.lines, pa.int32()),
-    })
+    base = pa.table(
+        {
+            "image_id": pa.array(entries.ids, pa.string()),
+            "image": pa.array(entries.images, pa.string()),
+            "mask": pa.array(entries.masks, pa.string()),
+            "line": pa.array(entries.lines, pa.int32()),
+        }
+    )
     return _with_presence_columns(base, presence)
 
 
-def load_manifest(root: Path, split: str, entries: ListEntries, spec: SourceSpec,
-                  label_file: Path | None, use_cache: bool = True) -> Manifest:
+def load_manifest(
+    root: Path, split: str, entries: ListEntries, spec: SourceSpec, label_file: Path | None, use_cache: bool = True
+) -> Manifest:
     """The manifest of (``root``, ``split``): from a matching cache, else built and cached.
 
     Presence comes from ``label_file`` when it exists (its shape is checked against the list), else from the masks.
@@ -418,12 +439,14 @@ def load_manifest(root: Path, split: str, entries: ListEntries, spec: SourceSpec
                 )
         presence = presence_from_masks([root / m for m in entries.masks], spec.num_ids, spec.valid_values, wheres)
 
-    table = build_table(entries, presence).replace_schema_metadata({
-        _META_FINGERPRINT: fp.encode(),
-        _META_VERSION: MANIFEST_VERSION.encode(),
-        _META_SOURCE: spec.name.encode(),
-        _META_NUM_IDS: str(spec.num_ids).encode(),
-    })
+    table = build_table(entries, presence).replace_schema_metadata(
+        {
+            _META_FINGERPRINT: fp.encode(),
+            _META_VERSION: MANIFEST_VERSION.encode(),
+            _META_SOURCE: spec.name.encode(),
+            _META_NUM_IDS: str(spec.num_ids).encode(),
+        }
+    )
     cache_path = _write_cache(table, root, split) if use_cache else None
     return Manifest(root, split, entries.list_file, table, spec, cache_path, from_cache=False)
 

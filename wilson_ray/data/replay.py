@@ -20,28 +20,39 @@ from wilson_ray.errors import UserError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def replay_listing(root: str | Path | None, class_names: list[str], per_class: int = 0, check_images: bool = True,
-                   ) -> list[tuple[int, Path]]:
+def replay_listing(
+    root: str | Path | None,
+    class_names: list[str],
+    per_class: int = 0,
+    check_images: bool = True,
+) -> list[tuple[int, Path]]:
     """(internal class index, image path) of the replay images of ``class_names`` (index i+1 for the i-th name),
     the first ``per_class`` of each class folder in name order (0: all); every listed image is decoded once when
     ``check_images``."""
     if root is None:
-        raise UserError("method.replay_root: not set, expected a replay folder with one sub-folder of images per old "
-                        "class (e.g. data/synthetic/replay; README 'RECALL replay folder')")
+        raise UserError(
+            "method.replay_root: not set, expected a replay folder with one sub-folder of images per old "
+            "class (e.g. data/synthetic/replay; README 'RECALL replay folder')"
+        )
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise UserError(f"method.replay_root {root}: not found, expected a folder with one sub-folder of images per "
-                        "old class")
+        raise UserError(
+            f"method.replay_root {root}: not found, expected a folder with one sub-folder of images per old class"
+        )
     listing = []
     for index, name in enumerate(class_names, start=1):
         folder = root / name
         if not folder.is_dir():
-            raise UserError(f"method.replay_root {root}: no folder for old class '{name}' ({folder}), expected one "
-                            "sub-folder of images per old class")
+            raise UserError(
+                f"method.replay_root {root}: no folder for old class '{name}' ({folder}), expected one "
+                "sub-folder of images per old class"
+            )
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:
-            raise UserError(f"method.replay_root {folder}: no images ({', '.join(IMAGE_SUFFIXES)}), expected at least "
-                            f"one image of class '{name}'")
+            raise UserError(
+                f"method.replay_root {folder}: no images ({', '.join(IMAGE_SUFFIXES)}), expected at least "
+                f"one image of class '{name}'"
+            )
         files = files[:per_class] if per_class > 0 else files
         if check_images:
             for path in files:

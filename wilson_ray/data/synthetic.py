@@ -93,6 +93,7 @@ def _class_styles() -> tuple[ClassStyle, ...]:
 
 CLASS_STYLES = _class_styles()
 
+
 # VOC colour map (the standard bit-interleaved palette), so the PNGs look like VOC's.
 def _voc_palette() -> list[int]:
     pal = []
@@ -151,10 +152,12 @@ class SceneModel:
         rng = np.random.default_rng([seed, 0x5CE7E])
         # Log-normal weights: a few frequent classes and some rare ones, as in real data.
         w = np.exp(rng.normal(0.0, 0.6, NUM_FG))
-        partners = np.stack([
-            rng.choice(np.delete(np.arange(1, NUM_FG + 1), k), _PARTNERS_PER_CLASS, replace=False)
-            for k in range(NUM_FG)
-        ])
+        partners = np.stack(
+            [
+                rng.choice(np.delete(np.arange(1, NUM_FG + 1), k), _PARTNERS_PER_CLASS, replace=False)
+                for k in range(NUM_FG)
+            ]
+        )
         return cls(w / w.sum(), partners)
 
     def sample_classes(self, rng: np.random.Generator) -> list[int]:
@@ -214,7 +217,7 @@ def texture_field(texture: str, u: np.ndarray, v: np.ndarray, freq: float, phase
     if texture == "dots":
         du = (freq * u + phase[0]) % 1.0 - 0.5
         dv = (freq * v + phase[1]) % 1.0 - 0.5
-        return (du * du + dv * dv <= 0.32 ** 2).astype(np.float32)
+        return (du * du + dv * dv <= 0.32**2).astype(np.float32)
     if texture == "checker":
         return ((np.floor(freq * u + phase[0]) + np.floor(freq * v + phase[1])) % 2).astype(np.float32)
     if texture == "gradient":
@@ -226,9 +229,12 @@ def _background(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.
     """Cluttered background [S, S, 3] in 0..1: two-colour low-frequency noise, faint pattern, lines and blobs."""
     s = yy.shape[0]
     g = int(rng.integers(3, 7))
-    field = np.asarray(
-        Image.fromarray((rng.random((g, g)) * 255).astype(np.uint8)).resize((s, s), Image.BICUBIC), np.float32
-    ) / 255.0
+    field = (
+        np.asarray(
+            Image.fromarray((rng.random((g, g)) * 255).astype(np.uint8)).resize((s, s), Image.BICUBIC), np.float32
+        )
+        / 255.0
+    )
     c1 = _hsv(rng.random(), rng.uniform(0.05, 0.45), rng.uniform(0.25, 0.85))
     c2 = _hsv(rng.random(), rng.uniform(0.05, 0.45), rng.uniform(0.25, 0.85))
     img = c1 * (1 - field[..., None]) + c2 * field[..., None]
@@ -251,8 +257,16 @@ def _background(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.
     return img
 
 
-def _draw_object(rng: np.random.Generator, img: np.ndarray, label: np.ndarray, inst: np.ndarray, index: int,
-                 cls: int, yy: np.ndarray, xx: np.ndarray) -> None:
+def _draw_object(
+    rng: np.random.Generator,
+    img: np.ndarray,
+    label: np.ndarray,
+    inst: np.ndarray,
+    index: int,
+    cls: int,
+    yy: np.ndarray,
+    xx: np.ndarray,
+) -> None:
     """Draw instance ``index`` of VOC id ``cls`` on top of ``img``/``label``/``inst`` (in place).
 
     The pose is redrawn (up to ``_PLACEMENT_TRIES`` times) while it would hide more than ``_MAX_COVERED`` of an
@@ -307,8 +321,9 @@ def render_scene(rng: np.random.Generator, classes: list[int], size: int) -> tup
     return img, mask
 
 
-def render_scene_layers(rng: np.random.Generator, classes: list[int], size: int
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_scene_layers(
+    rng: np.random.Generator, classes: list[int], size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``render_scene`` plus the object label map uint8 [S, S] without the void band."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     img = _background(rng, yy, xx)
@@ -347,7 +362,9 @@ def saliency_map(rng: np.random.Generator, label: np.ndarray) -> np.ndarray:
         r = rng.uniform(0.06, 0.16) * s
         blob = np.hypot((xx - cx) / rng.uniform(0.6, 1.4), yy - cy) <= r
         sal[blob] = np.maximum(sal[blob], rng.uniform(0.4, 0.9))
-    blurred = Image.fromarray((sal * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(rng.uniform(0.015, 0.03) * s))
+    blurred = Image.fromarray((sal * 255).astype(np.uint8)).filter(
+        ImageFilter.GaussianBlur(rng.uniform(0.015, 0.03) * s)
+    )
     out = np.asarray(blurred, np.float32) / 255.0 + rng.normal(0, 0.03, (s, s))
     return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
 
@@ -388,10 +405,11 @@ def image_id(split: str, i: int) -> str:
     return f"synth_{split}_{i:06d}"
 
 
-def _render_with_coverage(seed: int, split: str, i: int, classes: list[int], n_forced: int,
-                          size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _render_with_coverage(
+    seed: int, split: str, i: int, classes: list[int], n_forced: int, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render image ``i``, redrawing (new attempt seed) until its forced classes keep enough visible pixels."""
-    forced = classes[len(classes) - n_forced:]
+    forced = classes[len(classes) - n_forced :]
     for attempt in range(_MAX_ATTEMPTS):
         rng = np.random.default_rng([seed, _split_code(split), i, attempt])
         img, mask, label = render_scene_layers(rng, classes, size)
@@ -415,7 +433,7 @@ def _write_split(folder: Path, model: SceneModel, params: SynthParams, split: st
         png = Image.fromarray(mask)
         png.putpalette(VOC_PALETTE)
         png.save(folder / voc.MASK_DIR / f"{name}.png", format="PNG")
-        presence[i] = np.bincount(mask.ravel(), minlength=256)[1: NUM_FG + 1] > 0
+        presence[i] = np.bincount(mask.ravel(), minlength=256)[1 : NUM_FG + 1] > 0
         lines.append(f"/{voc.IMAGE_DIR}/{name}.jpg /{voc.MASK_DIR}/{name}.png")
     return lines, presence
 
@@ -475,8 +493,13 @@ def _metadata(params: SynthParams, model: SceneModel) -> dict:
         "version": GENERATOR_VERSION,
         "params": asdict(params),
         "classes": [
-            {"id": k, "name": VOC_CLASSES[k], **asdict(CLASS_STYLES[k - 1]),
-             "weight": round(float(model.weights[k - 1]), 6), "partners": model.partners[k - 1].tolist()}
+            {
+                "id": k,
+                "name": VOC_CLASSES[k],
+                **asdict(CLASS_STYLES[k - 1]),
+                "weight": round(float(model.weights[k - 1]), 6),
+                "partners": model.partners[k - 1].tolist(),
+            }
             for k in range(1, NUM_FG + 1)
         ],
     }
@@ -502,8 +525,15 @@ class SynthResult:
     val_class_counts: list[int]
 
 
-def generate(out: str | Path, seed: int = DEFAULT_SEED, train: int = DEFAULT_TRAIN, val: int = DEFAULT_VAL,
-             size: int = DEFAULT_SIZE, force: bool = False, replay: int = DEFAULT_REPLAY) -> SynthResult:
+def generate(
+    out: str | Path,
+    seed: int = DEFAULT_SEED,
+    train: int = DEFAULT_TRAIN,
+    val: int = DEFAULT_VAL,
+    size: int = DEFAULT_SIZE,
+    force: bool = False,
+    replay: int = DEFAULT_REPLAY,
+) -> SynthResult:
     """Write a synthetic VOC-layout dataset to ``out``; return what was written.
 
     The dataset is generated in a temporary sibling folder and renamed onto ``out`` when complete, so a killed run

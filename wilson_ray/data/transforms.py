@@ -32,11 +32,13 @@ def train_transform(crop_size: int) -> v2.Compose:
     torchvision's RandomResizedCrop makes 10 attempts, then falls back to a central crop, as the reference does;
     no colour jitter.
     """
-    return v2.Compose([
-        v2.RandomResizedCrop(crop_size, scale=(0.5, 2.0), ratio=(3 / 4, 4 / 3), antialias=True),
-        v2.RandomHorizontalFlip(p=0.5),
-        *_to_float_normalised(),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(crop_size, scale=(0.5, 2.0), ratio=(3 / 4, 4 / 3), antialias=True),
+            v2.RandomHorizontalFlip(p=0.5),
+            *_to_float_normalised(),
+        ]
+    )
 
 
 def eval_transform(crop_size: int, mode: str = "crop") -> v2.Compose:

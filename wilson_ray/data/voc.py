@@ -129,8 +129,9 @@ def check_voc(root: str | Path, full: bool = True, workers: int | None = None) -
     return report
 
 
-def compare_presence(manifest: Manifest, presence: np.ndarray, from_masks: np.ndarray,
-                     class_names: tuple[str, ...], label_file: Path) -> None:
+def compare_presence(
+    manifest: Manifest, presence: np.ndarray, from_masks: np.ndarray, class_names: tuple[str, ...], label_file: Path
+) -> None:
     """Raise a UserError naming the first image whose label-file row disagrees with its mask."""
     bad = np.flatnonzero((presence != from_masks).any(axis=1))
     if bad.size:

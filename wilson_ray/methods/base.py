@@ -57,8 +57,13 @@ class Trainable(nn.Module):
         self.localizer = localizer
 
     def forward(
-        self, images: torch.Tensor, logits: bool = True, upsample: bool = False, localizer: bool = False,
-        localizer_eval: bool = False, maps: bool = False,
+        self,
+        images: torch.Tensor,
+        logits: bool = True,
+        upsample: bool = False,
+        localizer: bool = False,
+        localizer_eval: bool = False,
+        maps: bool = False,
     ) -> ModelOutput:
         """``ModelOutput`` with body features always, logits (upsampled to the input when ``upsample``) when
         ``logits``, the train-mode localizer logits z when ``localizer``, and the eval-mode localizer logits z̄

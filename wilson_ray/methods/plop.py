@@ -115,8 +115,9 @@ def absorbed_logits(s: torch.Tensor, num_old: int) -> torch.Tensor:
     return torch.cat([s[:, :1] + s[:, num_old:].sum(1, keepdim=True), s[:, 1:num_old]], dim=1)
 
 
-def pseudo_label(masks: torch.Tensor, s_old: torch.Tensor, thresholds: torch.Tensor, num_classes: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def pseudo_label(
+    masks: torch.Tensor, s_old: torch.Tensor, thresholds: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(labels [B,H,W], ν [B]): on GT-background pixels the old model's argmax ĉ (0 included) where u < τ_ĉ, else
     255; other pixels keep their label. ν_b = accepted background pixels / (background pixels + 1e-6) as
     released (an image without background pixels gets weight 0)."""
@@ -152,8 +153,13 @@ class PLOP(Method):
         if not self.p.pseudo_labels:
             return
         settings = {"mode": self.p.threshold_mode, "floor": self.p.threshold_floor}
-        result = cached_pass(ctx.cache_dir, ctx.pass_key, "plop-thresholds", settings,
-                             lambda: {"thresholds": self.compute_thresholds(ctx, loader)})
+        result = cached_pass(
+            ctx.cache_dir,
+            ctx.pass_key,
+            "plop-thresholds",
+            settings,
+            lambda: {"thresholds": self.compute_thresholds(ctx, loader)},
+        )
         self.thresholds = result["thresholds"]
 
     @torch.no_grad()

@@ -82,12 +82,14 @@ class RECALL(Method):
         """The replay listing and its labels at the training crop ``size`` (also on a resumed step, from the
         cache, since ``before_training`` does not run there)."""
         # Decoding every image was the preflight's job; a file broken since then still fails on load, in one line.
-        self.listing = replay_listing(self.p.replay_root, self.task.class_names(self.step - 1)[1:],
-                                      self.p.replay_per_class, check_images=False)
+        self.listing = replay_listing(
+            self.p.replay_root, self.task.class_names(self.step - 1)[1:], self.p.replay_per_class, check_images=False
+        )
         stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for _, p in self.listing]
         settings = {"files": stamp, "size": size, "restrict": self.p.restrict_labels}
-        result = cached_pass(ctx.cache_dir, ctx.pass_key, "recall-labels", settings,
-                             lambda: {"labels": self.label_replay(ctx, size)})
+        result = cached_pass(
+            ctx.cache_dir, ctx.pass_key, "recall-labels", settings, lambda: {"labels": self.label_replay(ctx, size)}
+        )
         self.labels = result["labels"]
         self.order = torch.randperm(len(self.listing))
         self.cursor = 0
@@ -99,7 +101,7 @@ class RECALL(Method):
         device = next(ctx.module.parameters()).device
         out = []
         for start in range(0, len(self.listing), chunk):
-            part = self.listing[start:start + chunk]
+            part = self.listing[start : start + chunk]
             images = load_replay_images(part, size).to(device)
             s_old = self.old_outputs(ctx, images, upsample=True).logits.float()
             if self.p.restrict_labels:
@@ -139,8 +141,14 @@ class RECALL(Method):
         k = int(round(self.p.replay_ratio * images.shape[0]))
         if k > 0:
             r_images, r_labels = self.draw(k, images.shape[-1], images.device)
-            images = torch.cat([images, r_images.to(memory_format=torch.channels_last)
-                                if images.is_contiguous(memory_format=torch.channels_last) else r_images])
+            images = torch.cat(
+                [
+                    images,
+                    r_images.to(memory_format=torch.channels_last)
+                    if images.is_contiguous(memory_format=torch.channels_last)
+                    else r_images,
+                ]
+            )
             masks = torch.cat([masks, r_labels])
         s = ctx.net(images, logits=True, upsample=True).logits
         return {"ce": F.cross_entropy(s.float(), masks, ignore_index=IGNORE_INDEX)}

@@ -47,8 +47,9 @@ class SDRParams:
     init_balanced: bool = False  # SDR does not use MiB's balanced init
 
 
-def prototype_matching_loss(f: torch.Tensor, old_pred: torch.Tensor, gt: torch.Tensor, protos: torch.Tensor,
-                            num_old: int) -> torch.Tensor:
+def prototype_matching_loss(
+    f: torch.Tensor, old_pred: torch.Tensor, gt: torch.Tensor, protos: torch.Tensor, num_old: int
+) -> torch.Tensor:
     """ℓ_PM: on GT-background pixels, for each old foreground class c the old model predicts there, μ_c = batch
     mean of f over those pixels; mean over those classes of mean_k (μ_c,k − P_c,k)². Labels at f's resolution."""
     labels = torch.where(gt == 0, old_pred, torch.full_like(old_pred, prototypes.IGNORE_INDEX))
@@ -125,8 +126,10 @@ class SDR(Method):
         if "prototypes" not in state:
             from wilson_ray.errors import UserError
 
-            raise UserError(f"sdr step {self.step}: the step {self.step - 1} checkpoint carries no prototype bank, "
-                            "expected one written by SDR's step 0 (the shared softmax-CE step 0) or an SDR step")
+            raise UserError(
+                f"sdr step {self.step}: the step {self.step - 1} checkpoint carries no prototype bank, "
+                "expected one written by SDR's step 0 (the shared softmax-CE step 0) or an SDR step"
+            )
         self.prototypes, self.counts = prototypes.grown(state["prototypes"], state["counts"], self.num_classes)
 
     def state_dict(self) -> dict[str, Any]:

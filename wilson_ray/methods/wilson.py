@@ -65,7 +65,8 @@ class Wilson(Method):
         """ℓ_CLS (nGWP + focal, §3.2) and the ℓ_LOC prior (§3.3)."""
         p = self.p
         return {
-            "cls": p.lambda_cls * losses.classification_loss(
+            "cls": p.lambda_cls
+            * losses.classification_loss(
                 z, labels, self.num_new, p.ngwp_eps, p.focal_gamma, p.focal_lambda, all_classes=self.no_mask
             ),
             "loc": p.lambda_loc * losses.localization_prior_loss(z[:, : self.num_old], s_old),
@@ -84,7 +85,8 @@ class Wilson(Method):
             z_bar, batch.images.float(), batch.labels, p.pamr_iterations, tuple(p.pamr_dilations)
         )
         return {
-            "sss": p.lambda_sss * losses.self_supervised_loss(z, refined, batch.labels, p.cutoff_fg, p.cutoff_bg, p.cutoff_low)
+            "sss": p.lambda_sss
+            * losses.self_supervised_loss(z, refined, batch.labels, p.cutoff_fg, p.cutoff_bg, p.cutoff_low)
         }
 
     # ----------------------------------------------------------------------------------------------------------

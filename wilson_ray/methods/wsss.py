@@ -67,6 +67,14 @@ class WsssRow(Method):
 
 def wsss_method(learner: type[WeakLearner]) -> type[WsssRow]:
     """The table-row method of ``learner``: named as the learner, with the learner's ``Params``."""
-    return type(f"{learner.__name__.removesuffix('Learner')}Row", (WsssRow,),
-                {"name": learner.name, "Params": learner.Params, "learner": learner, "__module__": __name__,
-                 "__doc__": f"The {learner.name} row: {WsssRow.__doc__}"})
+    return type(
+        f"{learner.__name__.removesuffix('Learner')}Row",
+        (WsssRow,),
+        {
+            "name": learner.name,
+            "Params": learner.Params,
+            "learner": learner,
+            "__module__": __name__,
+            "__doc__": f"The {learner.name} row: {WsssRow.__doc__}",
+        },
+    )

@@ -180,9 +180,7 @@ def _small_resnet(output_stride: int, norm: str, width: int) -> ResNetBody:
         # Dilated stages are built strided and then converted, because BasicBlock refuses dilation > 1.
         downsample = None
         if stride != 1 or in_ch != out_ch:
-            downsample = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
-            )
+            downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
         stage = nn.Sequential(BasicBlock(in_ch, out_ch, stride=stride, downsample=downsample))
         if dilation > 1:
             _dilate_stage(stage, dilation)
@@ -196,9 +194,7 @@ def _small_resnet(output_stride: int, norm: str, width: int) -> ResNetBody:
     return body
 
 
-def build_backbone(
-    name: str, output_stride: int = 16, norm: str = "bn_leaky", small_width: int = 16
-) -> nn.Module:
+def build_backbone(name: str, output_stride: int = 16, norm: str = "bn_leaky", small_width: int = 16) -> nn.Module:
     """Build the encoder of method.md §2.1: ``resnet50``/``resnet101`` (torchvision, random init), ``small``, or
     ``wideresnet38`` (:class:`~wilson_ray.models.wideresnet.WideResNet38`, 4096 channels; OS 8 as the paper ran it).
 

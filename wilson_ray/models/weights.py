@@ -81,8 +81,9 @@ def _online(host: tuple[str, int] = _HUB_HOST, timeout: float = _CONNECT_TIMEOUT
 
 
 def _read_checkpoint(path: Path, what: str) -> object:
-    return read_weights_only(path, what, expected="a PyTorch checkpoint file",
-                             unreadable_expected="a state dict saved with torch.save")
+    return read_weights_only(
+        path, what, expected="a PyTorch checkpoint file", unreadable_expected="a state dict saved with torch.save"
+    )
 
 
 def _as_state_dict(obj: object, path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -195,8 +196,11 @@ def _load_into(backbone: nn.Module, state: dict[str, torch.Tensor], source: str)
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         arch = getattr(backbone, "arch", "?")
-        wanted = ("a Wide-ResNet-38 state dict (InPlace-ABN mod1..mod7 names)" if arch == "wideresnet38"
-                  else "a torchvision-format ResNet state dict of the same depth")
+        wanted = (
+            "a Wide-ResNet-38 state dict (InPlace-ABN mod1..mod7 names)"
+            if arch == "wideresnet38"
+            else "a torchvision-format ResNet state dict of the same depth"
+        )
         raise UserError(
             f"model.pretrained: {source} does not match backbone {arch!r}: "
             f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected keys "
@@ -255,7 +259,7 @@ def load_backbone_weights(backbone: nn.Module, source: str | None) -> None:
         _load_into(backbone, _torchvision_state(getattr(backbone, "arch", "?")), "torchvision ImageNet weights")
         return
     if str(source).startswith(IABN_PREFIX):
-        path = Path(str(source)[len(IABN_PREFIX):]).expanduser()
+        path = Path(str(source)[len(IABN_PREFIX) :]).expanduser()
         state = _as_state_dict(_read_checkpoint(path, "model.pretrained"), path, "model.pretrained")
         if not _is_iabn_layout(state):
             raise UserError(

@@ -147,8 +147,9 @@ class WideResNet38(nn.Module):
             stride, dilation = layout.get(mod, (1, 1))
             blocks = []
             for b in range(count):
-                block = PreActBlock(in_ch, widths, norm, stride=stride if b == 0 else 1, dilation=dilation,
-                                    dropout=DROPOUT.get(mod))
+                block = PreActBlock(
+                    in_ch, widths, norm, stride=stride if b == 0 else 1, dilation=dilation, dropout=DROPOUT.get(mod)
+                )
                 blocks.append((f"block{b + 1}", block))
                 in_ch = widths[-1]
             self.add_module(f"mod{mod}", nn.Sequential(OrderedDict(blocks)))

@@ -19,9 +19,30 @@ from wilson_ray.errors import UserError
 
 OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql")
 # File systems whose files other machines see (st_dev of a local disk or tmpfs is not among them)
-NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "gpfs", "beegfs", "9p",
-              "afs", "virtiofs", "fuse.sshfs", "fuse.glusterfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs",
-              "fuse.ceph", "fuse.lustre", "fuse.beegfs", "fuse.geesefs")
+NETWORK_FS = (
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "ceph",
+    "glusterfs",
+    "lustre",
+    "gpfs",
+    "beegfs",
+    "9p",
+    "afs",
+    "virtiofs",
+    "fuse.sshfs",
+    "fuse.glusterfs",
+    "fuse.s3fs",
+    "fuse.gcsfuse",
+    "fuse.juicefs",
+    "fuse.ceph",
+    "fuse.lustre",
+    "fuse.beegfs",
+    "fuse.geesefs",
+)
 
 
 def _scheme(url: str) -> str:
@@ -58,10 +79,12 @@ def check_optuna_storage(url: str, flag: str = "--optuna-storage") -> str:
     url = (url or "").strip()
     scheme = _scheme(url)
     if scheme not in OPTUNA_SCHEMES:
-        raise UserError(f"{flag}: {redact(url)!r} has scheme {scheme or 'none'!r}, expected one of "
-                        f"{', '.join(s + '://' for s in OPTUNA_SCHEMES)} (e.g. "
-                        "postgresql://user@db-host:5432/optuna)")
-    if scheme == "sqlite" and (not url.startswith("sqlite:///") or url[len("sqlite:///"):] in ("", ":memory:")):
+        raise UserError(
+            f"{flag}: {redact(url)!r} has scheme {scheme or 'none'!r}, expected one of "
+            f"{', '.join(s + '://' for s in OPTUNA_SCHEMES)} (e.g. "
+            "postgresql://user@db-host:5432/optuna)"
+        )
+    if scheme == "sqlite" and (not url.startswith("sqlite:///") or url[len("sqlite:///") :] in ("", ":memory:")):
         raise UserError(f"{flag}: {url!r} is not a sqlite file URL, expected sqlite:////absolute/path/optuna.db")
     if scheme != "sqlite" and not urlparse(url).hostname:
         raise UserError(f"{flag}: {redact(url)!r} has no host, expected e.g. postgresql://user@db-host:5432/optuna")
@@ -104,21 +127,24 @@ def storage_sharing(storage: str | Path, nodes: int, mountinfo: str = "/proc/sel
     return None
 
 
-def check_shared_sqlite(storage: str | Path, nodes: int, tracking_uri: str | None, optuna_url: str,
-                        log=print) -> None:
+def check_shared_sqlite(storage: str | Path, nodes: int, tracking_uri: str | None, optuna_url: str, log=print) -> None:
     """Refuse an MLflow SQLite store, and warn about a SQLite Optuna study, when the storage is not local."""
     why = storage_sharing(storage, nodes)
     if why is None:
         return
     if is_sqlite(tracking_uri):
-        raise UserError(f"--tracking-uri: {tracking_uri} is a SQLite file that the trials on every node would "
-                        f"write, but the sweep is not local ({why}; SQLite's locks do not hold across machines); "
-                        "expected an MLflow server (--tracking-uri http://mlflow-host:5000) or "
-                        "--tracking-uri postgresql://user@db-host:5432/mlflow")
+        raise UserError(
+            f"--tracking-uri: {tracking_uri} is a SQLite file that the trials on every node would "
+            f"write, but the sweep is not local ({why}; SQLite's locks do not hold across machines); "
+            "expected an MLflow server (--tracking-uri http://mlflow-host:5000) or "
+            "--tracking-uri postgresql://user@db-host:5432/mlflow"
+        )
     if is_sqlite(optuna_url):
-        log(f"wilson-ray: warning: the Optuna study is a SQLite file ({optuna_url[len('sqlite:///'):]}) and the "
+        log(
+            f"wilson-ray: warning: the Optuna study is a SQLite file ({optuna_url[len('sqlite:///') :]}) and the "
             f"sweep is not local ({why}); only this driver writes it, but use --optuna-storage "
-            "postgresql://user@db-host:5432/optuna to share the study safely")
+            "postgresql://user@db-host:5432/optuna to share the study safely"
+        )
 
 
 def alive_nodes() -> int:
@@ -128,6 +154,15 @@ def alive_nodes() -> int:
     return sum(1 for n in ray.nodes() if n.get("Alive"))
 
 
-__all__ = ["check_optuna_storage", "without_password", "optuna_storage_url", "check_shared_sqlite", "storage_sharing",
-           "filesystem_type", "redact", "is_sqlite", "alive_nodes", "NETWORK_FS"]
-
+__all__ = [
+    "check_optuna_storage",
+    "without_password",
+    "optuna_storage_url",
+    "check_shared_sqlite",
+    "storage_sharing",
+    "filesystem_type",
+    "redact",
+    "is_sqlite",
+    "alive_nodes",
+    "NETWORK_FS",
+]

@@ -9,7 +9,6 @@ import ray
 
 from wilson_ray.errors import UserError
 
-
 # A local cluster's daemons share the trials' cores: leave out what a sweep never uses (benchmarks/ray_idle.py,
 # 2 cores: idle daemons 8.9-11.3 -> 6.6-7.5 % of a core; BENCHMARKS.md section 3). The environment wins.
 LOCAL_CLUSTER_ENV = {
@@ -38,16 +37,26 @@ def init_ray(address: str | None, num_cpus: int | None, verbose: bool | None = N
             ray.init(address=address or None, log_to_driver=verbose, logging_level=level)
         except Exception as err:  # noqa: BLE001 - ConnectionError, auth errors, bad addresses ...
             text = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-            hint = (" (the cluster uses token authentication: export RAY_AUTH_MODE=token)"
-                    if "auth" in (text + type(err).__name__).lower() else "")
-            raise UserError(f"--address: cannot connect to the Ray cluster at {address or os.environ['RAY_ADDRESS']} "
-                            f"({type(err).__name__}: {text}){hint}, expected a running cluster "
-                            "(scripts/start_head.sh) or no --address for a local one") from None
+            hint = (
+                " (the cluster uses token authentication: export RAY_AUTH_MODE=token)"
+                if "auth" in (text + type(err).__name__).lower()
+                else ""
+            )
+            raise UserError(
+                f"--address: cannot connect to the Ray cluster at {address or os.environ['RAY_ADDRESS']} "
+                f"({type(err).__name__}: {text}){hint}, expected a running cluster "
+                "(scripts/start_head.sh) or no --address for a local one"
+            ) from None
         return False
     for k, v in LOCAL_CLUSTER_ENV.items():  # read by the raylet and GCS this call starts
         os.environ.setdefault(k, v)
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-             log_to_driver=verbose, logging_level=level)
+    ray.init(
+        num_cpus=num_cpus or os.cpu_count(),
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        log_to_driver=verbose,
+        logging_level=level,
+    )
     return True
 
 
@@ -60,14 +69,18 @@ def check_cluster(workers: int, cpus_per_worker: float, gpus_per_worker: float, 
     cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
     need_cpu, need_gpu = workers * cpus_per_worker, workers * gpus_per_worker
     if gpus_per_worker > 0 and (need_gpu > gpus or gpus_per_worker > max_gpu):
-        raise UserError(f"--gpus-per-worker {gpus_per_worker:g} x --workers-per-trial {workers}: a trial needs "
-                        f"{need_gpu:g} GPUs (up to {gpus_per_worker:g} on one node), but the Ray cluster has "
-                        f"{gpus:g} GPUs (at most {max_gpu:g} per node); expected fewer workers or "
-                        "--gpus-per-worker 0")
+        raise UserError(
+            f"--gpus-per-worker {gpus_per_worker:g} x --workers-per-trial {workers}: a trial needs "
+            f"{need_gpu:g} GPUs (up to {gpus_per_worker:g} on one node), but the Ray cluster has "
+            f"{gpus:g} GPUs (at most {max_gpu:g} per node); expected fewer workers or "
+            "--gpus-per-worker 0"
+        )
     if need_cpu > cpus or cpus_per_worker > max_cpu:
-        raise UserError(f"--workers-per-trial {workers} x {cpus_per_worker:g} CPUs: a trial needs {need_cpu:g} "
-                        f"CPUs, but the Ray cluster has {cpus:g} (at most {max_cpu:g} per node); expected at most "
-                        f"{int(cpus // max(cpus_per_worker, 1e-9))} workers per trial")
+        raise UserError(
+            f"--workers-per-trial {workers} x {cpus_per_worker:g} CPUs: a trial needs {need_cpu:g} "
+            f"CPUs, but the Ray cluster has {cpus:g} (at most {max_cpu:g} per node); expected at most "
+            f"{int(cpus // max(cpus_per_worker, 1e-9))} workers per trial"
+        )
     limits = [num_samples]
     if need_cpu > 0:
         limits.append(int(cpus // need_cpu))
@@ -80,8 +93,10 @@ def trainer_kind(requested: str, workers: int) -> str:
     """``torch`` (a TorchTrainer per trial) or ``direct`` (the step in the trial's own process): ``auto`` is
     direct for single-worker trials, where a worker group only adds start-up and per-epoch report cost."""
     if requested == "direct" and workers > 1:
-        raise UserError(f"--trainer direct: runs a trial in one process, but --workers-per-trial is {workers}; "
-                        "expected --workers-per-trial 1 or --trainer torch/auto")
+        raise UserError(
+            f"--trainer direct: runs a trial in one process, but --workers-per-trial is {workers}; "
+            "expected --workers-per-trial 1 or --trainer torch/auto"
+        )
     if requested == "auto":
         return "direct" if workers == 1 else "torch"
     return requested

@@ -1,9 +1,9 @@
 """Every reach into private Ray / Optuna internals, in one place, each marked with the versions it was written
 for (Ray 2.60, Optuna 5.0). When either is upgraded, this is the file to check.
 
-* ``WilsonOptunaSearch`` overrides ``OptunaSearch.restore`` / ``on_trial_result`` and reads ``OptunaSearch._ot_trials`` / ``_ot_study`` / ``_space`` and builds an
-  ``optuna.trial.Trial`` from a stored trial's private ``_trial_id`` (Ray 2.60 ``ray.tune.search.optuna``,
-  Optuna 5.0).
+* ``WilsonOptunaSearch`` overrides ``OptunaSearch.restore`` / ``on_trial_result``, reads
+  ``OptunaSearch._ot_trials`` / ``_ot_study`` / ``_space`` and builds an ``optuna.trial.Trial`` from a stored
+  trial's private ``_trial_id`` (Ray 2.60 ``ray.tune.search.optuna``, Optuna 5.0).
 * ``trainer_class`` drops Train V2's private ``DatasetsCallback`` (Ray 2.60 ``ray.train.v2._internal``).
 """
 
@@ -114,8 +114,13 @@ class WilsonOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
         max_epochs = getattr(self, "_wr_max_epochs", None)
-        stopped = (not error and result and max_epochs is not None and "epoch" in result
-                   and float(result["epoch"] or 0) < max_epochs)
+        stopped = (
+            not error
+            and result
+            and max_epochs is not None
+            and "epoch" in result
+            and float(result["epoch"] or 0) < max_epochs
+        )
         try:
             self._wr_report(trial_id, result or {})
             self._wr_user_attrs(trial_id, "failed" if error else "stopped_early" if stopped else "completed")
@@ -134,8 +139,10 @@ class WilsonOptunaSearch(OptunaSearch):
 
             known = {t._trial_id for t in self._ot_trials.values()}
             self._wr_orphans = [
-                t for t in self._ot_study.get_trials(deepcopy=False)
-                if t._trial_id not in known and t.state != optuna.trial.TrialState.WAITING
+                t
+                for t in self._ot_study.get_trials(deepcopy=False)
+                if t._trial_id not in known
+                and t.state != optuna.trial.TrialState.WAITING
                 # an unfinished trial, or a finished one that a lost Tune trial ran to its end
                 and (t.state == optuna.trial.TrialState.RUNNING or RECORD_ATTR in t.user_attrs)
             ]

@@ -50,15 +50,33 @@ def asha_rungs(grace_period: int, reduction_factor: float, max_t: int) -> list[i
     return rungs
 
 
-def plan_line(name: str, num_samples: int, workers: int, trainer: str, concurrency: int, epochs: int,
-              metric: str, rungs: Sequence[int], storage: str, tracking_uri: str | None) -> str:
-    how = (f"a {workers}-worker Ray Train TorchTrainer (DDP) each" if trainer == "torch"
-           else "1 worker each, in the trial's own process")
-    asha = (f"ASHA compares trials at epoch {', '.join(map(str, rungs))} and stops the weaker half"
-            if rungs else "no early stopping")
-    lines = [f"sweep {name}: {num_samples} trials of up to {epochs} epochs, {how}, up to {concurrency} at a time; "
-             f"objective {metric}; {asha}",
-             f"  results: {storage}" + (f"   MLflow: {tracking_uri}" if tracking_uri else "")]
+def plan_line(
+    name: str,
+    num_samples: int,
+    workers: int,
+    trainer: str,
+    concurrency: int,
+    epochs: int,
+    metric: str,
+    rungs: Sequence[int],
+    storage: str,
+    tracking_uri: str | None,
+) -> str:
+    how = (
+        f"a {workers}-worker Ray Train TorchTrainer (DDP) each"
+        if trainer == "torch"
+        else "1 worker each, in the trial's own process"
+    )
+    asha = (
+        f"ASHA compares trials at epoch {', '.join(map(str, rungs))} and stops the weaker half"
+        if rungs
+        else "no early stopping"
+    )
+    lines = [
+        f"sweep {name}: {num_samples} trials of up to {epochs} epochs, {how}, up to {concurrency} at a time; "
+        f"objective {metric}; {asha}",
+        f"  results: {storage}" + (f"   MLflow: {tracking_uri}" if tracking_uri else ""),
+    ]
     return "\n".join(lines)
 
 
@@ -135,8 +153,15 @@ class ConsoleReporter(tune.Callback):
     """Tune callback: prints each trial's start (its swept values), every epoch's old/new/all, the ASHA stop
     with its rung, completion or failure with the reason, then a progress line with the time left."""
 
-    def __init__(self, keys: Sequence[str], total: int, epochs: int, concurrency: int, metric: str,
-                 write: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        keys: Sequence[str],
+        total: int,
+        epochs: int,
+        concurrency: int,
+        metric: str,
+        write: Callable[[str], None] | None = None,
+    ):
         self.keys = list(keys)
         self.total, self.epochs, self.metric = total, epochs, metric
         self.eta = Eta(total, epochs, concurrency)

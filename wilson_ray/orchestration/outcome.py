@@ -38,11 +38,16 @@ def write_summary(rec: TrialRecord) -> None:
         plots.learning_curves_png({trial.get("trial_id", rec.dir.name): epochs}, folder / "curves.png")
         last = rec.last_eval()
         per_class = {k[4:]: v for k, v in last.items() if k.startswith("iou/")} or (
-            (rec.final() or {}).get("per_class_iou") or {})
+            (rec.final() or {}).get("per_class_iou") or {}
+        )
         if per_class:
             new = new_classes(trial.get("config") or {}, int(trial.get("step") or 0), list(per_class))
-            plots.iou_bar_png(per_class, folder / "iou_bar.png", new_classes=new,
-                              title=f"per-class IoU at epoch {max(epochs)} (trial {trial.get('trial_id')})")
+            plots.iou_bar_png(
+                per_class,
+                folder / "iou_bar.png",
+                new_classes=new,
+                title=f"per-class IoU at epoch {max(epochs)} (trial {trial.get('trial_id')})",
+            )
         atomic_write_text(folder / "done", "1")
     except Exception:  # noqa: BLE001 - a figure must not fail the sweep
         print("wilson-ray: warning: trial summary figures failed:\n" + traceback.format_exc(), file=sys.stderr)
@@ -77,9 +82,13 @@ class TrialOutcomeCallback(tune.Callback):
             if rec.final() is not None:
                 rec.set_outcome("completed")
             elif epoch < self.settings.epochs:
-                rec.set_outcome("stopped_early", f"stopped by ASHA at the epoch-{int(epoch)} rung (of "
-                                f"{self.settings.epochs}): {self.settings.space.metric} below the better trials "
-                                "there", rung=int(epoch))
+                rec.set_outcome(
+                    "stopped_early",
+                    f"stopped by ASHA at the epoch-{int(epoch)} rung (of "
+                    f"{self.settings.epochs}): {self.settings.space.metric} below the better trials "
+                    "there",
+                    rung=int(epoch),
+                )
             else:
                 rec.set_outcome("completed")
         write_summary(rec)

@@ -47,11 +47,16 @@ def _optuna_figure(kind: str, study, path: Path, metric: str) -> Path | None:
     return plots._save(fig, path)
 
 
-def best_so_far_png(rows: list[dict[str, Any]], records: dict[str, dict[int, dict]], metric: str, mode: str,
-                    path: Path) -> Path:
+def best_so_far_png(
+    rows: list[dict[str, Any]], records: dict[str, dict[int, dict]], metric: str, mode: str, path: Path
+) -> Path:
     """The best ``metric`` of any evaluation so far against the trial-epochs spent (all trials, in time order)."""
-    events = sorted((m.get("_time", 0.0), tid, m.get(metric)) for tid, epochs in records.items()
-                    for m in epochs.values() if m.get("evaluated", 1) and isinstance(m.get(metric), (int, float)))
+    events = sorted(
+        (m.get("_time", 0.0), tid, m.get(metric))
+        for tid, epochs in records.items()
+        for m in epochs.values()
+        if m.get("evaluated", 1) and isinstance(m.get(metric), (int, float))
+    )
     xs, ys, best = [], [], None
     for i, (_, _, v) in enumerate(events, 1):
         if math.isfinite(v):
@@ -85,8 +90,9 @@ def _epochs_with_time(rec) -> dict[int, dict]:
     return out
 
 
-def comparison(rows: list[dict[str, Any]], metric: str, mode: str, defaults: dict[str, Any] | None,
-               spread: dict[str, Any] | None) -> dict[str, Any]:
+def comparison(
+    rows: list[dict[str, Any]], metric: str, mode: str, defaults: dict[str, Any] | None, spread: dict[str, Any] | None
+) -> dict[str, Any]:
     """The best trial against the paper-default trial, and whether the margin exceeds the default's
     seed-to-seed spread (max - min over seeds of ``spread['values']``, measured as ``spread['command']``)."""
     best = R.best_row(rows, metric, mode)
@@ -106,47 +112,74 @@ def comparison(rows: list[dict[str, Any]], metric: str, mode: str, defaults: dic
         # The default's value is from the epoch ASHA stopped it at, the best's from the last epoch: comparing
         # those would credit the sweep with the default's missing epochs. Its full-length seed runs are the
         # honest reference, when measured.
-        stopped = (f"the paper-default trial {default['trial']} was stopped by ASHA at epoch "
-                   f"{default.get('epochs')} ({metric} {default[metric]:.2f} there)")
+        stopped = (
+            f"the paper-default trial {default['trial']} was stopped by ASHA at epoch "
+            f"{default.get('epochs')} ({metric} {default[metric]:.2f} there)"
+        )
         if not vals:
             out.pop("margin")  # against the truncated value it would mislead
             out["text"] = f"{stopped}; no full-length run of it to compare the best trial with"
             return out
         mean = sum(vals) / len(vals)
         margin = out["margin"] = best[metric] - mean
-        verdict = ("larger than" if abs(margin) > width + 0.1 else "about equal to"
-                   if abs(margin) >= width - 0.1 else "within") if width is not None else "against"
-        text = (f"best trial {best['trial']} {metric} {best[metric]:.2f}; {stopped}, so it is compared with the "
-                f"default's full-length runs over {seeds} (mean {mean:.2f}: {', '.join(f'{v:.2f}' for v in vals)}): "
-                f"margin {margin:+.2f}, {verdict} their spread of {width:.2f}" if width is not None else
-                f"best trial {best['trial']} {metric} {best[metric]:.2f}; {stopped}; its full-length run: "
-                f"{mean:.2f}, margin {margin:+.2f}")
+        verdict = (
+            (
+                "larger than"
+                if abs(margin) > width + 0.1
+                else "about equal to"
+                if abs(margin) >= width - 0.1
+                else "within"
+            )
+            if width is not None
+            else "against"
+        )
+        text = (
+            f"best trial {best['trial']} {metric} {best[metric]:.2f}; {stopped}, so it is compared with the "
+            f"default's full-length runs over {seeds} (mean {mean:.2f}: {', '.join(f'{v:.2f}' for v in vals)}): "
+            f"margin {margin:+.2f}, {verdict} their spread of {width:.2f}"
+            if width is not None
+            else f"best trial {best['trial']} {metric} {best[metric]:.2f}; {stopped}; its full-length run: "
+            f"{mean:.2f}, margin {margin:+.2f}"
+        )
         if verdict not in ("larger than", "against"):
             text += ": not clearly a real difference"
         if spread and spread.get("command"):
             out["spread_note"] = f"seed spread: {spread['command']}" + (
-                f"; {spread['measured']}" if spread.get("measured") else "")
+                f"; {spread['measured']}" if spread.get("measured") else ""
+            )
         out["text"] = text
         return out
     if best["trial"] == default["trial"]:
-        text = (f"the paper-default trial is the best ({metric} {default[metric]:.2f}): on this data and budget the "
-                "sweep found nothing better than the paper's values")
+        text = (
+            f"the paper-default trial is the best ({metric} {default[metric]:.2f}): on this data and budget the "
+            "sweep found nothing better than the paper's values"
+        )
         if width is not None:
             text += f" (the default's seed-to-seed spread: {width:.2f} over {seeds})"
     else:
-        text = f"best trial {best['trial']} {metric} {best[metric]:.2f} vs paper default {default[metric]:.2f}: " \
-               f"margin {margin:+.2f}"
+        text = (
+            f"best trial {best['trial']} {metric} {best[metric]:.2f} vs paper default {default[metric]:.2f}: "
+            f"margin {margin:+.2f}"
+        )
         if width is not None:
             # equal to 0.1 is no evidence either way: the spread itself comes from a handful of seeds
-            verdict = ("larger than" if abs(margin) > width + 0.1 else "about equal to"
-                       if abs(margin) >= width - 0.1 else "within")
-            text += f", {verdict} the default's seed-to-seed spread of {width:.2f} ({seeds}: " \
-                    f"{', '.join(f'{v:.2f}' for v in vals)})"
+            verdict = (
+                "larger than"
+                if abs(margin) > width + 0.1
+                else "about equal to"
+                if abs(margin) >= width - 0.1
+                else "within"
+            )
+            text += (
+                f", {verdict} the default's seed-to-seed spread of {width:.2f} ({seeds}: "
+                f"{', '.join(f'{v:.2f}' for v in vals)})"
+            )
             if verdict != "larger than":
                 text += ": not clearly a real difference"
     if width is not None and spread and spread.get("command"):
         out["spread_note"] = f"seed spread: {spread['command']}" + (
-            f"; {spread['measured']}" if spread.get("measured") else "")
+            f"; {spread['measured']}" if spread.get("measured") else ""
+        )
     out["text"] = text
     return out
 
@@ -166,8 +199,10 @@ def _img(path: Path | None, alt: str) -> str:
     if path is None or not Path(path).is_file():
         return f"<p><em>{html.escape(alt)}: not available</em></p>"
     data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>' \
-           f"{html.escape(alt)}</figcaption></figure>"
+    return (
+        f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>'
+        f"{html.escape(alt)}</figcaption></figure>"
+    )
 
 
 def _table(rows: list[dict[str, Any]], keys: list[str], best: dict[str, Any] | None, default_id: str | None) -> str:
@@ -177,10 +212,16 @@ def _table(rows: list[dict[str, Any]], keys: list[str], best: dict[str, Any] | N
     for r in rows:
         cls = ' class="best"' if best and r["trial"] == best["trial"] else ""
         tag = " (default)" if r["trial"] == default_id else ""
-        cells = [f"{r['trial']}{tag}", *[rounded(r["params"].get(k)) for k in keys],
-                 *[f"{r[m]:.2f}" if isinstance(r.get(m), (int, float)) and math.isfinite(r[m]) else "-"
-                   for m in ("miou_old", "miou_new", "miou_all", "miou_hm")], r["epochs"],
-                 (r.get("reason") or r["outcome"]) if r["outcome"] != "completed" else "completed"]
+        cells = [
+            f"{r['trial']}{tag}",
+            *[rounded(r["params"].get(k)) for k in keys],
+            *[
+                f"{r[m]:.2f}" if isinstance(r.get(m), (int, float)) and math.isfinite(r[m]) else "-"
+                for m in ("miou_old", "miou_new", "miou_all", "miou_hm")
+            ],
+            r["epochs"],
+            (r.get("reason") or r["outcome"]) if r["outcome"] != "completed" else "completed",
+        ]
         out.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return "\n".join(out + ["</table>"])
 
@@ -213,19 +254,24 @@ def load_study(sweep: dict[str, Any], folder: Path, name: str, override: str | N
         return optuna.load_study(study_name=name, storage=url), None
     except Exception as err:  # noqa: BLE001 - the report still has everything that needs no study
         why = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        return None, (f"the Optuna study '{name}' at {redact(url)} could not be opened ({why}); pass "
-                      "--optuna-storage URL with its password, or set PGPASSWORD")
+        return None, (
+            f"the Optuna study '{name}' at {redact(url)} could not be opened ({why}); pass "
+            "--optuna-storage URL with its password, or set PGPASSWORD"
+        )
 
 
-def build_report(storage: str | Path, name: str, out: str | Path | None = None,
-                 optuna_storage: str | None = None) -> Path:
+def build_report(
+    storage: str | Path, name: str, out: str | Path | None = None, optuna_storage: str | None = None
+) -> Path:
     """Write ``<out>/report.html`` (images inlined) and its PNGs; ``out`` defaults to ``<sweep>/report``.
     ``optuna_storage`` opens the study where the recorded URL cannot (see ``load_study``)."""
     folder = R.sweep_dir(storage, name)
     sweep = R.read_sweep(storage, name)
     if sweep is None:
-        raise UserError(f"--storage/--name: no sweep '{name}' under {Path(storage).expanduser()} "
-                        f"(no {folder / R.SWEEP_FILE}), expected the --storage and --name of a sweep")
+        raise UserError(
+            f"--storage/--name: no sweep '{name}' under {Path(storage).expanduser()} "
+            f"(no {folder / R.SWEEP_FILE}), expected the --storage and --name of a sweep"
+        )
     rows = R.trial_rows(storage, name)
     if not rows:
         raise UserError(f"sweep '{name}' at {folder}: no trial records yet, expected at least one trial")
@@ -239,9 +285,14 @@ def build_report(storage: str | Path, name: str, out: str | Path | None = None,
     stopped = {r["trial"]: r["epochs"] for r in rows if r["outcome"] == "stopped_early"}
     max_epochs = int(sweep.get("epochs") or max((r["epochs"] for r in rows), default=1))
     figs: dict[str, Path | None] = {}
-    figs["curves"] = plots.learning_curves_png(epochs, out / "curves.png", stopped=stopped,
-                                               best=best and best["trial"], max_epochs=max_epochs,
-                                               marks=sweep.get("rungs") or ())
+    figs["curves"] = plots.learning_curves_png(
+        epochs,
+        out / "curves.png",
+        stopped=stopped,
+        best=best and best["trial"],
+        max_epochs=max_epochs,
+        marks=sweep.get("rungs") or (),
+    )
     figs["best_so_far"] = best_so_far_png(rows, epochs, metric, mode, out / "best_so_far.png")
     study, study_note = load_study(sweep, folder, name, optuna_storage)
     for kind in ("parallel_coordinate", "param_importances"):
@@ -263,27 +314,35 @@ def build_report(storage: str | Path, name: str, out: str | Path | None = None,
     default_id = cmp["default"]["trial"] if cmp.get("default") else None
     n_done = sum(r["outcome"] == "completed" for r in rows)
     n_stop = sum(r["outcome"] == "stopped_early" for r in rows)
+    task = (sweep.get("base") or {}).get("data", {}).get("task")
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>sweep {html.escape(name)}</title>"
         f"<style>{STYLE}</style></head><body>",
         f"<h1>Sweep {html.escape(name)}</h1>",
         f"<p>{len(rows)} trials ({n_done} completed, {n_stop} stopped early by ASHA, "
         f"{sum(r['outcome'] == 'failed' for r in rows)} failed); objective <b>{html.escape(metric)}</b> ({mode}); "
-        f"step {sweep.get('step')} of task {html.escape(str((sweep.get('base') or {}).get('data', {}).get('task')))}.</p>",
+        f"step {sweep.get('step')} of task {html.escape(str(task))}.</p>",
         f"<p class='verdict'>{html.escape(cmp['text'])}</p>",
         f"<p><small>{html.escape(cmp.get('spread_note', ''))}</small></p>" if cmp.get("spread_note") else "",
-        "<h2>Trials</h2>", _table(rows, keys, best, default_id),
-        "<h2>Learning curves</h2>", _img(figs["curves"], "old / new / all mIoU per epoch; x = stopped by ASHA"),
+        "<h2>Trials</h2>",
+        _table(rows, keys, best, default_id),
+        "<h2>Learning curves</h2>",
+        _img(figs["curves"], "old / new / all mIoU per epoch; x = stopped by ASHA"),
         "<h2>Search</h2>",
         f"<p><em>{html.escape(study_note)}</em></p>" if study_note else "",
-        _img(figs["parallel_coordinate"], f"parallel coordinates of the swept values, coloured by {metric} "
-                                          "(completed trials; Optuna)"),
+        _img(
+            figs["parallel_coordinate"],
+            f"parallel coordinates of the swept values, coloured by {metric} (completed trials; Optuna)",
+        ),
         _img(figs["param_importances"], f"parameter importances for {metric} (Optuna, fANOVA)"),
         _img(figs["best_so_far"], "best objective so far against trial-epochs spent"),
         f"<h2>Best trial {html.escape(str(best and best['trial']))}</h2>",
         _img(figs["best_iou"], "per-class IoU (old classes blue, new classes orange)"),
-        _img(figs["overlays"], "validation images: image, ground truth, prediction (and the localizer's map "
-                               "and pseudo-label where the method has them)"),
+        _img(
+            figs["overlays"],
+            "validation images: image, ground truth, prediction (and the localizer's map "
+            "and pseudo-label where the method has them)",
+        ),
         "</body></html>",
     ]
     return Path(atomic_write_text(out / "report.html", "\n".join(parts)))

@@ -40,8 +40,10 @@ def check_storage(storage: str | Path, flag: str = "--storage") -> Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise UserError(f"{flag}: {storage} is not a writable folder ({err.strerror or err}), expected a folder "
-                        "this user can create files in") from None
+        raise UserError(
+            f"{flag}: {storage} is not a writable folder ({err.strerror or err}), expected a folder "
+            "this user can create files in"
+        ) from None
     return path
 
 
@@ -72,21 +74,25 @@ def trial_rows(storage: str | Path, name: str) -> list[dict[str, Any]]:
         last = rec.last_eval()
         epochs = rec.epochs()
         outcome = rec.outcome() or {}
-        rows.append({
-            "trial": trial.get("trial_id"),
-            "name": trial.get("trial_name"),
-            "params": trial.get("params") or {},
-            "miou_old": last.get("miou_old"),
-            "miou_new": last.get("miou_new"),
-            "miou_all": last.get("miou_all"),
-            "miou_all_mib": last.get("miou_all_mib"),
-            "miou_hm": last.get("miou_hm"),
-            "epochs": max(epochs) if epochs else 0,
-            "outcome": outcome.get("outcome") or ("failed" if rec.failure() else "incomplete"),
-            "reason": outcome.get("reason") or rec.failure(),
-            "config": trial.get("config"),
-            "_curve": {e: m.get("miou_all") for e, m in epochs.items() if "miou_all" in m and m.get("evaluated", 1)},
-        })
+        rows.append(
+            {
+                "trial": trial.get("trial_id"),
+                "name": trial.get("trial_name"),
+                "params": trial.get("params") or {},
+                "miou_old": last.get("miou_old"),
+                "miou_new": last.get("miou_new"),
+                "miou_all": last.get("miou_all"),
+                "miou_all_mib": last.get("miou_all_mib"),
+                "miou_hm": last.get("miou_hm"),
+                "epochs": max(epochs) if epochs else 0,
+                "outcome": outcome.get("outcome") or ("failed" if rec.failure() else "incomplete"),
+                "reason": outcome.get("reason") or rec.failure(),
+                "config": trial.get("config"),
+                "_curve": {
+                    e: m.get("miou_all") for e, m in epochs.items() if "miou_all" in m and m.get("evaluated", 1)
+                },
+            }
+        )
     return rows
 
 
@@ -116,11 +122,18 @@ def format_table(rows: list[dict[str, Any]], keys: list[str], best: dict[str, An
     body = []
     for r in rows:
         mark = "*" if best is not None and r["trial"] == best["trial"] else ""
-        reason = (r.get("reason") or "")
+        reason = r.get("reason") or ""
         reason = reason.splitlines()[-1] if reason else ""
-        body.append([f"{r['trial']}{mark}", *[_fmt(rounded(r["params"].get(k))) for k in keys],
-                     *[f"{r[m]:.2f}" if _ok(r.get(m)) else "-" for m in ("miou_old", "miou_new", "miou_all", "miou_hm")],
-                     str(r["epochs"]), r["outcome"], reason[:70]])
+        body.append(
+            [
+                f"{r['trial']}{mark}",
+                *[_fmt(rounded(r["params"].get(k))) for k in keys],
+                *[f"{r[m]:.2f}" if _ok(r.get(m)) else "-" for m in ("miou_old", "miou_new", "miou_all", "miou_hm")],
+                str(r["epochs"]),
+                r["outcome"],
+                reason[:70],
+            ]
+        )
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)] if body else [len(h) for h in header]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *[line(b) for b in body]])
@@ -148,12 +161,16 @@ def export_best(storage: str | Path, name: str, out: str | Path) -> tuple[Path, 
     folder = sweep_dir(storage, name)
     sweep = read_sweep(storage, name)
     if sweep is None and not (folder / "trials").is_dir():
-        raise UserError(f"--storage/--name: no sweep '{name}' under {Path(storage).expanduser()} "
-                        f"(no {folder / SWEEP_FILE}), expected the --storage and --name of a sweep")
+        raise UserError(
+            f"--storage/--name: no sweep '{name}' under {Path(storage).expanduser()} "
+            f"(no {folder / SWEEP_FILE}), expected the --storage and --name of a sweep"
+        )
     rows = trial_rows(storage, name)
     best = best_row(rows, (sweep or {}).get("metric", "miou_all"), (sweep or {}).get("mode", "max"))
     if best is None:
-        raise UserError(f"sweep '{name}' at {folder}: none of its {len(rows)} trials has an evaluation yet, "
-                        "expected at least one evaluated trial")
+        raise UserError(
+            f"sweep '{name}' at {folder}: none of its {len(rows)} trials has an evaluation yet, "
+            "expected at least one evaluated trial"
+        )
     path = atomic_write_text(out, best_config_text(best, sweep))
     return Path(path), best

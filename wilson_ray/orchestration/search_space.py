@@ -3,7 +3,8 @@
 Pure Python (no ray import): ``load_search_space`` validates a file in a plain process and every error is a
 one-line ``UserError`` naming the file and the parameter. The file's sections are dataclasses (``SpaceFile``,
 ``Base``, ``Objective``, ``Search``, ``Scheduler``, ``Resources``, ``ParamSpec``) checked by the same
-``config.from_dict`` as a config file, once, here; the sweep reads them typed. Layout (see ``search_spaces/demo.yaml``)::
+``config.from_dict`` as a config file, once, here; the sweep reads them typed.
+Layout (see ``search_spaces/demo.yaml``)::
 
     name: demo-wilson-15-5          # default sweep name (``--name`` overrides)
     base:                           # the fixed part: what ``wilson-ray train`` would resolve
@@ -40,7 +41,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from wilson_ray.config import REMOVED_KEYS, Config, ErrorStyle, config_hash, flatten, from_dict, read_yaml, resolve_config
+from wilson_ray.config import (
+    REMOVED_KEYS,
+    Config,
+    ErrorStyle,
+    config_hash,
+    flatten,
+    from_dict,
+    read_yaml,
+    resolve_config,
+)
 from wilson_ray.errors import UserError
 
 Metric = Literal["miou_all", "miou_old", "miou_new", "miou_all_mib", "miou_hm", "iou_background", "loss/total"]
@@ -228,8 +238,7 @@ class SearchSpace:
     def resolve(self, values: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Config:
         """The full config of a trial: base + ``extra`` overrides (CLI) + swept ``values``."""
         overrides = {**self.overrides, **(extra or {}), **(values or {})}
-        return resolve_config(self.preset, self.config_file, self.method, overrides,
-                              source=f"search space {self.path}")
+        return resolve_config(self.preset, self.config_file, self.method, overrides, source=f"search space {self.path}")
 
     def base_config(self, extra: dict[str, Any] | None = None) -> Config:
         """The config every trial starts from (no swept value applied)."""
@@ -272,12 +281,14 @@ class SearchSpace:
 
     def fingerprint(self, extra: dict[str, Any] | None = None) -> str:
         """Hash of what defines the sweep's trials (base config, parameters, step, objective)."""
-        return config_hash({
-            "base": self.base_config(extra).to_dict(),
-            "params": [vars(p) for p in self.params],
-            "step": self.step,
-            "objective": [self.objective.metric, self.objective.mode, self.objective.multi_objective],
-        })
+        return config_hash(
+            {
+                "base": self.base_config(extra).to_dict(),
+                "params": [vars(p) for p in self.params],
+                "step": self.step,
+                "objective": [self.objective.metric, self.objective.mode, self.objective.multi_objective],
+            }
+        )
 
     def to_optuna(self) -> dict[str, Any]:
         """Optuna distributions keyed by dotted config key (for ``OptunaSearch(space=...)``)."""
@@ -302,8 +313,12 @@ class SearchSpace:
 
 def _number(value: Any, where: str, src: str, kind: type = float) -> Any:
     """A finite number (an integral one for ``kind`` int, returned as int); bounds keep their YAML type."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-            kind is int and not float(value).is_integer()) or not math.isfinite(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (kind is int and not float(value).is_integer())
+        or not math.isfinite(value)
+    ):
         expected = "an integer" if kind is int else "a finite number"
         raise UserError(f"{src}: {where} is {value!r}, expected {expected}")
     return int(value) if kind is int else value
@@ -328,8 +343,9 @@ def _parse_param(key: Any, spec: Any, src: str) -> Param:
     if dist not in DISTRIBUTIONS:
         near = difflib.get_close_matches(str(dist), DISTRIBUTIONS, n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
-        raise UserError(f"{src}: {where}: distribution {dist!r} is unknown{hint}, expected one of "
-                        f"{', '.join(DISTRIBUTIONS)}")
+        raise UserError(
+            f"{src}: {where}: distribution {dist!r} is unknown{hint}, expected one of {', '.join(DISTRIBUTIONS)}"
+        )
     p = Param(key=key, distribution=dist, log=s.log, default=s.default)
     if dist == "choice":
         values = s.values
@@ -373,20 +389,26 @@ def _parse_param(key: Any, spec: Any, src: str) -> Param:
 
 def _check_key(p: Param, flat: dict[str, Any], method: str, src: str) -> None:
     if p.key in _UNSWEEPABLE:
-        raise UserError(f"{src}: parameter '{p.key}' cannot be swept (it changes what a trial is), expected a "
-                        f"hyperparameter such as method.alpha; run one sweep per {p.key.split('.')[-1]}")
+        raise UserError(
+            f"{src}: parameter '{p.key}' cannot be swept (it changes what a trial is), expected a "
+            f"hyperparameter such as method.alpha; run one sweep per {p.key.split('.')[-1]}"
+        )
     if p.key in REMOVED_KEYS:
         raise UserError(f"{src}: parameter '{p.key}': {REMOVED_KEYS[p.key]}")
     if p.key not in flat:
         sections = {k for k in flat if k.startswith(p.key + ".")}
         if sections:
-            raise UserError(f"{src}: parameter '{p.key}' is a config section, expected one of its keys, e.g. "
-                            f"'{sorted(sections)[0]}'")
+            raise UserError(
+                f"{src}: parameter '{p.key}' is a config section, expected one of its keys, e.g. "
+                f"'{sorted(sections)[0]}'"
+            )
         near = difflib.get_close_matches(p.key, list(flat), n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
         what = f"of method '{method}'" if p.key.startswith("method.") else "in the config"
-        raise UserError(f"{src}: unknown parameter '{p.key}': not a key {what}{hint}; expected a dotted key of "
-                        "the resolved config, e.g. method.alpha")
+        raise UserError(
+            f"{src}: unknown parameter '{p.key}': not a key {what}{hint}; expected a dotted key of "
+            "the resolved config, e.g. method.alpha"
+        )
 
 
 def parse_space(data: Any, path: Path) -> SearchSpace:
@@ -396,8 +418,9 @@ def parse_space(data: Any, path: Path) -> SearchSpace:
     src = f"search space {path}"
     if isinstance(data, dict):
         # An empty section (``objective:`` with nothing under it) means its defaults; ``scheduler: null`` is none.
-        data = {k: ({} if v is None and k in ("base", "objective", "search", "resources") else v)
-                for k, v in data.items()}
+        data = {
+            k: ({} if v is None and k in ("base", "objective", "search", "resources") else v) for k, v in data.items()
+        }
     f: SpaceFile = from_dict(SpaceFile, data, src, "", FILE_STYLE)
     base = f.base
     if base.preset is not None and base.config is not None:
@@ -430,8 +453,12 @@ def parse_space(data: Any, path: Path) -> SearchSpace:
         ("step", f.step, f.step >= 0, ">= 0"),
         ("search.num_samples", f.search.num_samples, f.search.num_samples > 0, "a positive number"),
         ("search.grid_points", f.search.grid_points, f.search.grid_points > 0, "a positive number"),
-        ("resources.workers_per_trial", f.resources.workers_per_trial, f.resources.workers_per_trial > 0,
-         "a positive number"),
+        (
+            "resources.workers_per_trial",
+            f.resources.workers_per_trial,
+            f.resources.workers_per_trial > 0,
+            "a positive number",
+        ),
     ]
     for res in ("cpus_per_worker", "gpus_per_worker"):
         v = getattr(f.resources, res)
@@ -440,17 +467,31 @@ def parse_space(data: Any, path: Path) -> SearchSpace:
         checks += [
             ("scheduler.grace_period", sched.grace_period, sched.grace_period > 0, "a positive number"),
             ("scheduler.max_t", sched.max_t, sched.max_t is None or sched.max_t > 0, "a positive number"),
-            ("scheduler.reduction_factor", sched.reduction_factor,
-             math.isfinite(sched.reduction_factor) and sched.reduction_factor > 1, "a number > 1"),
+            (
+                "scheduler.reduction_factor",
+                sched.reduction_factor,
+                math.isfinite(sched.reduction_factor) and sched.reduction_factor > 1,
+                "a number > 1",
+            ),
         ]
     _ranges(src, checks)
     if not isinstance(f.parameters, dict) or not f.parameters:
-        raise UserError(f"{src}: 'parameters' is {f.parameters!r}, expected a mapping of config key to "
-                        "distribution")
-    return SearchSpace(path=path, name=name, preset=base.preset, config_file=config_file, method=base.method,
-                       overrides=overrides, step=f.step, objective=obj, search=f.search, scheduler=sched,
-                       resources=f.resources, seed_spread=f.seed_spread,
-                       params=[_parse_param(k, v, src) for k, v in f.parameters.items()])
+        raise UserError(f"{src}: 'parameters' is {f.parameters!r}, expected a mapping of config key to distribution")
+    return SearchSpace(
+        path=path,
+        name=name,
+        preset=base.preset,
+        config_file=config_file,
+        method=base.method,
+        overrides=overrides,
+        step=f.step,
+        objective=obj,
+        search=f.search,
+        scheduler=sched,
+        resources=f.resources,
+        seed_spread=f.seed_spread,
+        params=[_parse_param(k, v, src) for k, v in f.parameters.items()],
+    )
 
 
 def load_search_space(path: str | Path, extra: dict[str, Any] | None = None) -> SearchSpace:
@@ -472,8 +513,10 @@ def load_search_space(path: str | Path, extra: dict[str, Any] | None = None) -> 
             raise UserError(f"{src}: parameter '{p.key}' is a boolean, expected distribution: choice")
         if not p.contains(p.default):
             if space.search.evaluate_defaults:
-                raise UserError(f"{src}: parameter '{p.key}': default {p.default!r} is outside {p.describe()}, "
-                                "expected the range to include it (or set 'default:' / evaluate_defaults: false)")
+                raise UserError(
+                    f"{src}: parameter '{p.key}': default {p.default!r} is outside {p.describe()}, "
+                    "expected the range to include it (or set 'default:' / evaluate_defaults: false)"
+                )
         if p.distribution == "int" and isinstance(p.default, float) and p.default.is_integer():
             p.default = int(p.default)
     _check_corners(space, extra, src)

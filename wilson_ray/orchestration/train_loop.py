@@ -79,8 +79,7 @@ class RayReportCallback:
     scheduler decision on the last result (ASHA stops trials at max_t) cannot cut them off.
     """
 
-    def __init__(self, rank: int, total_epochs: int, record=None, tracker=None, final_artifacts=None,
-                 report=None):
+    def __init__(self, rank: int, total_epochs: int, record=None, tracker=None, final_artifacts=None, report=None):
         self.rank = rank
         self.report = report or _train_report
         self.total_epochs = total_epochs
@@ -129,8 +128,9 @@ class RayReportCallback:
 def _train_report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
     import ray.train
 
-    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
-                     if checkpoint_dir else None)
+    ray.train.report(
+        metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+    )
 
 
 def _tune_report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
@@ -148,8 +148,12 @@ def write_final_artifacts(record, result, cfg, step: int) -> None:
     final.mkdir(parents=True, exist_ok=True)
     new = _new_classes(cfg, step, result.class_names)
     plots.write_per_class(result.per_class_iou, final)
-    plots.iou_bar_png(result.per_class_iou, final / "iou_bar.png", new_classes=new,
-                      title=f"per-class IoU, task {cfg.data.task} step {step} ({cfg.method.name})")
+    plots.iou_bar_png(
+        result.per_class_iou,
+        final / "iou_bar.png",
+        new_classes=new,
+        title=f"per-class IoU, task {cfg.data.task} step {step} ({cfg.method.name})",
+    )
     plots.write_confusion(result.confusion, result.class_names, final)
     plots.confusion_png(result.confusion, result.class_names, final / "confusion.png")
     if result.checkpoint is not None and Path(result.checkpoint).is_file():
@@ -157,9 +161,13 @@ def write_final_artifacts(record, result, cfg, step: int) -> None:
             plots.overlays_png(result.checkpoint, final / "overlays.png", n=4, weak=_weak_panels(result))
         except Exception:  # noqa: BLE001
             print("wilson-ray: warning: prediction overlays failed:\n" + traceback.format_exc(), file=sys.stderr)
-    data = {"metrics": {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))},
-            "per_class_iou": result.per_class_iou, "epochs": result.epochs, "step": result.step,
-            "checkpoint": str(result.checkpoint) if result.checkpoint else None}
+    data = {
+        "metrics": {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))},
+        "per_class_iou": result.per_class_iou,
+        "epochs": result.epochs,
+        "step": result.step,
+        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+    }
     atomic_write_text(final / "final.json", json.dumps(data, indent=1, default=lambda v: None))
     if (record.outcome() or {}).get("outcome") != "stopped_early":  # ASHA's stop raced the last epoch
         record.set_outcome("completed")
@@ -172,8 +180,12 @@ def _weak_panels(result):
     if result.live is None:
         return None
     method, ctx = result.live
-    if ctx.module.localizer is None or not hasattr(method, "targets") or not hasattr(method, "old_outputs") \
-            or ctx.old_model is None:
+    if (
+        ctx.module.localizer is None
+        or not hasattr(method, "targets")
+        or not hasattr(method, "old_outputs")
+        or ctx.old_model is None
+    ):
         return None
     import torch
     import torch.nn.functional as F
@@ -191,7 +203,7 @@ def _weak_panels(result):
                 size = image.shape[-2:]
                 c_old = s_old.shape[1]  # z̄ channels c_old.. are the new classes; labels[c - 1] is class c
                 new = torch.sigmoid(out.localizer_eval.float())[0, c_old:]
-                present = labels[0, c_old - 1:] > 0
+                present = labels[0, c_old - 1 :] > 0
                 heat = (new[present] if present.any() else new).amax(0, keepdim=True)
                 heat = F.interpolate(heat[None], size=size, mode="bilinear", align_corners=False)[0, 0]
                 pseudo = F.interpolate(q_hat.float(), size=size, mode="bilinear", align_corners=False).argmax(1)[0]
@@ -217,8 +229,19 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
     from wilson_ray.engine import NonFiniteLossError
     from wilson_ray.errors import UserError
 
-    return (NonFiniteLossError, UserError, ValueError, TypeError, KeyError, AttributeError, IndexError,
-            ImportError, AssertionError, NotImplementedError, ZeroDivisionError)
+    return (
+        NonFiniteLossError,
+        UserError,
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        IndexError,
+        ImportError,
+        AssertionError,
+        NotImplementedError,
+        ZeroDivisionError,
+    )
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -271,7 +294,10 @@ def run_step(config: dict[str, Any], rank: int, checkpoint, report, device: str 
         tracker = BackgroundSync(TrialTracker(TrackingInfo.from_dict(config["tracking"]), record))
         tracker.request()  # find or create the run while the model and data load
     callback = RayReportCallback(
-        rank, cfg.optim(step).epochs, record=record if rank == 0 else None, tracker=tracker,
+        rank,
+        cfg.optim(step).epochs,
+        record=record if rank == 0 else None,
+        tracker=tracker,
         final_artifacts=(lambda result: write_final_artifacts(record, result, cfg, step)) if rank == 0 else None,
         report=report,
     )
@@ -290,13 +316,22 @@ def run_step(config: dict[str, Any], rank: int, checkpoint, report, device: str 
                 return  # the step was complete; only the end of the last attempt was lost
             resume = folder / meta["state_file"]
             if rank == 0:
-                print(f"wilson-ray: resuming trial {config.get('trial_id')} after epoch {meta['epoch']}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"wilson-ray: resuming trial {config.get('trial_id')} after epoch {meta['epoch']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if rank == 0:
             kill_point("first_report")
         try:
-            engine.train_step(cfg, step, init_checkpoint=Path(init) if init else None,
-                              out_dir=Path(config["trial_dir"]) / "model", callbacks=[callback], resume_from=resume)
+            engine.train_step(
+                cfg,
+                step,
+                init_checkpoint=Path(init) if init else None,
+                out_dir=Path(config["trial_dir"]) / "model",
+                callbacks=[callback],
+                resume_from=resume,
+            )
         except SystemExit:
             # Tune stopped the trial at its report (ASHA). A reused trial process (direct trials) starts the next
             # trial as soon as this thread ends, so the last MLflow sync finishes on its own thread meanwhile.
@@ -314,19 +349,48 @@ def run_step(config: dict[str, Any], rank: int, checkpoint, report, device: str 
         tracker.close()
 
 
-def loop_config(*, cfg_dict: dict[str, Any], step: int, trial_id: str, trial_dir: str | Path,
-                init_checkpoint: str | Path | None, tracking: dict[str, Any] | None, use_gpu: bool = False,
-                cpus: float = 0, worker_logs: bool = False) -> dict[str, Any]:
+def loop_config(
+    *,
+    cfg_dict: dict[str, Any],
+    step: int,
+    trial_id: str,
+    trial_dir: str | Path,
+    init_checkpoint: str | Path | None,
+    tracking: dict[str, Any] | None,
+    use_gpu: bool = False,
+    cpus: float = 0,
+    worker_logs: bool = False,
+) -> dict[str, Any]:
     """The ``config`` that ``train_loop_per_worker`` / ``run_direct`` receive."""
-    return {"cfg": cfg_dict, "step": step, "trial_id": trial_id, "trial_dir": str(trial_dir),
-            "init_checkpoint": str(init_checkpoint) if init_checkpoint else None, "tracking": tracking,
-            "use_gpu": use_gpu, "cpus": cpus, "worker_logs": worker_logs}
+    return {
+        "cfg": cfg_dict,
+        "step": step,
+        "trial_id": trial_id,
+        "trial_dir": str(trial_dir),
+        "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
+        "tracking": tracking,
+        "use_gpu": use_gpu,
+        "cpus": cpus,
+        "worker_logs": worker_logs,
+    }
 
 
-def build_trainer(*, cfg_dict: dict[str, Any], step: int, trial_id: str, trial_dir: str | Path,
-                  storage_path: str | Path, init_checkpoint: str | Path | None, workers: int,
-                  cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, max_failures: int = 2,
-                  tracking: dict[str, Any] | None = None, callbacks: list | None = None, worker_logs: bool = False):
+def build_trainer(
+    *,
+    cfg_dict: dict[str, Any],
+    step: int,
+    trial_id: str,
+    trial_dir: str | Path,
+    storage_path: str | Path,
+    init_checkpoint: str | Path | None,
+    workers: int,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 0.0,
+    max_failures: int = 2,
+    tracking: dict[str, Any] | None = None,
+    callbacks: list | None = None,
+    worker_logs: bool = False,
+):
     """The ``TorchTrainer`` of one trial; its run is named after the trial so a restored trial finds its
     checkpoints (Train V2 restores a run from ``storage_path/name``)."""
     import ray.train
@@ -341,14 +405,21 @@ def build_trainer(*, cfg_dict: dict[str, Any], step: int, trial_id: str, trial_d
         resources["GPU"] = gpus_per_worker
     return trainer_class()(
         train_loop_per_worker,
-        train_loop_config=loop_config(cfg_dict=cfg_dict, step=step, trial_id=trial_id, trial_dir=trial_dir,
-                                      init_checkpoint=init_checkpoint, tracking=tracking, use_gpu=use_gpu,
-                                      worker_logs=worker_logs),
+        train_loop_config=loop_config(
+            cfg_dict=cfg_dict,
+            step=step,
+            trial_id=trial_id,
+            trial_dir=trial_dir,
+            init_checkpoint=init_checkpoint,
+            tracking=tracking,
+            use_gpu=use_gpu,
+            worker_logs=worker_logs,
+        ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=trial_id, storage_path=str(storage_path),
+            name=trial_id,
+            storage_path=str(storage_path),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks or [],

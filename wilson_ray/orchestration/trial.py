@@ -84,16 +84,32 @@ def trial(config: dict[str, Any], settings: SweepSettings) -> None:
         init = previous_step_checkpoint(trial_config(settings, values), settings.step, settings.cache_dir)
     try:
         if settings.trainer == "direct":
-            run_direct(loop_config(cfg_dict=cfg_dict, step=settings.step, trial_id=trial_id,
-                                   trial_dir=record.dir, init_checkpoint=init, tracking=settings.tracking,
-                                   cpus=settings.cpus_per_worker))
+            run_direct(
+                loop_config(
+                    cfg_dict=cfg_dict,
+                    step=settings.step,
+                    trial_id=trial_id,
+                    trial_dir=record.dir,
+                    init_checkpoint=init,
+                    tracking=settings.tracking,
+                    cpus=settings.cpus_per_worker,
+                )
+            )
         else:
             build_trainer(
-                cfg_dict=cfg_dict, step=settings.step, trial_id=trial_id, trial_dir=record.dir,
-                storage_path=Path(settings.sweep_dir) / "train", init_checkpoint=init,
-                workers=settings.workers, cpus_per_worker=settings.cpus_per_worker,
-                gpus_per_worker=settings.gpus_per_worker, max_failures=settings.max_failures,
-                tracking=settings.tracking, callbacks=[TuneReportCallback()], worker_logs=settings.worker_logs,
+                cfg_dict=cfg_dict,
+                step=settings.step,
+                trial_id=trial_id,
+                trial_dir=record.dir,
+                storage_path=Path(settings.sweep_dir) / "train",
+                init_checkpoint=init,
+                workers=settings.workers,
+                cpus_per_worker=settings.cpus_per_worker,
+                gpus_per_worker=settings.gpus_per_worker,
+                max_failures=settings.max_failures,
+                tracking=settings.tracking,
+                callbacks=[TuneReportCallback()],
+                worker_logs=settings.worker_logs,
             ).fit()
     except Exception:  # Train's errors wrap the worker's; Tune retries or reports it (TrialOutcomeCallback)
         reason = record.failure()

@@ -24,21 +24,22 @@ from typing import Any
 import ray
 from ray import tune
 
+from wilson_ray.config import flatten
 from wilson_ray.errors import UserError
-from wilson_ray.orchestration import results as R
 from wilson_ray.orchestration import cluster
+from wilson_ray.orchestration import results as R
 from wilson_ray.orchestration.backends import alive_nodes, check_shared_sqlite, optuna_storage_url, redact
 from wilson_ray.orchestration.cluster import check_cluster, init_ray, trainer_kind
 from wilson_ray.orchestration.compat import WilsonOptunaSearch
 from wilson_ray.orchestration.console import ConsoleReporter, asha_rungs, plan_line
 from wilson_ray.orchestration.kill_points import kill_point
 from wilson_ray.orchestration.outcome import TrialOutcomeCallback
-from wilson_ray.config import flatten
 from wilson_ray.orchestration.search_space import SearchSpace
 from wilson_ray.orchestration.settings import SweepSettings
 from wilson_ray.orchestration.trial import TrialFailed, trial, trial_config, trial_config_dict
 from wilson_ray.sweep_record import TrialRecord, record_id
 from wilson_ray.tracking.mlflow_tracker import (
+    VIEW_KEY,
     SweepRun,
     TrackingInfo,
     TrialTracker,
@@ -46,7 +47,6 @@ from wilson_ray.tracking.mlflow_tracker import (
     default_artifact_location,
     default_tracking_uri,
     is_local_store,
-    VIEW_KEY,
     share_view,
     ui_command,
 )
@@ -54,9 +54,23 @@ from wilson_ray.tracking.mlflow_tracker import (
 DRIVER_RESOURCES = {"CPU": 0, "memory": 64 * 1024**2}  # the trial function only waits on its TorchTrainer
 
 # Names other modules and tests import from here (the driver's public surface before the split)
-__all__ = ["SweepOptions", "SweepOutcome", "run_sweep", "print_outcome", "trial_dirname", "DRIVER_RESOURCES",
-           "WilsonOptunaSearch", "TrialFailed", "TrialOutcomeCallback", "check_cluster", "init_ray", "trainer_kind",
-           "trial", "trial_config", "trial_config_dict"]
+__all__ = [
+    "SweepOptions",
+    "SweepOutcome",
+    "run_sweep",
+    "print_outcome",
+    "trial_dirname",
+    "DRIVER_RESOURCES",
+    "WilsonOptunaSearch",
+    "TrialFailed",
+    "TrialOutcomeCallback",
+    "check_cluster",
+    "init_ray",
+    "trainer_kind",
+    "trial",
+    "trial_config",
+    "trial_config_dict",
+]
 
 
 @dataclass
@@ -100,8 +114,17 @@ class SweepOutcome:
 # The sweep
 
 
-def _settings(opts: SweepOptions, name: str, sweep_path: Path, base_cfg, tracking: TrackingInfo | None,
-              workers: int, cpus: float, gpus: float, trainer: str) -> SweepSettings:
+def _settings(
+    opts: SweepOptions,
+    name: str,
+    sweep_path: Path,
+    base_cfg,
+    tracking: TrackingInfo | None,
+    workers: int,
+    cpus: float,
+    gpus: float,
+    trainer: str,
+) -> SweepSettings:
     space = opts.space
     step = space.step
     epochs_key = "incremental.epochs" if step > 0 else "step0.epochs"
@@ -110,10 +133,20 @@ def _settings(opts: SweepOptions, name: str, sweep_path: Path, base_cfg, trackin
         if p.key == epochs_key:
             epochs = int(p.high if p.distribution != "choice" else max(p.values))
     return SweepSettings(
-        name=name, sweep_dir=str(sweep_path), step=step, base=base_cfg.to_dict(), space=space,
-        workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus, trainer=trainer,
-        max_failures=space.max_failures, cache_dir=str(Path(opts.storage) / "step_cache"),
-        tracking=tracking.to_dict() if tracking else None, epochs=epochs, worker_logs=opts.verbose < 2,
+        name=name,
+        sweep_dir=str(sweep_path),
+        step=step,
+        base=base_cfg.to_dict(),
+        space=space,
+        workers=workers,
+        cpus_per_worker=cpus,
+        gpus_per_worker=gpus,
+        trainer=trainer,
+        max_failures=space.max_failures,
+        cache_dir=str(Path(opts.storage) / "step_cache"),
+        tracking=tracking.to_dict() if tracking else None,
+        epochs=epochs,
+        worker_logs=opts.verbose < 2,
     )
 
 
@@ -123,8 +156,10 @@ def _shared_previous_step(space: SearchSpace, extra: dict[str, Any], base_cfg) -
     from wilson_ray.cache import step_key
 
     key = step_key(base_cfg, space.step - 1)
-    probes = [{p.key: p.low for p in space.params if p.distribution != "choice"},
-              {p.key: p.high for p in space.params if p.distribution != "choice"}]
+    probes = [
+        {p.key: p.low for p in space.params if p.distribution != "choice"},
+        {p.key: p.high for p in space.params if p.distribution != "choice"},
+    ]
     probes += [{p.key: v} for p in space.params for v in p.values or []]
     return all(step_key(space.resolve(values, extra), space.step - 1) == key for values in probes if values)
 
@@ -139,7 +174,7 @@ def _absolute_paths(extra: dict[str, Any], base_cfg) -> dict[str, Any]:
     if pre and pre not in ("torchvision",):
         path = pre.split(":", 1)[1] if pre.startswith("iabn:") else pre
         if not Path(path).is_absolute() and Path(path).exists():
-            out["model.pretrained"] = (("iabn:" if pre.startswith("iabn:") else "") + str(Path(path).resolve()))
+            out["model.pretrained"] = ("iabn:" if pre.startswith("iabn:") else "") + str(Path(path).resolve())
     return out
 
 
@@ -166,9 +201,11 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
     fingerprint = space.fingerprint(extra)
     previous = R.read_sweep(storage, name)
     if previous is not None and previous.get("fingerprint") != fingerprint:
-        raise UserError(f"--name {name}: the sweep at {sweep_path} was made from a different search space or base "
-                        f"config (fingerprint {previous.get('fingerprint')} vs {fingerprint}); expected the same "
-                        "--space/--set/--data-root to resume it, or a new --name")
+        raise UserError(
+            f"--name {name}: the sweep at {sweep_path} was made from a different search space or base "
+            f"config (fingerprint {previous.get('fingerprint')} vs {fingerprint}); expected the same "
+            "--space/--set/--data-root to resume it, or a new --name"
+        )
 
     if previous is not None and previous.get("trainer", trainer) != trainer:
         # its trials' checkpoints live where the first run's trainer put them (Train's or Tune's storage)
@@ -178,9 +215,12 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
     tracking = None
     if opts.tracking:
         uri = check_tracking_uri(opts.tracking_uri) if opts.tracking_uri else default_tracking_uri(storage)
-        tracking = TrackingInfo(uri=uri, experiment=name, sweep=name,
-                                artifact_location=default_artifact_location(storage, name) if is_local_store(uri)
-                                else None)
+        tracking = TrackingInfo(
+            uri=uri,
+            experiment=name,
+            sweep=name,
+            artifact_location=default_artifact_location(storage, name) if is_local_store(uri) else None,
+        )
 
     if opts.verbose < 2:  # Tune's new console output prints its experiment banner even when silent
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -191,27 +231,58 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
         optuna_url = optuna_storage_url(opts.optuna_storage, sweep_path)
         check_shared_sqlite(storage, alive_nodes(), uri, optuna_url, log)  # no SQLite written from many nodes
         sweep_path.mkdir(parents=True, exist_ok=True)
-        R.write_sweep(storage, name, {
-            "name": name, "fingerprint": fingerprint, "space": str(space.path.resolve()), "step": space.step,
-            "metric": space.metric, "mode": space.mode, "multi_objective": space.multi_objective,
-            "keys": space.keys, "num_samples": num_samples, "workers_per_trial": workers,
-            "cpus_per_worker": cpus, "gpus_per_worker": gpus, "trainer": trainer, "tracking_uri": uri and redact(uri),
-            "optuna_storage": redact(optuna_url),
-            "cache_dir": str(storage / "step_cache"), "created": (previous or {}).get("created", time.time()),
-            "base": base_cfg.to_dict(), "defaults": space.defaults() if space.evaluate_defaults else None,
-            "epochs": _settings(opts, name, sweep_path, base_cfg, None, workers, cpus, gpus, trainer).epochs,
-            "rungs": _rungs_of(space, base_cfg), "seed_spread": dataclasses.asdict(space.seed_spread)
-            if space.seed_spread else None,
-        })
+        R.write_sweep(
+            storage,
+            name,
+            {
+                "name": name,
+                "fingerprint": fingerprint,
+                "space": str(space.path.resolve()),
+                "step": space.step,
+                "metric": space.metric,
+                "mode": space.mode,
+                "multi_objective": space.multi_objective,
+                "keys": space.keys,
+                "num_samples": num_samples,
+                "workers_per_trial": workers,
+                "cpus_per_worker": cpus,
+                "gpus_per_worker": gpus,
+                "trainer": trainer,
+                "tracking_uri": uri and redact(uri),
+                "optuna_storage": redact(optuna_url),
+                "cache_dir": str(storage / "step_cache"),
+                "created": (previous or {}).get("created", time.time()),
+                "base": base_cfg.to_dict(),
+                "defaults": space.defaults() if space.evaluate_defaults else None,
+                "epochs": _settings(opts, name, sweep_path, base_cfg, None, workers, cpus, gpus, trainer).epochs,
+                "rungs": _rungs_of(space, base_cfg),
+                "seed_spread": dataclasses.asdict(space.seed_spread) if space.seed_spread else None,
+            },
+        )
         if tracking is not None:
             parent = SweepRun(tracking)
-            parent.open(params=_parent_params(space, base_cfg, num_samples, workers),
-                        tags={"wilson_ray.space": str(space.path.resolve())}, files=[space.path])
+            parent.open(
+                params=_parent_params(space, base_cfg, num_samples, workers),
+                tags={"wilson_ray.space": str(space.path.resolve())},
+                files=[space.path],
+            )
             tracking.parent_run_id = parent.run_id
         settings = _settings(opts, name, sweep_path, base_cfg, tracking, workers, cpus, gpus, trainer)
 
-        log(plan_line(name, num_samples, workers, trainer, concurrency, settings.epochs, space.metric,
-                      _rungs(space, settings), str(sweep_path), uri))
+        log(
+            plan_line(
+                name,
+                num_samples,
+                workers,
+                trainer,
+                concurrency,
+                settings.epochs,
+                space.metric,
+                _rungs(space, settings),
+                str(sweep_path),
+                uri,
+            )
+        )
         # Earlier steps once, here (or on a TorchTrainer); trials then only read the cache.
         if space.step > 0:
             from wilson_ray.cache import previous_step_checkpoint
@@ -246,14 +317,25 @@ def _ddp_step_trainer(settings: SweepSettings, workers: int, log):
 
     def train(cfg, step: int, init, out_dir: Path) -> Path:
         folder = Path(settings.sweep_dir) / "earlier_steps" / f"step{step}"
-        log(f"step {step}: training it once on a {workers}-worker Ray Train TorchTrainer (DDP); "
-            f"log: {folder}/worker-0.log")
+        log(
+            f"step {step}: training it once on a {workers}-worker Ray Train TorchTrainer (DDP); "
+            f"log: {folder}/worker-0.log"
+        )
         t0 = time.time()
         cfg.run.val_interval = 5  # the sweep's every-epoch evaluation is for ASHA; evaluation changes no weight
-        build_trainer(cfg_dict=cfg.to_dict(), step=step, trial_id=f"step{step}", trial_dir=folder,
-                      storage_path=Path(settings.sweep_dir) / "train", init_checkpoint=init, workers=workers,
-                      cpus_per_worker=1.0, gpus_per_worker=settings.gpus_per_worker, max_failures=1,
-                      worker_logs=settings.worker_logs).fit()
+        build_trainer(
+            cfg_dict=cfg.to_dict(),
+            step=step,
+            trial_id=f"step{step}",
+            trial_dir=folder,
+            storage_path=Path(settings.sweep_dir) / "train",
+            init_checkpoint=init,
+            workers=workers,
+            cpus_per_worker=1.0,
+            gpus_per_worker=settings.gpus_per_worker,
+            max_failures=1,
+            worker_logs=settings.worker_logs,
+        ).fit()
         epochs = TrialRecord(folder).epochs()
         last = epochs[max(epochs)] if epochs else {}
         miou = ", ".join(f"{k[5:]} {last[k]:.1f}" for k in ("miou_old", "miou_all") if k in last)
@@ -270,14 +352,29 @@ def _parent_params(space: SearchSpace, base_cfg, num_samples: int, workers: int)
 
     names = short_names(space.keys)
     flat = flatten(base_cfg.to_dict())
-    return {**{f"space.{names[p.key]}": p.describe() for p in space.params},
-            "method": base_cfg.method.name, "task": base_cfg.data.task, "step": space.step,
-            "epochs": flat.get("incremental.epochs" if space.step > 0 else "step0.epochs"),
-            "metric": space.metric, "mode": space.mode, "num_samples": num_samples, "workers_per_trial": workers}
+    return {
+        **{f"space.{names[p.key]}": p.describe() for p in space.params},
+        "method": base_cfg.method.name,
+        "task": base_cfg.data.task,
+        "step": space.step,
+        "epochs": flat.get("incremental.epochs" if space.step > 0 else "step0.epochs"),
+        "metric": space.metric,
+        "mode": space.mode,
+        "num_samples": num_samples,
+        "workers_per_trial": workers,
+    }
 
 
-def _tuner(space: SearchSpace, settings: SweepSettings, sweep_path: Path, storage: Path, name: str,
-           num_samples: int, concurrency: int, opts: SweepOptions):
+def _tuner(
+    space: SearchSpace,
+    settings: SweepSettings,
+    sweep_path: Path,
+    storage: Path,
+    name: str,
+    num_samples: int,
+    concurrency: int,
+    opts: SweepOptions,
+):
     resources = DRIVER_RESOURCES
     callbacks = [TrialOutcomeCallback(settings)]
     if opts.verbose >= 1:
@@ -292,40 +389,56 @@ def _tuner(space: SearchSpace, settings: SweepSettings, sweep_path: Path, storag
 
     db = optuna_storage_url(opts.optuna_storage, sweep_path)
     # a database server may restart during a long sweep: check pooled connections before use
-    storage_obj = optuna.storages.RDBStorage(db, engine_kwargs=None if db.startswith("sqlite") else
-                                             {"pool_pre_ping": True})
+    storage_obj = optuna.storages.RDBStorage(
+        db, engine_kwargs=None if db.startswith("sqlite") else {"pool_pre_ping": True}
+    )
     try:  # a study left by a run that died before Tune's first experiment checkpoint: start it over
         optuna.delete_study(study_name=name, storage=storage_obj)
     except KeyError:
         pass
     metrics = space.metrics()
     searcher = WilsonOptunaSearch(
-        space=space.to_optuna(), metric=metrics if space.multi_objective else metrics[0],
+        space=space.to_optuna(),
+        metric=metrics if space.multi_objective else metrics[0],
         mode=["max"] * len(metrics) if space.multi_objective else space.mode,
         points_to_evaluate=[space.defaults()] if space.evaluate_defaults and space.sampler != "grid" else None,
-        sampler=_sampler(space, opts.seed), study_name=name, storage=storage_obj,
-        record_dir=sweep_path / "trials", max_epochs=space.scheduler.max_t or settings.epochs if space.scheduler
-        else None,
+        sampler=_sampler(space, opts.seed),
+        study_name=name,
+        storage=storage_obj,
+        record_dir=sweep_path / "trials",
+        max_epochs=space.scheduler.max_t or settings.epochs if space.scheduler else None,
     )
     scheduler = None
     if space.scheduler:
         from ray.tune.schedulers import ASHAScheduler
 
         max_t = space.scheduler.max_t or settings.epochs
-        scheduler = ASHAScheduler(time_attr="epoch", metric=space.metric, mode=space.mode, max_t=max_t,
-                                  grace_period=min(space.scheduler.grace_period, max_t),
-                                  reduction_factor=space.scheduler.reduction_factor)
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            metric=space.metric,
+            mode=space.mode,
+            max_t=max_t,
+            grace_period=min(space.scheduler.grace_period, max_t),
+            reduction_factor=space.scheduler.reduction_factor,
+        )
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
-                                    max_concurrent_trials=concurrency,
-                                    reuse_actors=reuse_trial_processes(settings.trainer),
-                                    trial_dirname_creator=trial_dirname),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=num_samples,
+            max_concurrent_trials=concurrency,
+            reuse_actors=reuse_trial_processes(settings.trainer),
+            trial_dirname_creator=trial_dirname,
+        ),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(storage), verbose=1 if opts.verbose >= 2 else 0,
+            name=name,
+            storage_path=str(storage),
+            verbose=1 if opts.verbose >= 2 else 0,
             # direct trials have no Train worker group: worker crashes land here too
-            failure_config=tune.FailureConfig(max_failures=space.trial_max_failures + (
-                settings.max_failures if settings.trainer == "direct" else 0)),
+            failure_config=tune.FailureConfig(
+                max_failures=space.trial_max_failures + (settings.max_failures if settings.trainer == "direct" else 0)
+            ),
             # a direct trial checkpoints every epoch into its Tune folder (model + optimiser state: ~0.35 GB
             # for ResNet-101); a restart needs only the newest, the one before covers a half-written one
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -348,8 +461,9 @@ def reuse_trial_processes(trainer: str) -> bool:
 
 
 def _rungs_of(space: SearchSpace, base_cfg) -> list[int]:
-    return _rungs(space, _settings(SweepOptions(space=space, storage=Path(".")), "", Path("."), base_cfg, None,
-                                   1, 1, 0, "direct"))
+    return _rungs(
+        space, _settings(SweepOptions(space=space, storage=Path(".")), "", Path("."), base_cfg, None, 1, 1, 0, "direct")
+    )
 
 
 def _rungs(space: SearchSpace, settings: SweepSettings) -> list[int]:
@@ -376,8 +490,17 @@ def _sampler(space: SearchSpace, seed: int | None):
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, space.num_samples // 3)))
 
 
-def _finish(space: SearchSpace, settings: SweepSettings, storage: Path, name: str, tracking: TrackingInfo | None,
-            restored: bool, interrupted: bool, log, optuna_url: str | None = None) -> SweepOutcome:
+def _finish(
+    space: SearchSpace,
+    settings: SweepSettings,
+    storage: Path,
+    name: str,
+    tracking: TrackingInfo | None,
+    restored: bool,
+    interrupted: bool,
+    log,
+    optuna_url: str | None = None,
+) -> SweepOutcome:
     from wilson_ray.atomic import atomic_write_text
     from wilson_ray.tracking import plots
 
@@ -392,15 +515,43 @@ def _finish(space: SearchSpace, settings: SweepSettings, storage: Path, name: st
     best = R.best_row(rows, space.metric, space.mode)
     best_yaml = None
     files: list[Path] = []
-    table_rows = [{"trial": r["trial"], **r["params"], **{k: r[k] for k in ("miou_old", "miou_new", "miou_all",
-                  "miou_all_mib", "miou_hm", "epochs", "outcome", "reason")}} for r in rows]
+    table_rows = [
+        {
+            "trial": r["trial"],
+            **r["params"],
+            **{
+                k: r[k]
+                for k in ("miou_old", "miou_new", "miou_all", "miou_all_mib", "miou_hm", "epochs", "outcome", "reason")
+            },
+        }
+        for r in rows
+    ]
     files.append(plots.write_table_csv(table_rows, sweep_path / "summary.csv"))
-    files.append(atomic_write_text(sweep_path / "summary.json", json.dumps(
-        {"name": name, "metric": space.metric, "mode": space.mode, "best": best and best["trial"],
-         "trials": table_rows}, indent=1, default=str)))
+    files.append(
+        atomic_write_text(
+            sweep_path / "summary.json",
+            json.dumps(
+                {
+                    "name": name,
+                    "metric": space.metric,
+                    "mode": space.mode,
+                    "best": best and best["trial"],
+                    "trials": table_rows,
+                },
+                indent=1,
+                default=str,
+            ),
+        )
+    )
     try:
-        files.append(plots.sweep_summary_png(rows, space.metric, sweep_path / "summary.png",
-                                             curves={r["trial"]: list(r["_curve"].items()) for r in rows}))
+        files.append(
+            plots.sweep_summary_png(
+                rows,
+                space.metric,
+                sweep_path / "summary.png",
+                curves={r["trial"]: list(r["_curve"].items()) for r in rows},
+            )
+        )
     except Exception as err:  # noqa: BLE001 - a plot must not fail a finished sweep
         log(f"wilson-ray: warning: sweep summary plot failed: {err}")
     if best is not None:
@@ -415,8 +566,11 @@ def _finish(space: SearchSpace, settings: SweepSettings, storage: Path, name: st
         log(f"wilson-ray: warning: the sweep report failed: {type(err).__name__}: {err}")
     if tracking is not None:
         parent = SweepRun(tracking)
-        metrics = {f"best_{k}": best[k] for k in ("miou_old", "miou_new", "miou_all", "miou_all_mib", "miou_hm")
-                   if best and best.get(k) is not None}
+        metrics = {
+            f"best_{k}": best[k]
+            for k in ("miou_old", "miou_new", "miou_all", "miou_all_mib", "miou_hm")
+            if best and best.get(k) is not None
+        }
         metrics["trials"] = len(rows)
         metrics["trials_failed"] = sum(r["outcome"] == "failed" for r in rows)
         from wilson_ray.sweep_record import rounded, short_names
@@ -425,21 +579,45 @@ def _finish(space: SearchSpace, settings: SweepSettings, storage: Path, name: st
         best_params = {f"best.{names[k]}": rounded(v) for k, v in (best or {}).get("params", {}).items()}
         if best:
             best_params["best.trial"] = best["trial"]
-        done = parent.finish(metrics, files, status="KILLED" if interrupted else "FINISHED",
-                             tags={"wilson_ray.best_trial": best["trial"]} if best else None, params=best_params,
-                             folders={"report": report.parent} if report else None)
-        exp_id = share_view(tracking, tracking.parent_run_id, [names[k] for k in space.keys],
-                            list(dict.fromkeys([space.metric, "miou_old", "miou_new", "miou_all", "miou_hm"])))
+        done = parent.finish(
+            metrics,
+            files,
+            status="KILLED" if interrupted else "FINISHED",
+            tags={"wilson_ray.best_trial": best["trial"]} if best else None,
+            params=best_params,
+            folders={"report": report.parent} if report else None,
+        )
+        exp_id = share_view(
+            tracking,
+            tracking.parent_run_id,
+            [names[k] for k in space.keys],
+            list(dict.fromkeys([space.metric, "miou_old", "miou_new", "miou_all", "miou_hm"])),
+        )
         if exp_id is not None:
-            mlflow_view = (f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}"
-                           "&workflowType=machine_learning")
+            mlflow_view = (
+                f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?viewStateShareKey={VIEW_KEY}"
+                "&workflowType=machine_learning"
+            )
         if not done:
-            log(f"wilson-ray: warning: MLflow at {tracking.uri} unreachable at the end of the sweep; everything is "
-                f"kept in {sweep_path}/trials and uploaded when the same sweep command runs again")
-    return SweepOutcome(name=name, path=sweep_path, rows=rows, best=best, best_yaml=best_yaml,
-                        tracking_uri=tracking.uri if tracking else None, restored=restored, keys=space.keys,
-                        metric=space.metric, mode=space.mode, interrupted=interrupted, report=report,
-                        mlflow_view=mlflow_view)
+            log(
+                f"wilson-ray: warning: MLflow at {tracking.uri} unreachable at the end of the sweep; everything is "
+                f"kept in {sweep_path}/trials and uploaded when the same sweep command runs again"
+            )
+    return SweepOutcome(
+        name=name,
+        path=sweep_path,
+        rows=rows,
+        best=best,
+        best_yaml=best_yaml,
+        tracking_uri=tracking.uri if tracking else None,
+        restored=restored,
+        keys=space.keys,
+        metric=space.metric,
+        mode=space.mode,
+        interrupted=interrupted,
+        report=report,
+        mlflow_view=mlflow_view,
+    )
 
 
 def _backfill_from_tune(sweep_path: Path) -> None:
@@ -459,10 +637,18 @@ def _backfill_from_tune(sweep_path: Path) -> None:
             tid, epoch = res.get("trial_id"), res.get("epoch")
             if not tid or not isinstance(epoch, (int, float)) or epoch < 1:
                 continue
-            keep = {k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                    and (k.startswith("loss/") or k in ("lr", "images_per_s", "epoch") or
-                         (k.startswith("miou") and res.get("evaluated", 0) >= 1) or
-                         (k == "iou_background" and res.get("evaluated", 0) >= 1))}
+            keep = {
+                k: v
+                for k, v in res.items()
+                if isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and (
+                    k.startswith("loss/")
+                    or k in ("lr", "images_per_s", "epoch")
+                    or (k.startswith("miou") and res.get("evaluated", 0) >= 1)
+                    or (k == "iou_background" and res.get("evaluated", 0) >= 1)
+                )
+            }
             by_trial.setdefault(tid, {})[int(epoch)] = keep
         for tid, epochs in by_trial.items():
             rec = TrialRecord(sweep_path / "trials" / record_id(sweep_path / "trials", tid))
@@ -477,10 +663,12 @@ def _backfill_from_tune(sweep_path: Path) -> None:
 def print_outcome(out: SweepOutcome, log=print) -> None:
     """The trials table, the best config and the commands to look at the results."""
     log("")
-    log(f"sweep {out.name}: {len(out.rows)} trials ({sum(r['outcome'] == 'completed' for r in out.rows)} completed, "
+    log(
+        f"sweep {out.name}: {len(out.rows)} trials ({sum(r['outcome'] == 'completed' for r in out.rows)} completed, "
         f"{sum(r['outcome'] == 'stopped_early' for r in out.rows)} stopped early by ASHA, "
         f"{sum(r['outcome'] == 'failed' for r in out.rows)} failed)"
-        + ("; interrupted: run the same command again to resume" if out.interrupted else ""))
+        + ("; interrupted: run the same command again to resume" if out.interrupted else "")
+    )
     log(R.format_table(out.rows, out.keys, out.best))
     sweep = R.read_sweep(out.path.parent, out.name) or {}
     if out.best is not None:
@@ -492,8 +680,10 @@ def print_outcome(out: SweepOutcome, log=print) -> None:
         if cmp.get("spread_note"):
             log(f"  ({cmp['spread_note']})")
         log("")
-        log(f"best trial {out.best['trial']} ({out.metric} = {out.best[out.metric]:.2f}; "
-            f"old {out.best['miou_old']:.2f}, new {out.best['miou_new']:.2f}):")
+        log(
+            f"best trial {out.best['trial']} ({out.metric} = {out.best[out.metric]:.2f}; "
+            f"old {out.best['miou_old']:.2f}, new {out.best['miou_new']:.2f}):"
+        )
         from wilson_ray.sweep_record import rounded
 
         for k, v in out.best["params"].items():

@@ -17,6 +17,14 @@ from wilson_ray.tracking.mlflow_tracker import (
 )
 
 __all__ = [
-    "SweepRun", "TrackingInfo", "TrialRecord", "TrialTracker", "check_tracking_uri", "default_artifact_location",
-    "default_tracking_uri", "is_local_store", "sweep_runs", "ui_command",
+    "SweepRun",
+    "TrackingInfo",
+    "TrialRecord",
+    "TrialTracker",
+    "check_tracking_uri",
+    "default_artifact_location",
+    "default_tracking_uri",
+    "is_local_store",
+    "sweep_runs",
+    "ui_command",
 ]

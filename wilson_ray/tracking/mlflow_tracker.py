@@ -48,8 +48,13 @@ TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 
 # outcome -> MLflow run status
-OUTCOME_STATUS = {"running": "RUNNING", "completed": "FINISHED", "stopped_early": "FINISHED",
-                  "failed": "FAILED", "killed": "KILLED"}
+OUTCOME_STATUS = {
+    "running": "RUNNING",
+    "completed": "FINISHED",
+    "stopped_early": "FINISHED",
+    "failed": "FAILED",
+    "killed": "KILLED",
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -65,12 +70,14 @@ def check_tracking_uri(uri: str, flag: str = "--tracking-uri") -> str:
         return uri
     scheme = urlparse(uri).scheme.split("+")[0].lower()
     if scheme not in KNOWN_SCHEMES and not (scheme == "" and uri.startswith(("/", "."))):
-        raise UserError(f"{flag}: {uri!r} has unknown scheme {scheme!r}, expected one of "
-                        f"{', '.join(s + ':' for s in KNOWN_SCHEMES)}")
+        raise UserError(
+            f"{flag}: {uri!r} has unknown scheme {scheme!r}, expected one of "
+            f"{', '.join(s + ':' for s in KNOWN_SCHEMES)}"
+        )
     if scheme in ("http", "https") and not urlparse(uri).netloc:
         raise UserError(f"{flag}: {uri!r} has no host, expected e.g. http://127.0.0.1:5000")
     if scheme == "sqlite":
-        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
+        path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else None
         if not path or path == ":memory:":
             raise UserError(f"{flag}: {uri!r} is not a sqlite file URI, expected sqlite:////absolute/path/mlflow.db")
     return uri
@@ -95,10 +102,12 @@ def ui_command(uri: str) -> str:
     server process without the job runner (``mlflow ui`` starts ~15 processes, 2.4 GiB, 20 s to answer)."""
     if urlparse(uri).scheme in ("http", "https"):
         return f"open {uri} in a browser (MLflow server)"
-    return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri {uri} --host 127.0.0.1 "
-            f"--port 5000 --workers 1   # then open http://127.0.0.1:5000\n"
-            f"             (one process; `mlflow ui --backend-store-uri {uri} --host 127.0.0.1` also works, with "
-            "~15 processes)")
+    return (
+        f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri {uri} --host 127.0.0.1 "
+        f"--port 5000 --workers 1   # then open http://127.0.0.1:5000\n"
+        f"             (one process; `mlflow ui --backend-store-uri {uri} --host 127.0.0.1` also works, with "
+        "~15 processes)"
+    )
 
 
 def configure_http_client() -> None:
@@ -166,8 +175,10 @@ class _Connection:
             if exp is None:
                 try:
                     self.experiment_id = self.client.create_experiment(
-                        self.info.experiment, artifact_location=self.info.artifact_location,
-                        tags={TAG_SWEEP: self.info.sweep, TAG_KIND: KIND_TRAINING})
+                        self.info.experiment,
+                        artifact_location=self.info.artifact_location,
+                        tags={TAG_SWEEP: self.info.sweep, TAG_KIND: KIND_TRAINING},
+                    )
                 except Exception:
                     exp = self.client.get_experiment_by_name(self.info.experiment)  # created concurrently
                     if exp is None:
@@ -190,9 +201,11 @@ class _Connection:
         if not self.warned:
             self.warned = True
             reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-            self.warn(f"MLflow at {self.info.uri} is unreachable ({type(err).__name__}: {reason}); training "
-                      f"continues, {self.where or 'results'} are kept in the sweep storage and uploaded when it "
-                      "is back (or at the end of the sweep)")
+            self.warn(
+                f"MLflow at {self.info.uri} is unreachable ({type(err).__name__}: {reason}); training "
+                f"continues, {self.where or 'results'} are kept in the sweep storage and uploaded when it "
+                "is back (or at the end of the sweep)"
+            )
 
     def recovered(self) -> bool:
         was = self.offline
@@ -202,12 +215,16 @@ class _Connection:
 
 def _chunks(items: list, n: int):
     for i in range(0, len(items), n):
-        yield items[i:i + n]
+        yield items[i : i + n]
 
 
 def _find_runs(client, experiment_id: str, tag: str, value: str) -> list:
-    return client.search_runs([experiment_id], filter_string=f"tags.`{tag}` = '{value}'",
-                              order_by=["attributes.start_time ASC"], max_results=50)
+    return client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{tag}` = '{value}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=50,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -222,8 +239,9 @@ class SweepRun:
         self.conn = _Connection(info, warn, "sweep results")
         self.run_id: str | None = info.parent_run_id
 
-    def open(self, params: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
-             files: list[Path] = ()) -> str | None:
+    def open(
+        self, params: dict[str, Any] | None = None, tags: dict[str, str] | None = None, files: list[Path] = ()
+    ) -> str | None:
         """Find or create the parent run; returns its id, or None when MLflow is unreachable."""
         try:
             client = self.conn.ensure()
@@ -233,8 +251,11 @@ class SweepRun:
                 if runs:
                     self.run_id = runs[0].info.run_id
                 else:
-                    run = client.create_run(self.conn.experiment_id, run_name=self.info.sweep,
-                                            tags={TAG_ROLE: "sweep", TAG_SWEEP: self.info.sweep, **(tags or {})})
+                    run = client.create_run(
+                        self.conn.experiment_id,
+                        run_name=self.info.sweep,
+                        tags={TAG_ROLE: "sweep", TAG_SWEEP: self.info.sweep, **(tags or {})},
+                    )
                     self.run_id = run.info.run_id
             run = client.get_run(self.run_id)
             if run.info.status != "RUNNING":
@@ -253,9 +274,15 @@ class SweepRun:
         self.info.parent_run_id = self.run_id
         return self.run_id
 
-    def finish(self, metrics: dict[str, float], files: list[Path], status: str = "FINISHED",
-               tags: dict[str, str] | None = None, params: dict[str, Any] | None = None,
-               folders: dict[str, Path] | None = None) -> bool:
+    def finish(
+        self,
+        metrics: dict[str, float],
+        files: list[Path],
+        status: str = "FINISHED",
+        tags: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+        folders: dict[str, Path] | None = None,
+    ) -> bool:
         """Log the sweep summary (best metrics and values, best config YAML, plots, tables, the report folder
         under its artifact path) and close the parent run."""
         if self.run_id is None and self.open() is None:
@@ -270,8 +297,10 @@ class SweepRun:
                 if Path(folder).is_dir():
                     client.log_artifacts(self.run_id, str(folder), artifact_path=artifact_path)
             now = int(time.time() * 1000)
-            client.log_batch(self.run_id, metrics=[Metric(metric_key(k), shown(v), now, 0)
-                                                   for k, v in finite_metrics(metrics).items()])
+            client.log_batch(
+                self.run_id,
+                metrics=[Metric(metric_key(k), shown(v), now, 0) for k, v in finite_metrics(metrics).items()],
+            )
             for f in files:
                 if Path(f).is_file():
                     client.log_artifact(self.run_id, str(f))
@@ -295,11 +324,17 @@ def share_view(info: TrackingInfo, parent_run_id: str | None, params: list[str],
     conn = _Connection(info, lambda msg: None)
     try:
         client = conn.ensure()
-        cols = ([f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in params]
-                + [f"tags.`{TAG_OUTCOME}`", f"tags.`{TAG_RUNG}`"])
-        state = {"selectedColumns": cols, "runsExpanded": {parent_run_id: True} if parent_run_id else {},
-                 "orderByKey": f"metrics.`{metrics[0]}`" if metrics else "attributes.start_time",
-                 "orderByAsc": False}
+        cols = (
+            [f"metrics.`{m}`" for m in metrics]
+            + [f"params.`{p}`" for p in params]
+            + [f"tags.`{TAG_OUTCOME}`", f"tags.`{TAG_RUNG}`"]
+        )
+        state = {
+            "selectedColumns": cols,
+            "runsExpanded": {parent_run_id: True} if parent_run_id else {},
+            "orderByKey": f"metrics.`{metrics[0]}`" if metrics else "attributes.start_time",
+            "orderByAsc": False,
+        }
         client.set_experiment_tag(conn.experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(state))
         return conn.experiment_id
     except Exception:  # noqa: BLE001 - a convenience, never a failure
@@ -365,10 +400,17 @@ def trial_params(trial: dict[str, Any]) -> dict[str, Any]:
     optim = (cfg.get("incremental") if step > 0 else cfg.get("step0")) or {}
     out: dict[str, Any] = {names[k]: rounded(v) for k, v in swept.items()}
     out.update({f"config.{k}": v for k, v in swept.items()})
-    out.update({"config.method.name": (cfg.get("method") or {}).get("name"),
-                "task": (cfg.get("data") or {}).get("task"),
-                "step": step, "epochs": optim.get("epochs"), "iters_per_epoch": optim.get("max_iters_per_epoch"),
-                "seed": (cfg.get("run") or {}).get("seed"), "trial_id": trial["trial_id"]})
+    out.update(
+        {
+            "config.method.name": (cfg.get("method") or {}).get("name"),
+            "task": (cfg.get("data") or {}).get("task"),
+            "step": step,
+            "epochs": optim.get("epochs"),
+            "iters_per_epoch": optim.get("max_iters_per_epoch"),
+            "seed": (cfg.get("run") or {}).get("seed"),
+            "trial_id": trial["trial_id"],
+        }
+    )
     out.update(_amp_params(cfg.get("run") or {}))
     return {k: v for k, v in out.items() if v is not None}
 
@@ -391,8 +433,7 @@ def _log_text(client, run_id: str, text: str, name: str) -> None:
 class TrialTracker:
     """Uploads a ``TrialRecord`` to its child run; ``sync()`` is cheap when nothing is new and safe to repeat."""
 
-    def __init__(self, info: TrackingInfo, record: TrialRecord | str | Path,
-                 warn: Callable[[str], None] | None = None):
+    def __init__(self, info: TrackingInfo, record: TrialRecord | str | Path, warn: Callable[[str], None] | None = None):
         self.info = info
         self.record = record if isinstance(record, TrialRecord) else TrialRecord(record)
         self.conn = _Connection(info, warn, "this trial's metrics")
@@ -418,18 +459,29 @@ class TrialTracker:
                     raise
                 run_id = None
         if run_id is None:
-            runs = [r for r in _find_runs(client, self.conn.experiment_id, TAG_TRIAL, trial_id)
-                    if r.data.tags.get(TAG_SWEEP) == self.info.sweep]
+            runs = [
+                r
+                for r in _find_runs(client, self.conn.experiment_id, TAG_TRIAL, trial_id)
+                if r.data.tags.get(TAG_SWEEP) == self.info.sweep
+            ]
             if runs:
                 run_id = runs[0].info.run_id
             else:
-                tags = {TAG_TRIAL: trial_id, TAG_SWEEP: self.info.sweep, TAG_ROLE: "trial",
-                        TAG_RUN_NAME: trial.get("trial_name") or trial_id}
+                tags = {
+                    TAG_TRIAL: trial_id,
+                    TAG_SWEEP: self.info.sweep,
+                    TAG_ROLE: "trial",
+                    TAG_RUN_NAME: trial.get("trial_name") or trial_id,
+                }
                 if self.info.parent_run_id:
                     tags[TAG_PARENT] = self.info.parent_run_id
                 started = trial.get("started")
-                run_id = client.create_run(self.conn.experiment_id, run_name=tags[TAG_RUN_NAME], tags=tags,
-                                           start_time=int(started * 1000) if started else None).info.run_id
+                run_id = client.create_run(
+                    self.conn.experiment_id,
+                    run_name=tags[TAG_RUN_NAME],
+                    tags=tags,
+                    start_time=int(started * 1000) if started else None,
+                ).info.run_id
             self.record.set_run_id(run_id)
         self.run_id = run_id
         return run_id
@@ -473,8 +525,9 @@ class TrialTracker:
                 self._sync_outcome(client, run_id)
                 self._sync_summary(client, run_id, run.data.tags)
                 if self.conn.recovered():
-                    _default_warn(f"MLflow at {self.info.uri} is reachable again; trial "
-                                  f"{trial['trial_id']} is up to date")
+                    _default_warn(
+                        f"MLflow at {self.info.uri} is reachable again; trial {trial['trial_id']} is up to date"
+                    )
                 return True
             except Exception as err:  # noqa: BLE001 - any store/network failure means "offline"
                 self.conn.failed(err)
@@ -488,8 +541,7 @@ class TrialTracker:
             if epoch in self._logged_epochs:
                 continue
             ts = int(time.time() * 1000)
-            items = [Metric(metric_key(k), shown(v), ts, epoch) for k, v in metrics.items()
-                     if k not in SKIP_METRICS]
+            items = [Metric(metric_key(k), shown(v), ts, epoch) for k, v in metrics.items() if k not in SKIP_METRICS]
             items.append(Metric("epoch", float(epoch), ts, epoch))
             # One batch (MLflow's limit is 1000 metrics) is all-or-nothing; "epoch" goes last either way: it marks
             # the epoch as logged, so a partial upload is retried rather than skipped.

@@ -62,8 +62,9 @@ def colorize(mask: np.ndarray, n: int) -> np.ndarray:
 # One step
 
 
-def iou_bar_png(per_class: dict[str, float], path: str | Path, new_classes: Iterable[str] = (),
-                title: str | None = None) -> Path:
+def iou_bar_png(
+    per_class: dict[str, float], path: str | Path, new_classes: Iterable[str] = (), title: str | None = None
+) -> Path:
     """Bar chart of per-class IoU (%), new classes of the step in orange, old ones (and background) in blue."""
     plt = _plt()
     names = list(per_class)
@@ -79,14 +80,18 @@ def iou_bar_png(per_class: dict[str, float], path: str | Path, new_classes: Iter
     if new:
         from matplotlib.patches import Patch
 
-        ax.legend(handles=[Patch(color="tab:blue", label="old"), Patch(color="tab:orange", label="new")],
-                  fontsize=7, loc="upper right")
+        ax.legend(
+            handles=[Patch(color="tab:blue", label="old"), Patch(color="tab:orange", label="new")],
+            fontsize=7,
+            loc="upper right",
+        )
     ax.set_title(title or "per-class IoU", fontsize=9)
     return _save(fig, Path(path))
 
 
-def confusion_png(confusion: np.ndarray, class_names: Sequence[str], path: str | Path,
-                  title: str | None = None) -> Path:
+def confusion_png(
+    confusion: np.ndarray, class_names: Sequence[str], path: str | Path, title: str | None = None
+) -> Path:
     """Row-normalised confusion matrix (rows: ground truth, columns: prediction)."""
     plt = _plt()
     cm = np.asarray(confusion, dtype=np.float64)
@@ -127,12 +132,15 @@ def write_per_class(per_class: dict[str, float], directory: str | Path) -> list[
     w.writerow(["class", "iou"])
     for k, v in per_class.items():
         w.writerow([k, f"{v:.4f}"])
-    return [atomic_write_text(directory / "per_class_iou.csv", text.getvalue()),
-            atomic_write_text(directory / "per_class_iou.json", json.dumps(per_class, indent=1))]
+    return [
+        atomic_write_text(directory / "per_class_iou.csv", text.getvalue()),
+        atomic_write_text(directory / "per_class_iou.json", json.dumps(per_class, indent=1)),
+    ]
 
 
-def overlays_png(checkpoint: str | Path, path: str | Path, n: int = 4, data_root: str | None = None,
-                 device: str = "cpu", weak=None) -> Path | None:
+def overlays_png(
+    checkpoint: str | Path, path: str | Path, n: int = 4, data_root: str | None = None, device: str = "cpu", weak=None
+) -> Path | None:
     """Image | ground truth | prediction for the first ``n`` val images of the checkpoint's task and step, and
     with ``weak(image [1,3,H,W], labels [1,C]) -> (localizer map [H,W] in [0,1], pseudo-label [H,W])`` (a weak
     method's localizer and its pseudo-label at the end of the step) those two panels too.
@@ -142,9 +150,9 @@ def overlays_png(checkpoint: str | Path, path: str | Path, n: int = 4, data_root
     """
     import torch
 
+    from wilson_ray.checkpoint import model_from_checkpoint
     from wilson_ray.config import config_from_dict
     from wilson_ray.data.transforms import denormalise
-    from wilson_ray.checkpoint import model_from_checkpoint
     from wilson_ray.step_setup import build_step_dataset, task_of
 
     model, ckpt = model_from_checkpoint(checkpoint)
@@ -165,8 +173,11 @@ def overlays_png(checkpoint: str | Path, path: str | Path, n: int = 4, data_root
         titles += ["localizer (new classes)", "pseudo-label"]
     # images with a new class first: the ones a weak step is about
     new_ids = set(range(k - len(task.class_names(step)) + len(task.class_names(step - 1)), k)) if step > 0 else set()
-    order = sorted(range(len(dataset)), key=lambda i: not (set(np.unique(dataset[i][1].numpy())) & new_ids))[:count] \
-        if new_ids and len(dataset) <= 400 else list(range(count))
+    order = (
+        sorted(range(len(dataset)), key=lambda i: not (set(np.unique(dataset[i][1].numpy())) & new_ids))[:count]
+        if new_ids and len(dataset) <= 400
+        else list(range(count))
+    )
     with torch.no_grad():
         for i in order:
             image, mask, labels = dataset[i]
@@ -176,8 +187,10 @@ def overlays_png(checkpoint: str | Path, path: str | Path, n: int = 4, data_root
             row = [img, colorize(mask.numpy().astype(np.int64), k), colorize(pred, k)]
             if weak is not None:
                 heat, pseudo = weak(image.unsqueeze(0), labels.unsqueeze(0))
-                row += [(plt_cmap()(np.clip(heat, 0, 1))[..., :3] * 255).astype(np.uint8),
-                        colorize(np.asarray(pseudo, dtype=np.int64), k)]
+                row += [
+                    (plt_cmap()(np.clip(heat, 0, 1))[..., :3] * 255).astype(np.uint8),
+                    colorize(np.asarray(pseudo, dtype=np.int64), k),
+                ]
             rows.append(row)
     plt = _plt()
     fig, axes = plt.subplots(count, len(titles), figsize=(2.5 * len(titles), 2.5 * count), squeeze=False)
@@ -196,8 +209,12 @@ def overlays_png(checkpoint: str | Path, path: str | Path, n: int = 4, data_root
 # A sweep
 
 
-def sweep_summary_png(rows: Sequence[dict[str, Any]], metric: str, path: str | Path,
-                      curves: dict[str, list[tuple[int, float]]] | None = None) -> Path:
+def sweep_summary_png(
+    rows: Sequence[dict[str, Any]],
+    metric: str,
+    path: str | Path,
+    curves: dict[str, list[tuple[int, float]]] | None = None,
+) -> Path:
     """Left: old vs new mIoU per trial (colour: ``metric``, the best circled); right: ``metric`` per epoch."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -253,9 +270,14 @@ def _evaluated(epochs: dict[int, dict[str, float]]) -> list[tuple[int, dict[str,
     return [(e, m) for e, m in sorted(epochs.items()) if "miou_all" in m and m.get("evaluated", 1)]
 
 
-def learning_curves_png(trials: dict[str, dict[int, dict[str, float]]], path: str | Path,
-                        stopped: dict[str, int] | None = None, best: str | None = None,
-                        max_epochs: int | None = None, marks: Sequence[int] = ()) -> Path:
+def learning_curves_png(
+    trials: dict[str, dict[int, dict[str, float]]],
+    path: str | Path,
+    stopped: dict[str, int] | None = None,
+    best: str | None = None,
+    max_epochs: int | None = None,
+    marks: Sequence[int] = (),
+) -> Path:
     """Old / new / all mIoU per epoch, one panel each, one line per trial (the best one thick); a trial ASHA
     stopped ends in an x at its rung; ``marks``: epochs drawn as dotted verticals (ASHA's rungs)."""
     plt = _plt()
@@ -290,7 +312,15 @@ def learning_curves_png(trials: dict[str, dict[int, dict[str, float]]], path: st
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         note = " (x: stopped by ASHA; dotted: ASHA rungs)" if stopped or marks else ""
-        fig.legend(handles, labels, loc="lower center", ncol=min(8, len(labels)), fontsize=7,
-                   bbox_to_anchor=(0.5, -0.08), title="trial" + note, title_fontsize=7)
+        fig.legend(
+            handles,
+            labels,
+            loc="lower center",
+            ncol=min(8, len(labels)),
+            fontsize=7,
+            bbox_to_anchor=(0.5, -0.08),
+            title="trial" + note,
+            title_fontsize=7,
+        )
     fig.tight_layout()
     return _save(fig, Path(path))

@@ -7,7 +7,6 @@ hard pseudo-masks and hands them to the step-3 segmentation training (``wilson_r
 from __future__ import annotations
 
 from wilson_ray.weak.base import LearnerSchedule, WeakLearner, denormalize, multiscale_flip
-
 from wilson_ray.weak.cam import CamLearner
 from wilson_ray.weak.eps import EpsLearner
 from wilson_ray.weak.seam import SeamLearner

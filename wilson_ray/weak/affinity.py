@@ -20,12 +20,15 @@ from torch import nn
 def pair_offsets(radius: int) -> list[tuple[int, int]]:
     """Half of the disc of ``radius`` (each unordered pair once): (dy, dx) with dy > 0, or dy = 0 and dx > 0,
     and dy² + dx² < radius² (PSA's neighbourhood; radius 5 gives 34 offsets)."""
-    return [(dy, dx) for dy in range(radius) for dx in range(-radius + 1, radius)
-            if (dy > 0 or dx > 0) and dy * dy + dx * dx < radius * radius]
+    return [
+        (dy, dx)
+        for dy in range(radius)
+        for dx in range(-radius + 1, radius)
+        if (dy > 0 or dx > 0) and dy * dy + dx * dx < radius * radius
+    ]
 
 
-def pair_indices(h: int, w: int, radius: int, device: torch.device | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_indices(h: int, w: int, radius: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat indices (from [P], to [P]) of every pixel pair of an h×w map within ``radius`` (both inside the map)."""
     rows = torch.arange(h, device=device).view(-1, 1)
     cols = torch.arange(w, device=device).view(1, -1)
@@ -46,8 +49,9 @@ def pair_affinities(features: torch.Tensor, src: torch.Tensor, dst: torch.Tensor
     return torch.exp(-(flat[:, :, src] - flat[:, :, dst]).abs().mean(1))
 
 
-def affinity_labels(seeds: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, ignore: int = 255
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def affinity_labels(
+    seeds: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, ignore: int = 255
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(bg⁺, fg⁺, neg) bool [B,P] of the pairs from seed labels [B,h,w] at the feature size: both background;
     both the same foreground class; different labels. Pairs touching an ``ignore`` pixel are in none."""
     flat = seeds.flatten(1)
@@ -57,22 +61,25 @@ def affinity_labels(seeds: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, i
     return same & (a == 0), same & (a != 0), (a != b) & known
 
 
-def affinity_loss(aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor
-                  ) -> dict[str, torch.Tensor]:
+def affinity_loss(
+    aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """PSA's affinity loss terms: bg⁺ = mean of −log(a) over bg⁺ pairs, fg⁺ likewise, neg = mean of
     −log(1 − a) over neg pairs; weighted 1/4, 1/4, 1/2."""
     eps = 1e-5
+
     def mean_over(term: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
         pairs = pairs.to(term.dtype)
         return (term * pairs).sum() / (pairs.sum() + eps)
 
-    return {"aff_bg": mean_over(-torch.log(aff + eps), bg_pos) / 4,
-            "aff_fg": mean_over(-torch.log(aff + eps), fg_pos) / 4,
-            "aff_neg": mean_over(-torch.log(1.0 + eps - aff), neg) / 2}
+    return {
+        "aff_bg": mean_over(-torch.log(aff + eps), bg_pos) / 4,
+        "aff_fg": mean_over(-torch.log(aff + eps), fg_pos) / 4,
+        "aff_neg": mean_over(-torch.log(1.0 + eps - aff), neg) / 2,
+    }
 
 
-def transition_matrix(aff: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, n: int, beta: float
-                      ) -> torch.Tensor:
+def transition_matrix(aff: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, n: int, beta: float) -> torch.Tensor:
     """T [n,n] of one image: A = symmetric pair affinities ``aff`` [P] plus the identity, raised elementwise to
     ``beta``, each column divided by its sum (PSA's ``trans_mat``)."""
     a = torch.eye(n, dtype=aff.dtype, device=aff.device)
@@ -126,5 +133,13 @@ class AffinityNet(nn.Module):
         return [p for m in (self.f8_3, self.f8_4, self.f8_5, self.f9) for p in m.parameters()]
 
 
-__all__ = ["AffinityNet", "affinity_labels", "affinity_loss", "pair_affinities", "pair_indices", "pair_offsets",
-           "random_walk", "transition_matrix"]
+__all__ = [
+    "AffinityNet",
+    "affinity_labels",
+    "affinity_loss",
+    "pair_affinities",
+    "pair_indices",
+    "pair_offsets",
+    "random_walk",
+    "transition_matrix",
+]

@@ -47,8 +47,12 @@ class ClassifierNet(nn.Module):
 
 def build_classifier_net(model_cfg, out_channels: int, dropout: float = 0.0) -> ClassifierNet:
     """``ClassifierNet`` on the backbone of ``model_cfg`` with its ImageNet weights (``model.pretrained``)."""
-    body = build_backbone(model_cfg.backbone, output_stride=model_cfg.output_stride, norm=model_cfg.norm,
-                          small_width=model_cfg.small_width)
+    body = build_backbone(
+        model_cfg.backbone,
+        output_stride=model_cfg.output_stride,
+        norm=model_cfg.norm,
+        small_width=model_cfg.small_width,
+    )
     load_backbone_weights(body, model_cfg.pretrained)
     return ClassifierNet(body, out_channels, dropout)
 

@@ -17,8 +17,10 @@ import torch
 
 from wilson_ray.errors import UserError
 
-MISSING = ("the dense CRF (SEAM's seeds, SS's crf: true) needs the pydensecrf2 package, which is not installed: "
-           "pip install 'wilson-ray[wsss]' (or pydensecrf2)")
+MISSING = (
+    "the dense CRF (SEAM's seeds, SS's crf: true) needs the pydensecrf2 package, which is not installed: "
+    "pip install 'wilson-ray[wsss]' (or pydensecrf2)"
+)
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,9 @@ def dense_crf(
     crf = dcrf.DenseCRF2D(w, h, c)
     crf.setUnaryEnergy(unary)
     crf.addPairwiseGaussian(sxy=kernels.gaussian_sxy, compat=kernels.gaussian_compat)
-    crf.addPairwiseBilateral(sxy=kernels.bilateral_sxy, srgb=kernels.bilateral_srgb, rgbim=rgb,
-                             compat=kernels.bilateral_compat)
+    crf.addPairwiseBilateral(
+        sxy=kernels.bilateral_sxy, srgb=kernels.bilateral_srgb, rgbim=rgb, compat=kernels.bilateral_compat
+    )
     return np.asarray(crf.inference(int(iterations)), dtype=np.float32).reshape(c, h, w)
 
 

@@ -24,8 +24,9 @@ class EpsParams(LearnerSchedule):
     flip: bool = True
 
 
-def saliency_loss(cam: torch.Tensor, saliency: torch.Tensor, labels: torch.Tensor, tau: float, lam: float
-                  ) -> torch.Tensor:
+def saliency_loss(
+    cam: torch.Tensor, saliency: torch.Tensor, labels: torch.Tensor, tau: float, lam: float
+) -> torch.Tensor:
     """EPS's saliency loss. p = softmax over the K+1 channels of ``cam`` [B,K+1,h,w]; S = ``saliency`` [B,1,H,W]
     nearest-resized to h×w. A labelled class k is valid when Σ round(p_k)·round(S) / Σ round(p_k) > τ;
     fg = Σ_valid p_k, bg = 1 − (p_bg + Σ_{labelled, invalid} p_k); loss = MSE(λ·fg + (1−λ)·bg, S)."""
@@ -54,11 +55,14 @@ class EpsLearner(WeakLearner):
     def losses(self, net: nn.Module, batch, epoch: int) -> dict[str, torch.Tensor]:
         cam = net(batch.images)
         logits = cam.mean(dim=(2, 3))[:, :-1]
-        return {"cls": soft_margin_loss(logits, batch.labels),
-                "sal": saliency_loss(cam, batch.extras["saliency"], batch.labels, self.p.tau, self.p.lam)}
+        return {
+            "cls": soft_margin_loss(logits, batch.labels),
+            "sal": saliency_loss(cam, batch.extras["saliency"], batch.labels, self.p.tau, self.p.lam),
+        }
 
     @torch.no_grad()
     def infer_mask(self, net: nn.Module, image: torch.Tensor, labels: torch.Tensor, extras: dict) -> torch.Tensor:
-        maps = multiscale_flip(lambda x: torch.softmax(net(x).float(), dim=1)[:, :-1], image, self.p.scales,
-                               self.p.flip)
+        maps = multiscale_flip(
+            lambda x: torch.softmax(net(x).float(), dim=1)[:, :-1], image, self.p.scales, self.p.flip
+        )
         return maps_to_mask(torch.stack(maps).sum(0)[0], labels, self.p.bg_threshold)

@@ -63,10 +63,16 @@ def mask_key(cfg: Config, task: Task, step: int, learner: str, params: Any) -> s
 
     m = cfg.model
     parts = {
-        "learner": learner, "params": dataclasses.asdict(params), "task": task.name, "step": step,
-        "overlap": cfg.data.overlap, "no_mask": cfg.data.no_mask, "seed": cfg.run.seed,
+        "learner": learner,
+        "params": dataclasses.asdict(params),
+        "task": task.name,
+        "step": step,
+        "overlap": cfg.data.overlap,
+        "no_mask": cfg.data.no_mask,
+        "seed": cfg.run.seed,
         "model": {"backbone": m.backbone, "norm": m.norm, "pretrained": m.pretrained, "small_width": m.small_width},
-        "stamp": _data_stamp(data_root(cfg, task.train_data[step])), "version": 1,
+        "stamp": _data_stamp(data_root(cfg, task.train_data[step])),
+        "version": 1,
     }
     return config_hash(parts, length=16)
 
@@ -139,8 +145,9 @@ class InferenceView(Dataset):
         return torch.from_numpy(self.dataset.load(i)[1].astype(np.int64))
 
 
-def learner_datasets(cfg: Config, task: Task, step: int, learner_cls: type[WeakLearner], params: Any
-                     ) -> tuple[Dataset, InferenceView]:
+def learner_datasets(
+    cfg: Config, task: Task, step: int, learner_cls: type[WeakLearner], params: Any
+) -> tuple[Dataset, InferenceView]:
     """(augmented training view at the learner's crop, un-augmented inference view) of the step's training images
     (the disjoint/overlap selection of every method), with the learner's extra inputs checked."""
     from wilson_ray.data.dataset import build_dataset
@@ -148,8 +155,16 @@ def learner_datasets(cfg: Config, task: Task, step: int, learner_cls: type[WeakL
 
     source = task.train_data[step]
     root = data_root(cfg, source)
-    dataset = build_dataset(root, task, step, "train", overlap=cfg.data.overlap, no_mask=cfg.data.no_mask,
-                            crop_size=params.crop_size, source=source)
+    dataset = build_dataset(
+        root,
+        task,
+        step,
+        "train",
+        overlap=cfg.data.overlap,
+        no_mask=cfg.data.no_mask,
+        crop_size=params.crop_size,
+        source=source,
+    )
     if learner_cls.extra_inputs:
         dataset = dataset.with_extras(tuple(data_input(n, root, learner_cls.name) for n in learner_cls.extra_inputs))
     columns = label_columns(task, step, cfg.data.no_mask)
@@ -172,8 +187,9 @@ def learner_model_config(cfg: Config, params: Any):
 # Stage 1: train the learner's net
 
 
-def train_learner(learner: WeakLearner, cfg: Config, dataset: Dataset, device: torch.device, seed: int
-                  ) -> torch.nn.Module:
+def train_learner(
+    learner: WeakLearner, cfg: Config, dataset: Dataset, device: torch.device, seed: int
+) -> torch.nn.Module:
     """Train ``learner``'s net on ``dataset`` with its own schedule (SGD, poly LR, ``LearnerSchedule`` knobs);
     returns the net in eval mode."""
     from wilson_ray.methods.base import Batch
@@ -184,9 +200,17 @@ def train_learner(learner: WeakLearner, cfg: Config, dataset: Dataset, device: t
     optimizer = torch.optim.SGD(learner.param_groups(net, p.lr, p.weight_decay), lr=p.lr, momentum=p.momentum)
     batch_size = min(p.batch_size, len(dataset))
     workers = cfg.data.num_workers
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
-                        generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0,
-                        worker_init_fn=seed_worker if workers > 0 else None, pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=workers > 0,
+        worker_init_fn=seed_worker if workers > 0 else None,
+        pin_memory=device.type == "cuda",
+    )
     iters = len(loader) if not p.max_iters_per_epoch else min(len(loader), p.max_iters_per_epoch)
     total = max(1, p.epochs * iters)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: max(0.0, 1 - it / total) ** p.power)
@@ -195,14 +219,16 @@ def train_learner(learner: WeakLearner, cfg: Config, dataset: Dataset, device: t
         for it, (images, _, labels, extras) in enumerate(loader):
             if it >= iters:
                 break
-            batch = Batch(images.to(device), torch.empty(0), labels.to(device),
-                          {k: v.to(device) for k, v in extras.items()})
+            batch = Batch(
+                images.to(device), torch.empty(0), labels.to(device), {k: v.to(device) for k, v in extras.items()}
+            )
             terms = learner.losses(net, batch, epoch)
             loss = sum(terms.values())
             if not torch.isfinite(loss):
                 bad = ", ".join(k for k, v in terms.items() if not torch.isfinite(v)) or "total"
-                raise RuntimeError(f"{learner.name} learner: non-finite loss at epoch {epoch + 1} iteration "
-                                   f"{it + 1}: {bad}")
+                raise RuntimeError(
+                    f"{learner.name} learner: non-finite loss at epoch {epoch + 1} iteration {it + 1}: {bad}"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -215,8 +241,15 @@ def train_learner(learner: WeakLearner, cfg: Config, dataset: Dataset, device: t
 
 
 @torch.no_grad()
-def infer_masks(learner: WeakLearner, net: torch.nn.Module, view: InferenceView, folder: Path, offset: int,
-                num_classes: int, device: torch.device) -> dict:
+def infer_masks(
+    learner: WeakLearner,
+    net: torch.nn.Module,
+    view: InferenceView,
+    folder: Path,
+    offset: int,
+    num_classes: int,
+    device: torch.device,
+) -> dict:
     """Write ``learner.infer_mask`` of every image of ``view`` to ``folder/<id>.png`` in internal indices (learner
     class k -> k + ``offset``) and return the quality figures against the ground truth (mIoU over background +
     the learned classes, as WSSS papers report, and over the learned classes alone)."""
@@ -231,9 +264,12 @@ def infer_masks(learner: WeakLearner, net: torch.nn.Module, view: InferenceView,
     iou = per_class_iou(cm.numpy()) * 100.0
     learned = [0] + list(range(offset + 1, num_classes))
     mean = lambda v: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")  # noqa: E731
-    return {"mask_miou": mean(iou[learned]), "mask_miou_new": mean(iou[learned[1:]]),
-            "mask_iou": {str(c): (None if math.isnan(iou[c]) else float(iou[c])) for c in learned},
-            "images": len(view)}
+    return {
+        "mask_miou": mean(iou[learned]),
+        "mask_miou_new": mean(iou[learned[1:]]),
+        "mask_iou": {str(c): (None if math.isnan(iou[c]) else float(iou[c])) for c in learned},
+        "images": len(view),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -247,8 +283,15 @@ def check_learner_inputs(cfg: Config, task: Task, step: int, learner_cls: type[W
     learner_datasets(cfg, task, step, learner_cls, params)
 
 
-def ensure_pseudo_masks(cfg: Config, task: Task, step: int, learner_cls: type[WeakLearner], params: Any,
-                        device: torch.device | None = None, verbose: bool = True) -> Path:
+def ensure_pseudo_masks(
+    cfg: Config,
+    task: Task,
+    step: int,
+    learner_cls: type[WeakLearner],
+    params: Any,
+    device: torch.device | None = None,
+    verbose: bool = True,
+) -> Path:
     """The folder of ``learner_cls``'s hard pseudo-masks of ``step``'s training images: read from the cache, or
     made (train the learner, run its ``after_training``, infer every mask) and published atomically."""
     folder = mask_folder(cfg, task, step, learner_cls.name, params)
@@ -266,8 +309,12 @@ def ensure_pseudo_masks(cfg: Config, task: Task, step: int, learner_cls: type[We
         device = device or resolve_device(cfg.run.device)
         start = time.perf_counter()
         if verbose:
-            print(f"pseudo-masks: training the {learner_cls.name} learner on {len(train_view)} images of task "
-                  f"'{task.name}' step {step} once ({folder})", file=sys.stderr, flush=True)
+            print(
+                f"pseudo-masks: training the {learner_cls.name} learner on {len(train_view)} images of task "
+                f"'{task.name}' step {step} once ({folder})",
+                file=sys.stderr,
+                flush=True,
+            )
         num_labels = task.num_classes(step) - 1 if cfg.data.no_mask else task.num_classes(step) - task.num_old(step)
         learner = learner_cls(params, num_labels)
         seed = cfg.run.seed + 7919 * step
@@ -275,11 +322,19 @@ def ensure_pseudo_masks(cfg: Config, task: Task, step: int, learner_cls: type[We
         learner.after_training(net, infer_view, device)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         try:
-            quality = infer_masks(learner, net, infer_view, tmp, task.num_classes(step) - 1 - num_labels,
-                                  task.num_classes(step), device)
-            quality.update({"learner": learner_cls.name, "task": task.name, "step": step,
-                            "overlap": cfg.data.overlap, "seconds": round(time.perf_counter() - start, 1),
-                            "params": dataclasses.asdict(params)})
+            quality = infer_masks(
+                learner, net, infer_view, tmp, task.num_classes(step) - 1 - num_labels, task.num_classes(step), device
+            )
+            quality.update(
+                {
+                    "learner": learner_cls.name,
+                    "task": task.name,
+                    "step": step,
+                    "overlap": cfg.data.overlap,
+                    "seconds": round(time.perf_counter() - start, 1),
+                    "params": dataclasses.asdict(params),
+                }
+            )
             atomic_write_text(tmp / QUALITY_FILE, json.dumps(quality, indent=1, default=str) + "\n")
             os.chmod(tmp, 0o755)  # mkdtemp creates 0700
             os.replace(tmp, folder)  # atomic publish: readers see all the masks or none
@@ -287,10 +342,24 @@ def ensure_pseudo_masks(cfg: Config, task: Task, step: int, learner_cls: type[We
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         if verbose:
-            print(f"pseudo-masks: {learner_cls.name} mask mIoU {quality['mask_miou']:.1f} on the step's training "
-                  f"images ({quality['seconds']:.0f} s)", file=sys.stderr, flush=True)
+            print(
+                f"pseudo-masks: {learner_cls.name} mask mIoU {quality['mask_miou']:.1f} on the step's training "
+                f"images ({quality['seconds']:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     return folder
 
 
-__all__ = ["InferenceView", "check_learner_inputs", "ensure_pseudo_masks", "infer_masks", "learner_datasets",
-           "mask_folder", "mask_key", "masks_root", "read_quality", "train_learner"]
+__all__ = [
+    "InferenceView",
+    "check_learner_inputs",
+    "ensure_pseudo_masks",
+    "infer_masks",
+    "learner_datasets",
+    "mask_folder",
+    "mask_key",
+    "masks_root",
+    "read_quality",
+    "train_learner",
+]

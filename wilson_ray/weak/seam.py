@@ -203,8 +203,14 @@ def normalise_cams(summed: torch.Tensor) -> torch.Tensor:
     return ((s - lo - 1e-5) / (hi - lo + 1e-5)).clamp_min(0)
 
 
-def crf_seeds(image_rgb: torch.Tensor, cams: torch.Tensor, alpha_low: float, alpha_high: float,
-              iterations: int = 10, kernels: CrfKernels = CrfKernels()) -> torch.Tensor:
+def crf_seeds(
+    image_rgb: torch.Tensor,
+    cams: torch.Tensor,
+    alpha_low: float,
+    alpha_high: float,
+    iterations: int = 10,
+    kernels: CrfKernels = CrfKernels(),
+) -> torch.Tensor:
     """PSA/SEAM seeds [H,W] (long) from normalised CAMs of the present classes [P,H,W]: dense CRF of
     (bg = (1 − max)^α, cams) at both α; the low-α CRF's foreground argmax is kept, its background becomes
     ignore (255) except where the high-α CRF says background (0). Values are 0, 1..P, 255."""
@@ -239,7 +245,7 @@ class _SeedCrops(Dataset):
         seed = F.pad(seed, (0, pw, 0, ph), value=IGNORE)
         top = int(torch.randint(0, image.shape[1] - c + 1, ()))
         left = int(torch.randint(0, image.shape[2] - c + 1, ()))
-        return image[:, top:top + c, left:left + c], seed[top:top + c, left:left + c]
+        return image[:, top : top + c, left : left + c], seed[top : top + c, left : left + c]
 
 
 class SeamLearner(WeakLearner):
@@ -255,8 +261,12 @@ class SeamLearner(WeakLearner):
 
     # --- nets -----------------------------------------------------------------------------------------------
     def _backbone(self, model_cfg) -> nn.Module:
-        body = build_backbone(model_cfg.backbone, output_stride=model_cfg.output_stride, norm=model_cfg.norm,
-                              small_width=model_cfg.small_width)
+        body = build_backbone(
+            model_cfg.backbone,
+            output_stride=model_cfg.output_stride,
+            norm=model_cfg.norm,
+            small_width=model_cfg.small_width,
+        )
         load_backbone_weights(body, model_cfg.pretrained)
         return body
 
@@ -280,14 +290,19 @@ class SeamLearner(WeakLearner):
         y = batch.labels.float()
         y_bg = torch.cat([y.new_ones(y.shape[0], 1), y], 1)
         yb = y_bg[:, :, None, None]
-        x_small = F.interpolate(x, scale_factor=self.p.rescale, mode="bilinear", align_corners=True,
-                                recompute_scale_factor=False)
+        x_small = F.interpolate(
+            x, scale_factor=self.p.rescale, mode="bilinear", align_corners=True, recompute_scale_factor=False
+        )
         views = []
         for view in (x, x_small):
             cam, pcm = net(view)
             size = view.shape[-2:]
-            views.append((F.interpolate(cam, size, mode="bilinear", align_corners=True),
-                          F.interpolate(pcm, size, mode="bilinear", align_corners=True)))
+            views.append(
+                (
+                    F.interpolate(cam, size, mode="bilinear", align_corners=True),
+                    F.interpolate(pcm, size, mode="bilinear", align_corners=True),
+                )
+            )
         (cam1, pcm1), (cam2, pcm2) = views
         small = cam2.shape[-2:]
         cls = (classification_loss(cam1, y) + classification_loss(cam2, y)) / 2
@@ -328,8 +343,9 @@ class SeamLearner(WeakLearner):
         if present.numel() == 0:
             return torch.zeros(image.shape[-2:], dtype=torch.long)
         cams = self.cams(net, image, labels)[present].cpu()
-        seeds = crf_seeds(denormalize(image).cpu(), cams, self.p.crf_alpha_low, self.p.crf_alpha_high,
-                          self.p.crf_iterations)
+        seeds = crf_seeds(
+            denormalize(image).cpu(), cams, self.p.crf_alpha_low, self.p.crf_alpha_high, self.p.crf_iterations
+        )
         classes = torch.cat([torch.zeros(1, dtype=torch.long), present.cpu() + 1, torch.tensor([IGNORE])])
         return classes[torch.where(seeds == IGNORE, len(present) + 1, seeds)]
 
@@ -339,8 +355,7 @@ class SeamLearner(WeakLearner):
         net = aff.AffinityNet(self._backbone(self.model_cfg)).to(device)
         if self._frozen(self.model_cfg):
             freeze_bn_(net.backbone)
-        optimizer = torch.optim.SGD(self.param_groups(net, p.aff_lr, p.weight_decay), lr=p.aff_lr,
-                                    momentum=p.momentum)
+        optimizer = torch.optim.SGD(self.param_groups(net, p.aff_lr, p.weight_decay), lr=p.aff_lr, momentum=p.momentum)
         batch = min(p.aff_batch_size, len(crops))
         loader = DataLoader(crops, batch_size=batch, shuffle=True, drop_last=True)
         iters = len(loader) if not p.max_iters_per_epoch else min(len(loader), p.max_iters_per_epoch)
@@ -403,6 +418,19 @@ class SeamLearner(WeakLearner):
         return up[:, :h, :w]
 
 
-__all__ = ["SeamLearner", "SeamNet", "SeamParams", "classification_loss", "crf_seeds", "ecr_loss", "er_loss",
-           "max_norm", "min_pool_loss", "normalise_cams", "pcm_affinity", "pcm_refine", "pcm_seed",
-           "top_foreground"]
+__all__ = [
+    "SeamLearner",
+    "SeamNet",
+    "SeamParams",
+    "classification_loss",
+    "crf_seeds",
+    "ecr_loss",
+    "er_loss",
+    "max_norm",
+    "min_pool_loss",
+    "normalise_cams",
+    "pcm_affinity",
+    "pcm_refine",
+    "pcm_seed",
+    "top_foreground",
+]

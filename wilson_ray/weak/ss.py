@@ -67,12 +67,13 @@ class GlobalCueInjection(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.deep = nn.Sequential(nn.Conv2d(channels, 2 * channels, 1, bias=False), nn.BatchNorm2d(2 * channels),
-                                  nn.ReLU(inplace=True))
-        self.skip = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False),
-                                  nn.BatchNorm2d(channels, affine=False))
-        self.out = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels),
-                                 nn.ReLU(inplace=True))
+        self.deep = nn.Sequential(
+            nn.Conv2d(channels, 2 * channels, 1, bias=False), nn.BatchNorm2d(2 * channels), nn.ReLU(inplace=True)
+        )
+        self.skip = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels, affine=False))
+        self.out = nn.Sequential(
+            nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)
+        )
 
     def forward(self, shallow: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
         attrs = self.deep(deep).flatten(2).amax(-1)
@@ -97,21 +98,35 @@ class SSNet(FrozenBNMixin, nn.Module):
     3×3 conv/BN/ReLU/dropout 0.5, 3×3 conv/BN/ReLU/dropout 0.1, 1×1 conv to K. ``forward`` returns the logits
     [B,1+K,h,w] at the skip's stride (4) with the background logit the constant 1."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, channels: int = 256, skip_channels: int = 48,
-                 psi: float = 0.3, norm: str = "bn_relu", frozen_bn: bool = False):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        channels: int = 256,
+        skip_channels: int = 48,
+        psi: float = 0.3,
+        norm: str = "bn_relu",
+        frozen_bn: bool = False,
+    ):
         super().__init__()
         self.backbone = backbone
         self.frozen_bn = frozen_bn
         self.psi = psi
         self.aspp = DeepLabV3Head(backbone.out_channels, channels, output_stride=backbone.output_stride, norm=norm)
-        self.skip = nn.Sequential(nn.Conv2d(backbone.stage_channels["conv3"], skip_channels, 1, bias=False),
-                                  norm_act(skip_channels, norm))
-        self.merge = nn.Sequential(nn.Conv2d(channels + skip_channels, channels, 3, padding=1, bias=False),
-                                   norm_act(channels, norm))
+        self.skip = nn.Sequential(
+            nn.Conv2d(backbone.stage_channels["conv3"], skip_channels, 1, bias=False), norm_act(skip_channels, norm)
+        )
+        self.merge = nn.Sequential(
+            nn.Conv2d(channels + skip_channels, channels, 3, padding=1, bias=False), norm_act(channels, norm)
+        )
         self.gci = GlobalCueInjection(channels)
         self.decoder = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False), norm_act(channels, norm), nn.Dropout(0.5),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False), norm_act(channels, norm), nn.Dropout(0.1),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            norm_act(channels, norm),
+            nn.Dropout(0.5),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            norm_act(channels, norm),
+            nn.Dropout(0.1),
             nn.Conv2d(channels, num_classes, 1),
         )
         for m in [self.skip, self.merge, self.gci, self.decoder]:
@@ -153,12 +168,17 @@ class SSLearner(WeakLearner):
             require_crf()  # fail before training, not after it
 
     def build_net(self, model_cfg) -> nn.Module:
-        body = build_backbone(model_cfg.backbone, output_stride=model_cfg.output_stride, norm=model_cfg.norm,
-                              small_width=model_cfg.small_width)
+        body = build_backbone(
+            model_cfg.backbone,
+            output_stride=model_cfg.output_stride,
+            norm=model_cfg.norm,
+            small_width=model_cfg.small_width,
+        )
         load_backbone_weights(body, model_cfg.pretrained)
         frozen = wants_frozen_bn(self.p.frozen_bn, model_cfg.pretrained)
-        return SSNet(body, self.num_classes, model_cfg.head_channels, self.p.skip_channels, self.p.psi,
-                     model_cfg.norm, frozen)
+        return SSNet(
+            body, self.num_classes, model_cfg.head_channels, self.p.skip_channels, self.p.psi, model_cfg.norm, frozen
+        )
 
     def losses(self, net: nn.Module, batch, epoch: int) -> dict[str, torch.Tensor]:
         p = self.p
@@ -200,8 +220,9 @@ class SSLearner(WeakLearner):
         scores = self.scores(net, image, labels)
         if not self.p.crf:
             return scores.argmax(0).cpu()
-        keep = torch.cat([torch.zeros(1, dtype=torch.long, device=scores.device),
-                          torch.nonzero(labels > 0.5).flatten() + 1])
+        keep = torch.cat(
+            [torch.zeros(1, dtype=torch.long, device=scores.device), torch.nonzero(labels > 0.5).flatten() + 1]
+        )
         refined = dense_crf(denormalize(image), scores[keep], self.p.crf_iterations)
         return keep.cpu()[torch.from_numpy(refined).argmax(0)]
 
