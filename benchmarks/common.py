@@ -1,5 +1,5 @@
 """Shared pieces of the benchmarks: machine description, timing statistics, and the step-iteration setup that
-reuses the engine's real code path (``engine.build_model``, ``get_method``, ``Trainable``, ``param_groups``,
+reuses the engine's real code path (``step_setup.build_model``, ``get_method``, ``Trainable``, ``param_groups``,
 ``autocast_context``, ``Method.losses`` / ``Method.step0_losses``)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from wilson_ray import engine, fast, step_setup
+from wilson_ray import fast, runtime, step_setup
 from wilson_ray.config import Config, resolve_config
 from wilson_ray.methods import get_method
 from wilson_ray.methods.base import Batch, Context, Method, Trainable
@@ -259,15 +259,15 @@ def build_setup(o: StepOptions, init: Callable | None = realistic_init_) -> Step
     t0 = time.perf_counter()
     torch.manual_seed(o.seed)
     cfg = make_config(o)
-    device = engine.resolve_device(o.device)
+    device = runtime.resolve_device(o.device)
     method_cls = get_method(cfg.method.name)
     task = step_setup.task_of(cfg, method_cls).train
     step = task.check_step(o.step)
     method = method_cls(method_cls.Params(**cfg.method.params), task, step, no_mask=cfg.data.no_mask)
-    model = engine.build_model(cfg, task, step)
+    model = step_setup.build_model(cfg, task, step)
     old_model = None
     if step > 0:
-        old_model = engine.build_model(cfg, task, step - 1)
+        old_model = step_setup.build_model(cfg, task, step - 1)
         # The step-t model starts from the step t-1 weights (new classifier random), as in train_step.
         model.load_state_dict(old_model.state_dict(), strict=False)
         old_model.eval().requires_grad_(False)
@@ -279,7 +279,7 @@ def build_setup(o: StepOptions, init: Callable | None = realistic_init_) -> Step
     batch = Batch(batch.images.to(device), batch.masks.to(device), batch.labels.to(device))
     module = Trainable(model, localizer)
     # The engine's own placement and fast-path switches; compiled afterwards so eager copies stay for FLOP counting.
-    module, net, old_run = engine.prepare_models(cfg, module, old_model, device, 1, False, compile=False)
+    module, net, old_run = step_setup.prepare_models(cfg, module, old_model, device, 1, False, compile=False)
     if old_run is not old_model:
         # The engine drops its eager old model once frozen (a copy); holding it here would add one model's
         # weights to the fast path's peak RSS that training does not pay.
@@ -295,15 +295,15 @@ def build_setup(o: StepOptions, init: Callable | None = realistic_init_) -> Step
         )
     eager_ctx = Context(net=net, module=module, old_model=old_run)
     if cfg.run.compile:
-        net, old_run = engine.compile_models(net, old_run)
+        net, old_run = step_setup.compile_models(net, old_run)
     if o.compile_blocks:
         n = sum(compile_blocks_(m) for m in (module, old_run) if m is not None)
         notes.append(f"{n} ResNet blocks compiled regionally (benchmarks.common.compile_blocks_)")
     ctx = Context(net=net, module=module, old_model=old_run)
-    optimizer = engine.make_optimizer(cfg, module, step)
+    optimizer = step_setup.make_optimizer(cfg, module, step)
     oc = cfg.optim(step)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: engine.lr_factor(it, 10**6, oc.policy, oc.power, 0)
+        optimizer, lambda it: step_setup.lr_factor(it, 10**6, oc.policy, oc.power, 0)
     )
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.run.amp == "fp16")
     # After the localizer pre-training, so every WILSON term (seg, cls, loc, sss with PAMR, enc) is active.
@@ -337,7 +337,7 @@ def losses(s: StepSetup, ctx: Context | None = None) -> dict[str, torch.Tensor]:
     if s.cfg.run.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     batch = Batch(images, batch.masks, batch.labels)
-    with engine.autocast_context(s.device, s.cfg.run.amp):
+    with runtime.autocast_context(s.device, s.cfg.run.amp):
         if s.opts.step == 0:
             return s.method.step0_losses(ctx, batch)
         return s.method.losses(ctx, batch, s.epoch)

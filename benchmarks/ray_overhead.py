@@ -131,10 +131,11 @@ def _sweep_miou(trial_dir: Path) -> list[float]:
 
 
 def run(a: argparse.Namespace) -> dict:
-    from wilson_ray.cache import previous_step_checkpoint, step_key
+    from wilson_ray.cache import previous_step_checkpoint
     from wilson_ray.config import parse_overrides, resolve_config
     from wilson_ray.orchestration.results import best_config_text, read_sweep, trial_rows
     from wilson_ray.orchestration.search_space import load_search_space
+    from wilson_ray.step_key import step_key
 
     storage = Path(a.storage or tempfile.mkdtemp(prefix="wilson-ray-overhead-")).resolve()
     storage.mkdir(parents=True, exist_ok=True)

@@ -71,7 +71,8 @@ def _trial(space_path: str, data_root: str, seed: int, init: str | None, out: st
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from wilson_ray.cache import default_cache_dir, previous_step_checkpoint
+    from wilson_ray.cache import previous_step_checkpoint
+    from wilson_ray.step_key import default_cache_dir
 
     space, cfg = _config(args.space, args.data_root, 42)
     seeds = args.seeds or (space.seed_spread.seeds if space.seed_spread else [42, 43, 44, 45, 46])

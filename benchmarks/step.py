@@ -11,7 +11,7 @@ Settings. Without ``--fp32-eager`` the fast path is on (``wilson-ray train --fas
 autocast, channels_last, the frozen old model (BN folded, bf16 weights, inference_mode), valid-tap ASPP
 convolutions and fused SGD; ``--compile`` adds ``torch.compile`` of the trainable and the old model. ``--fp32-eager``
 is the engine's defaults (all off). Every switch can be set on its own on top of either; the models are built and
-switched by ``engine.prepare_models``, exactly as in training.
+switched by ``step_setup.prepare_models``, exactly as in training.
 
 Output: one JSON object (``--json``) with median/min/max seconds, images/s, peak RSS, FLOPs per iteration
 (``torch.utils.flop_counter.FlopCounterMode`` over one eager iteration: new model forward+backward, old model
@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from benchmarks import common
-from wilson_ray import pseudo_labels
+from wilson_ray import pseudo_labels, runtime
 
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s) for the MFU column on a GPU; --peak-tflops overrides.
 GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
@@ -117,10 +117,10 @@ def options(a: argparse.Namespace) -> common.StepOptions:
     """The benchmark's settings: the fast path is ``--fast`` on this hardware (amp ``auto`` resolved by
     ``hardware.resolve_amp``, the other switches from ``hardware.fast_path_plan``); fp32 eager is the engine's
     defaults (all off); explicit flags override either."""
-    from wilson_ray import engine, hardware
+    from wilson_ray import hardware
 
     fast = not a.fp32_eager
-    device = engine.resolve_device(a.device)
+    device = runtime.resolve_device(a.device)
     if fast:
         base = dict(amp="auto", **hardware.fast_path_plan(device))
     else:

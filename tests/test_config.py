@@ -170,7 +170,7 @@ def test_config_hash_is_the_one_recipe():
     import hashlib
     import json
 
-    from wilson_ray.config import config_hash
+    from wilson_ray.hashing import config_hash
 
     cfg = resolve_config("demo")
     d = cfg.to_dict()

@@ -4,17 +4,12 @@ import pytest
 import torch
 
 from tests.test_methods import TINY
+from wilson_ray.checkpoint import check_checkpoint_matches, load_checkpoint
 from wilson_ray.config import resolve_config
-from wilson_ray.engine import (
-    NonFiniteLossError,
-    check_checkpoint_matches,
-    load_checkpoint,
-    lr_factor,
-    model_from_checkpoint,
-    train_step,
-)
+from wilson_ray.engine import NonFiniteLossError, train_step
 from wilson_ray.errors import UserError
 from wilson_ray.protocol import get_task
+from wilson_ray.step_setup import lr_factor, model_from_checkpoint
 
 
 class Payload:

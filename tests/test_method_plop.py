@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wilson_ray.cache import step_key
 from wilson_ray.config import resolve_config
 from wilson_ray.methods import plop
 from wilson_ray.models.segmenter import build_segmenter
 from wilson_ray.pass_cache import cached_pass
+from wilson_ray.step_key import step_key
 
 
 def _hand_pod(x, scales):

@@ -175,9 +175,10 @@ def _param(key: str, spec: dict) -> Callable[[dict], None]:
 
 def _other_task_checkpoint(ctx: Ctx) -> list[str]:
     """``--out`` already holds a step-0 checkpoint of 15-5; ``--task 10-10 --steps 1`` must refuse it."""
+    from wilson_ray.checkpoint import save_checkpoint
     from wilson_ray.config import resolve_config
-    from wilson_ray.engine import build_model, save_checkpoint
     from wilson_ray.protocol import get_task
+    from wilson_ray.step_setup import build_model
 
     cfg = resolve_config("demo", overrides=TINY)
     task = get_task("15-5")
@@ -190,9 +191,10 @@ def _other_task_checkpoint(ctx: Ctx) -> list[str]:
 
 
 def _truncated_checkpoint(ctx: Ctx) -> list[str]:
+    from wilson_ray.checkpoint import save_checkpoint
     from wilson_ray.config import resolve_config
-    from wilson_ray.engine import build_model, save_checkpoint
     from wilson_ray.protocol import get_task
+    from wilson_ray.step_setup import build_model
 
     cfg = resolve_config("demo", overrides=TINY)
     task = get_task("15-5")
@@ -571,7 +573,7 @@ class Payload:
 def test_checkpoint_with_pickled_object_is_refused_unexecuted(tmp_path, capsys):
     import torch
 
-    from wilson_ray.engine import CHECKPOINT_FORMAT, load_checkpoint
+    from wilson_ray.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
     from wilson_ray.errors import UserError
 
     marker = tmp_path / "executed"
@@ -595,7 +597,7 @@ def test_checkpoint_with_pickled_object_is_refused_unexecuted(tmp_path, capsys):
 def test_checkpoint_with_pickled_object_refused_by_a_process(tmp_path):
     import torch
 
-    from wilson_ray.engine import CHECKPOINT_FORMAT
+    from wilson_ray.checkpoint import CHECKPOINT_FORMAT
 
     marker = tmp_path / "executed"
     evil = tmp_path / "evil.pt"
@@ -757,7 +759,8 @@ def test_atomic_write_gives_usual_permissions(tmp_path):
 
 
 def test_checkpoint_save_killed_mid_write_keeps_previous(tmp_path):
-    from wilson_ray.engine import load_checkpoint, model_from_checkpoint
+    from wilson_ray.checkpoint import load_checkpoint
+    from wilson_ray.step_setup import model_from_checkpoint
 
     target = tmp_path / "run" / "step0.pt"
     proc = spawn(
@@ -767,7 +770,8 @@ def test_checkpoint_save_killed_mid_write_keeps_previous(tmp_path):
 import json
 import torch
 from wilson_ray.config import resolve_config
-from wilson_ray.engine import build_model, save_checkpoint
+from wilson_ray.checkpoint import save_checkpoint
+from wilson_ray.step_setup import build_model
 from wilson_ray.protocol import get_task
 cfg = resolve_config("demo", overrides=json.loads(sys.argv[2]))
 task = get_task("15-5")
@@ -910,7 +914,7 @@ def _cache_cfg(root: Path) -> dict:
 
 @pytest.mark.timeout(300)
 def test_two_processes_train_a_missing_step0_once(synth_root, tmp_path):
-    from wilson_ray.engine import load_checkpoint
+    from wilson_ray.checkpoint import load_checkpoint
 
     cache = tmp_path / "cache"
     overrides = json.dumps(_cache_cfg(synth_root))
@@ -942,9 +946,10 @@ def test_two_processes_train_a_missing_step0_once(synth_root, tmp_path):
 
 @pytest.mark.timeout(300)
 def test_cache_writer_killed_leaves_no_valid_entry_and_next_call_retrains(synth_root, tmp_path, capsys):
-    from wilson_ray.cache import cached_step, step_key, valid_entry
+    from wilson_ray.cache import cached_step, valid_entry
+    from wilson_ray.checkpoint import load_checkpoint
     from wilson_ray.config import resolve_config
-    from wilson_ray.engine import load_checkpoint
+    from wilson_ray.step_key import step_key
 
     cache = tmp_path / "cache"
     overrides = _cache_cfg(synth_root)
@@ -982,8 +987,8 @@ def test_cache_writer_killed_leaves_no_valid_entry_and_next_call_retrains(synth_
 
 def test_step_cache_key_same_for_relative_and_absolute_data_root(tmp_path, monkeypatch):
     """One dataset reached as ``data/x`` or as its absolute path is one cache entry; another folder is another."""
-    from wilson_ray.cache import step_key
     from wilson_ray.config import resolve_config
+    from wilson_ray.step_key import step_key
 
     for name in ("x", "y"):
         (tmp_path / "data" / name / "splits").mkdir(parents=True)

@@ -19,54 +19,10 @@ import zipfile
 from pathlib import Path
 
 from wilson_ray.atomic import atomic_write_text
-from wilson_ray.config import Config, config_hash
+from wilson_ray.config import Config
 from wilson_ray.filelock import locked
 from wilson_ray.methods import get_method
-
-# Fields that do not change the trained weights, so they are left out of the key.
-_NEUTRAL = {
-    "data": {"num_workers", "val_batch_size", "eval_mode", "val_crop_size"},
-    "run": {"device", "progress", "log_interval", "val_interval", "fail_on_nonfinite", "compile", "ddp_find_unused"},
-}
-
-
-def _data_stamp(root: str) -> list:
-    """Identity of a dataset folder: its resolved path and the size/mtime of its split lists."""
-    path = Path(root).expanduser().resolve()
-    stamp: list = [str(path)]
-    for sub in ("splits", "split"):
-        folder = path / sub
-        if folder.is_dir():
-            stamp += [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir())]
-    return stamp
-
-
-def step_key(cfg: Config, step: int) -> str:
-    """Cache key of the checkpoint of ``step`` under ``cfg``: a hash of everything that shapes its weights."""
-    d = cfg.to_dict()
-    for section, fields in _NEUTRAL.items():
-        d[section] = {k: v for k, v in d[section].items() if k not in fields}
-    # The folders as written ("data/synthetic" or its absolute path) do not key the entry: the stamp below holds
-    # each one resolved, so the same dataset reached either way shares one checkpoint.
-    d["data"] = {k: v for k, v in d["data"].items() if k not in ("root", "voc_root")}
-    method = get_method(cfg.method.name)
-    shared_step0 = method.shares_step0
-    # The BCE step 0 keeps its historical key (None); another shared strategy is keyed by its kind only, so every
-    # method of that kind (and every sweep trial of it) reuses one checkpoint.
-    shared_key = None if method.step0_kind == "bce" else {"step0_kind": method.step0_kind}
-    parts = {
-        "data": d["data"],
-        "stamp": _data_stamp(cfg.data.root) + (_data_stamp(cfg.data.voc_root) if cfg.data.voc_root else []),
-        "model": d["model"],
-        "step0": d["step0"],
-        "run": d["run"],
-        "step": step,
-        # Step 0 is the same BCE step for every method that shares it (the joint bound trains differently).
-        "method": d["method"] if (step > 0 or not shared_step0) else shared_key,
-        "incremental": d["incremental"] if step > 0 else None,
-        "previous": step_key(cfg, step - 1) if step > 0 else None,
-    }
-    return config_hash(parts, length=20)
+from wilson_ray.step_key import step_key
 
 
 def valid_entry(path: Path) -> bool:
@@ -142,11 +98,3 @@ def previous_step_checkpoint(cfg: Config, step: int, cache_dir: str | Path, trai
     """Checkpoint of step ``step - 1`` (trained once and cached), or None at step 0; ``trainer``: see
     ``cached_step``."""
     return cached_step(cfg, step - 1, cache_dir, trainer=trainer) if step > 0 else None
-
-
-def default_cache_dir() -> Path:
-    """``$WILSON_RAY_CACHE``, else ``$XDG_CACHE_HOME/wilson-ray/steps`` (``~/.cache/...``)."""
-    if os.environ.get("WILSON_RAY_CACHE"):
-        return Path(os.environ["WILSON_RAY_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "wilson-ray" / "steps"

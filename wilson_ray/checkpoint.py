@@ -1,5 +1,5 @@
 """Every torch file wilson-ray reads or writes: the weights-only reader, the step checkpoint (format, save, load,
-match, rebuild the model) and the resumable training state (method.md §4, §5).
+match) and the resumable training state (method.md §4, §5).
 
 A step checkpoint holds the weights, the resolved config, the class list, task/step, the final metrics and the
 method's own state carried to the next step (e.g. prototypes); everything loads with ``weights_only=True``.
@@ -18,7 +18,6 @@ from wilson_ray.errors import UserError, load_failure_reason
 
 if TYPE_CHECKING:
     from wilson_ray.config import Config
-    from wilson_ray.models.segmenter import Segmenter
     from wilson_ray.protocol import Task
 
 CHECKPOINT_FORMAT = "wilson-ray-checkpoint"
@@ -104,19 +103,6 @@ def load_into_step_model(model: nn.Module, ckpt: dict, path: Path, step: int) ->
             f"checkpoint {path}: weights do not fit the configured model "
             f"({len(missing)} missing, {len(unexpected)} unexpected keys); check model.* settings"
         )
-
-
-def model_from_checkpoint(path: str | Path) -> tuple[Segmenter, dict]:
-    """Rebuild the model stored in a checkpoint; returns (model in eval mode, checkpoint dict)."""
-    # Imported here: the setup module builds models, and the model package reads weights through this module.
-    from wilson_ray.config import config_from_dict
-    from wilson_ray.step_setup import build_model, task_of
-
-    ckpt = load_checkpoint(path)
-    cfg = config_from_dict(ckpt["config"], f"checkpoint {path}")
-    model = build_model(cfg, task_of(cfg).train, ckpt["step"])
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), ckpt
 
 
 def save_training_state(path: Path, step: int, epoch: int, parts: dict[str, Any]) -> Path:

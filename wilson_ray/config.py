@@ -9,8 +9,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import hashlib
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +19,8 @@ from typing import Any, Literal
 import yaml
 
 from wilson_ray.errors import UserError
+from wilson_ray.hashing import config_hash
+from wilson_ray.protocol import get_task
 
 
 @dataclass
@@ -36,6 +36,14 @@ class DataConfig:
     batch_size: int = 24
     val_batch_size: int = 24
     num_workers: int = 2
+
+    def root_of(self, source: str) -> str:
+        """Root folder of a data source: ``root``, or ``voc_root`` for VOC data in a COCO task."""
+        if source in ("voc", "voc-as-coco") and get_task(self.task).dataset != "voc":
+            if not self.voc_root:
+                raise UserError(f"data.voc_root: task '{self.task}' reads VOC data ({source}), expected a VOC root")
+            return self.voc_root
+        return self.root
 
 
 @dataclass
@@ -164,27 +172,6 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-def config_hash(
-    obj: Config | dict[str, Any],
-    *,
-    sections: typing.Iterable[str] | None = None,
-    drop: dict[str, typing.Iterable[str]] | None = None,
-    length: int = 16,
-) -> str:
-    """The one config hash: sha256 of the sorted-key JSON of ``obj`` (a ``Config`` is hashed as its ``to_dict``),
-    keeping only the top-level ``sections`` when given and removing ``drop[section]`` fields from each section;
-    the first ``length`` hex digits. Values JSON cannot write are hashed as ``str(value)``."""
-    d = obj.to_dict() if isinstance(obj, Config) else obj
-    if sections is not None:
-        d = {k: d[k] for k in sections}
-    if drop:
-        d = {
-            k: ({f: v for f, v in sec.items() if f not in set(drop[k])} if k in drop and isinstance(sec, dict) else sec)
-            for k, sec in d.items()
-        }
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -29,12 +29,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from wilson_ray import step_setup
 from wilson_ray.checkpoint import (
-    CHECKPOINT_FORMAT,
-    STATE_FORMAT,
-    check_checkpoint_matches,
-    load_checkpoint,
     load_training_state,
-    model_from_checkpoint,
     save_checkpoint,
     save_training_state,
 )
@@ -45,42 +40,22 @@ from wilson_ray.methods.base import Batch, Context, Method, Trainable
 from wilson_ray.metrics import ConfusionMatrix, miou_table, per_class_iou
 from wilson_ray.protocol import Task
 from wilson_ray.runtime import autocast_context, rank_world, resolve_device, seed_everything
+from wilson_ray.step_key import default_cache_dir, step_key
 from wilson_ray.step_setup import (
-    build_model,
-    compile_models,
-    data_root,
-    lr_factor,
     make_optimizer,
-    param_groups,
+    model_from_checkpoint,
     prepare_models,
     task_of,
 )
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
-    "STATE_FORMAT",
     "Callback",
     "NonFiniteLossError",
     "StepResult",
-    "autocast_context",
-    "build_model",
-    "check_checkpoint_matches",
-    "compile_models",
-    "data_root",
     "evaluate",
     "evaluate_checkpoint",
     "evaluate_sources",
-    "load_checkpoint",
-    "lr_factor",
-    "make_optimizer",
-    "model_from_checkpoint",
-    "param_groups",
-    "prepare_models",
-    "rank_world",
-    "resolve_device",
-    "save_checkpoint",
     "score",
-    "seed_everything",
     "train_one_epoch",
     "train_step",
 ]
@@ -343,8 +318,6 @@ def train_step(
     module = Trainable(model, method.build_localizer(model.backbone.out_channels, cfg.model.norm))
     find_unused = method.uses_localizer if cfg.run.ddp_find_unused is None else cfg.run.ddp_find_unused
     module, net, old_model = prepare_models(cfg, module, old_model, device, world, find_unused, amp=amp)
-    from wilson_ray.cache import default_cache_dir, step_key
-
     ctx = Context(
         net=net,
         module=module,

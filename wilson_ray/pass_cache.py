@@ -11,8 +11,8 @@ from typing import Any, Callable
 import torch
 
 from wilson_ray.atomic import atomic_path
-from wilson_ray.config import config_hash
 from wilson_ray.filelock import locked
+from wilson_ray.hashing import config_hash
 
 
 def cached_pass(

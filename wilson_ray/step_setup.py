@@ -7,6 +7,7 @@ same functions, so every user of a step builds it one way.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from wilson_ray import fast
 from wilson_ray.checkpoint import check_checkpoint_matches, load_checkpoint, load_into_step_model
-from wilson_ray.config import Config, OptimConfig
+from wilson_ray.config import Config, OptimConfig, config_from_dict
 from wilson_ray.errors import UserError
 from wilson_ray.methods import get_method
 from wilson_ray.methods.base import Method, TaskView, Trainable, default_param_groups
@@ -38,6 +39,14 @@ def task_of(cfg: Config, method: type[Method] | None = None) -> TaskView:
     return method.task_view(task)
 
 
+def new_class_names(cfg: Config, step: int, names: list[str]) -> list[str]:
+    """The classes among ``names`` that step ``step`` of the trained task adds (background and the classes of
+    steps < ``step`` left out)."""
+    task = task_of(cfg).train
+    old = set(task.class_names(step - 1)) if step > 0 else set()
+    return [n for n in names if n not in old and n != "background"]
+
+
 def build_model(cfg: Config, task: Task, step: int) -> Segmenter:
     """The step-``step`` segmenter of ``cfg.model`` with one classifier per step (method.md §2)."""
     m = cfg.model
@@ -50,6 +59,16 @@ def build_model(cfg: Config, task: Task, step: int) -> Segmenter:
         pooling_size=cfg.data.crop_size,
         head_channels=m.head_channels,
     )
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[Segmenter, dict]:
+    """Rebuild the model stored in a step checkpoint from its own config; returns (model in eval mode,
+    checkpoint dict)."""
+    ckpt = load_checkpoint(path)
+    cfg = config_from_dict(ckpt["config"], f"checkpoint {path}")
+    model = build_model(cfg, task_of(cfg).train, ckpt["step"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
 
 
 def initial_models(
@@ -82,15 +101,6 @@ def initial_models(
 # Data
 
 
-def data_root(cfg: Config, source: str) -> str:
-    """Root folder of a data source: ``data.root``, or ``data.voc_root`` for VOC data in a COCO task."""
-    if source in ("voc", "voc-as-coco") and get_task(cfg.data.task).dataset != "voc":
-        if not cfg.data.voc_root:
-            raise UserError(f"data.voc_root: task '{cfg.data.task}' reads VOC data ({source}), expected a VOC root")
-        return cfg.data.voc_root
-    return cfg.data.root
-
-
 def build_step_dataset(cfg: Config, task: Task, step: int, split: str, source: str | None = None):
     """The (task, step, split) dataset of ``source`` (default: the step's training source, or the task's first
     evaluation source), remapped to the step's internal class indices."""
@@ -99,7 +109,7 @@ def build_step_dataset(cfg: Config, task: Task, step: int, split: str, source: s
     if source is None:
         source = task.train_data[step] if split == "train" else task.eval_data[0]
     return build_dataset(
-        data_root(cfg, source),
+        cfg.data.root_of(source),
         task,
         step,
         split,
@@ -144,7 +154,7 @@ def extra_inputs(cfg: Config, task: Task, step: int, method: Method, check_only:
     if not method.extra_inputs:
         return ()
     own = method.prepare_inputs(cfg, check_only=check_only)
-    root = data_root(cfg, task.train_data[step])
+    root = cfg.data.root_of(task.train_data[step])
     out = []
     for name in method.extra_inputs:
         if name not in own:

@@ -90,7 +90,7 @@ def config_from_args(args: argparse.Namespace, method: str | None = None) -> Con
 
 
 def _cache_dir(args) -> Path:
-    from wilson_ray.cache import default_cache_dir  # imports torch: only for commands that train
+    from wilson_ray.step_key import default_cache_dir  # imports torch: only for commands that train
 
     return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
 

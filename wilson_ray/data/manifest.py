@@ -321,7 +321,7 @@ def user_cache_dir(root: Path) -> Path:
     return Path(base) / "wilson-ray" / digest
 
 
-def _root_writable(root: Path) -> bool:
+def root_writable(root: Path) -> bool:
     """Whether we may write the cache into ``root``.
 
     Permission bits are checked as well as ``os.access``: root (uid 0) passes ``os.access`` on a folder marked
@@ -332,6 +332,19 @@ def _root_writable(root: Path) -> bool:
     except OSError:
         return False
     return bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) and os.access(root, os.W_OK)
+
+
+def data_stamp(root: str | Path) -> list:
+    """Identity of a dataset folder for the caches built from it (step checkpoints, pseudo-masks): its resolved
+    path and the name, size and mtime of each split list, so the same data reached by another path shares an
+    entry and an edited split list does not."""
+    path = Path(root).expanduser().resolve()
+    stamp: list = [str(path)]
+    for sub in ("splits", "split"):
+        folder = path / sub
+        if folder.is_dir():
+            stamp += [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir())]
+    return stamp
 
 
 def cache_candidates(root: Path, split: str) -> list[Path]:
@@ -377,7 +390,7 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
 def _write_cache(table: pa.Table, root: Path, split: str) -> Path | None:
     """Write ``table`` atomically to the first writable cache location; None if none is writable."""
     local, user = cache_candidates(root, split)
-    targets = [local, user] if _root_writable(root) else [user]
+    targets = [local, user] if root_writable(root) else [user]
     for path in targets:
         try:
             atomic_write(path, lambda tmp: _write_parquet(table, tmp))

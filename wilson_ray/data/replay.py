@@ -14,7 +14,7 @@ import torch
 from torchvision.transforms import v2
 
 from wilson_ray.data.manifest import read_image
-from wilson_ray.data.transforms import _to_float_normalised, to_tv_tensors
+from wilson_ray.data.transforms import to_float_normalised, to_tv_tensors
 from wilson_ray.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -64,7 +64,7 @@ def replay_listing(
 def load_replay_images(listing: list[tuple[int, Path]], size: int) -> torch.Tensor:
     """Float [N,3,size,size]: each image resized (shorter side) and center-cropped to ``size``, normalised as the
     training images are."""
-    geometry = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), *_to_float_normalised()])
+    geometry = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), *to_float_normalised()])
     out = []
     for _, path in listing:
         image, _mask = to_tv_tensors(read_image(path), torch.zeros(1, 1, dtype=torch.uint8).numpy())

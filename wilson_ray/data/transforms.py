@@ -19,7 +19,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_MODES = ("crop", "full")
 
 
-def _to_float_normalised() -> list:
+def to_float_normalised() -> list:
+    """The last two transforms of every pipeline: uint8 image -> float in [0, 1], then ImageNet mean/std."""
     return [
         v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
         v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
@@ -36,7 +37,7 @@ def train_transform(crop_size: int) -> v2.Compose:
         [
             v2.RandomResizedCrop(crop_size, scale=(0.5, 2.0), ratio=(3 / 4, 4 / 3), antialias=True),
             v2.RandomHorizontalFlip(p=0.5),
-            *_to_float_normalised(),
+            *to_float_normalised(),
         ]
     )
 
@@ -53,7 +54,7 @@ def eval_transform(crop_size: int, mode: str = "crop") -> v2.Compose:
         geometry = []
     else:
         raise UserError(f"eval_mode: got {mode!r}, expected one of {', '.join(EVAL_MODES)}")
-    return v2.Compose([*geometry, *_to_float_normalised()])
+    return v2.Compose([*geometry, *to_float_normalised()])
 
 
 def to_tv_tensors(image: Image.Image, mask: np.ndarray) -> tuple[tv_tensors.Image, tv_tensors.Mask]:

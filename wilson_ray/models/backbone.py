@@ -12,31 +12,10 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, resnet50, resnet101
 
 from wilson_ray.errors import UserError
+from wilson_ray.models.norm import STAGES, activation, check_norm
+from wilson_ray.models.wideresnet import WideResNet38
 
-NORMS = ("bn_leaky", "bn_relu")
 BACKBONES = ("resnet50", "resnet101", "small", "wideresnet38")
-# forward_features keys, shallow to deep; every backbone returns all of them (see ResNetBody.forward_features).
-STAGES = ("conv3", "conv4", "conv5", "conv6", "out")
-LEAKY_SLOPE = 0.01
-
-
-def check_norm(norm: str) -> None:
-    """Raise UserError unless ``norm`` is one of :data:`NORMS`."""
-    if norm not in NORMS:
-        raise UserError(f"model.norm: found {norm!r}, expected one of {', '.join(NORMS)}")
-
-
-def activation(norm: str) -> nn.Module:
-    """The activation that follows every BN for ``norm`` (LeakyReLU 0.01 as InPlace-ABN, §2.1/§2.4, or ReLU)."""
-    check_norm(norm)
-    if norm == "bn_leaky":
-        return nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
-    return nn.ReLU(inplace=True)
-
-
-def norm_act(channels: int, norm: str) -> nn.Sequential:
-    """BatchNorm2d followed by the activation of ``norm`` (the "BN+act" of method.md §2.2/§2.3)."""
-    return nn.Sequential(nn.BatchNorm2d(channels), activation(norm))
 
 
 def _stage_dilations(output_stride: int) -> tuple[int, int, int, int]:
@@ -208,10 +187,8 @@ def build_backbone(name: str, output_stride: int = 16, norm: str = "bn_leaky", s
     if name == "small":
         return _small_resnet(output_stride, norm, small_width)
     if name == "wideresnet38":
-        from wilson_ray.models.wideresnet import WideResNet38  # wideresnet imports this module's norm helpers
-
         return WideResNet38(output_stride=output_stride, norm=norm)
     raise UserError(f"model.backbone: found {name!r}, expected one of {', '.join(BACKBONES)}")
 
 
-__all__ = ["BACKBONES", "NORMS", "STAGES", "ResNetBody", "activation", "build_backbone", "check_norm", "norm_act"]
+__all__ = ["BACKBONES", "ResNetBody", "build_backbone"]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wilson_ray.errors import UserError
-from wilson_ray.models.backbone import check_norm, norm_act
+from wilson_ray.models.norm import check_norm, norm_act
 
 _ASPP_DILATIONS = {16: (6, 12, 18), 8: (12, 24, 32)}  # 32, not 36, at OS 8 (§2.2)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wilson_ray.models.backbone import norm_act
+from wilson_ray.models.norm import norm_act
 
 
 class Localizer(nn.Module):

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from wilson_ray.errors import UserError
-from wilson_ray.models.backbone import STAGES, activation, check_norm
+from wilson_ray.models.norm import STAGES, activation, check_norm
 
 # (channels of each conv of a block, number of blocks) for mod2..mod7; two channels: two 3x3 convs, three: 1x1-3x3-1x1.
 STRUCTURE: tuple[tuple[tuple[int, ...], int], ...] = (
@@ -46,7 +46,7 @@ STRUCTURE: tuple[tuple[tuple[int, ...], int], ...] = (
 STEM_CHANNELS = 64
 # Dropout2d of mod6 and mod7 (the A2 net's only dropout).
 DROPOUT = {6: 0.3, 7: 0.5}
-# forward_features (backbone.STAGES): the module whose output each convN is; "out" is bn_out(mod7).
+# forward_features (norm.STAGES): the module whose output each convN is; "out" is bn_out(mod7).
 _STAGE_MODULE = {"conv3": 3, "conv4": 4, "conv5": 5, "conv6": 6}
 
 

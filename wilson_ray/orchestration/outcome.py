@@ -58,9 +58,9 @@ def new_classes(cfg: dict, step: int, names: list[str]) -> list[str]:
     if step <= 0:
         return []
     from wilson_ray.config import config_from_dict
-    from wilson_ray.orchestration.train_loop import _new_classes
+    from wilson_ray.step_setup import new_class_names
 
-    return _new_classes(config_from_dict(cfg, "trial config"), step, names)
+    return new_class_names(config_from_dict(cfg, "trial config"), step, names)
 
 
 class TrialOutcomeCallback(tune.Callback):

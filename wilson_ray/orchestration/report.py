@@ -31,7 +31,7 @@ def _optuna_figure(kind: str, study, path: Path, metric: str) -> Path | None:
     import optuna
     from optuna.visualization import matplotlib as ovm
 
-    plt = plots._plt()
+    plt = plots.pyplot()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ExperimentalWarning of the matplotlib backend
         done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
@@ -44,7 +44,7 @@ def _optuna_figure(kind: str, study, path: Path, metric: str) -> Path | None:
         fig = ax.figure if hasattr(ax, "figure") else plt.gcf()
         fig.set_size_inches(10, 4.2)
         fig.tight_layout()
-    return plots._save(fig, path)
+    return plots.save_figure(fig, path)
 
 
 def best_so_far_png(
@@ -63,7 +63,7 @@ def best_so_far_png(
             best = v if best is None else (max(best, v) if mode == "max" else min(best, v))
         xs.append(i)
         ys.append(best if best is not None else float("nan"))
-    plt = plots._plt()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     ax.step(xs, ys, where="post", color="tab:red")
     ax.scatter(xs, [v for _, _, v in events], s=12, color="grey", alpha=0.6, label="each evaluation")
@@ -73,7 +73,7 @@ def best_so_far_png(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return plots._save(fig, path)
+    return plots.save_figure(fig, path)
 
 
 def _epochs_with_time(rec) -> dict[int, dict]:

@@ -45,13 +45,13 @@ from wilson_ray.config import (
     REMOVED_KEYS,
     Config,
     ErrorStyle,
-    config_hash,
     flatten,
     from_dict,
     read_yaml,
     resolve_config,
 )
 from wilson_ray.errors import UserError
+from wilson_ray.hashing import config_hash
 
 Metric = Literal["miou_all", "miou_old", "miou_new", "miou_all_mib", "miou_hm", "iou_background", "loss/total"]
 Distribution = Literal["uniform", "loguniform", "int", "choice"]

@@ -216,12 +216,10 @@ def _weak_panels(result):
 
 def _new_classes(cfg, step: int, names: list[str]) -> list[str]:
     try:
-        from wilson_ray.step_setup import task_of
+        from wilson_ray.step_setup import new_class_names
 
-        task = task_of(cfg).train
-        old = set(task.class_names(step - 1)) if step > 0 else set()
-        return [n for n in names if n not in old and n != "background"]
-    except Exception:  # noqa: BLE001
+        return new_class_names(cfg, step, names)
+    except Exception:  # noqa: BLE001 - a figure's labels must not fail the trial
         return []
 
 
@@ -244,13 +242,23 @@ def _deterministic_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def to_log_file(path: Path) -> None:
+    """Send this process's stdout and stderr (Python's and the C level's: torch, gloo) to ``path`` (appended),
+    so a trial's output lives with its record instead of on the sweep's console."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point of every Train worker; ``config`` comes from ``build_trainer``'s ``train_loop_config``."""
     import ray.train
 
     if config.get("worker_logs"):
-        from wilson_ray.orchestration.trial import to_log_file
-
         to_log_file(Path(config["trial_dir"]) / f"worker-{ray.train.get_context().get_world_rank()}.log")
     device = None
     if config.get("use_gpu"):

@@ -19,6 +19,7 @@ from wilson_ray.config import config_from_dict, set_dotted
 from wilson_ray.orchestration.kill_points import kill_point
 from wilson_ray.orchestration.search_space import trial_overrides
 from wilson_ray.orchestration.settings import SweepSettings
+from wilson_ray.orchestration.train_loop import to_log_file
 from wilson_ray.sweep_record import TrialRecord, any_trial_ended, record_id
 from wilson_ray.tracking.mlflow_tracker import TrackingInfo, TrialTracker
 
@@ -121,20 +122,6 @@ def trial(config: dict[str, Any], settings: SweepSettings) -> None:
     if reason is not None:
         sync_record(settings, record)
         raise TrialFailed(reason)
-
-
-def to_log_file(path: Path) -> None:
-    """Send this process's stdout and stderr (Python's and the C level's: torch, gloo) to ``path`` (appended),
-    so a trial's output lives with its record instead of on the sweep's console."""
-    import sys
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
 
 
 def final_result(record: TrialRecord) -> dict[str, float]:

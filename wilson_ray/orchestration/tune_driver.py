@@ -153,7 +153,7 @@ def _settings(
 def _shared_previous_step(space: SearchSpace, extra: dict[str, Any], base_cfg) -> bool:
     """True when no swept key changes the cache key of step ``space.step - 1`` (the usual case: loss weights
     and incremental LRs do not touch step 0), so every trial uses the driver's checkpoint."""
-    from wilson_ray.cache import step_key
+    from wilson_ray.step_key import step_key
 
     key = step_key(base_cfg, space.step - 1)
     probes = [

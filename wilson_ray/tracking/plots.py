@@ -16,7 +16,8 @@ import numpy as np
 from wilson_ray.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display is needed or opened)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -25,15 +26,16 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG to ``path`` atomically and close it; returns the path."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
 
 def plt_cmap(name: str = "inferno"):
-    return _plt().get_cmap(name)
+    return pyplot().get_cmap(name)
 
 
 def palette(n: int) -> np.ndarray:
@@ -66,7 +68,7 @@ def iou_bar_png(
     per_class: dict[str, float], path: str | Path, new_classes: Iterable[str] = (), title: str | None = None
 ) -> Path:
     """Bar chart of per-class IoU (%), new classes of the step in orange, old ones (and background) in blue."""
-    plt = _plt()
+    plt = pyplot()
     names = list(per_class)
     values = [0.0 if v is None or not math.isfinite(v) else float(v) for v in per_class.values()]
     new = set(new_classes)
@@ -86,14 +88,14 @@ def iou_bar_png(
             loc="upper right",
         )
     ax.set_title(title or "per-class IoU", fontsize=9)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def confusion_png(
     confusion: np.ndarray, class_names: Sequence[str], path: str | Path, title: str | None = None
 ) -> Path:
     """Row-normalised confusion matrix (rows: ground truth, columns: prediction)."""
-    plt = _plt()
+    plt = pyplot()
     cm = np.asarray(confusion, dtype=np.float64)
     rows = cm.sum(1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
@@ -107,7 +109,7 @@ def confusion_png(
     ax.set_ylabel("ground truth")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title(title or "confusion matrix (row-normalised)", fontsize=9)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def write_confusion(confusion: np.ndarray, class_names: Sequence[str], directory: str | Path) -> list[Path]:
@@ -145,15 +147,14 @@ def overlays_png(
     with ``weak(image [1,3,H,W], labels [1,C]) -> (localizer map [H,W] in [0,1], pseudo-label [H,W])`` (a weak
     method's localizer and its pseudo-label at the end of the step) those two panels too.
 
-    Loads the model with ``weights_only=True`` (``checkpoint.model_from_checkpoint``) and the val set of the
+    Loads the model with ``weights_only=True`` (``step_setup.model_from_checkpoint``) and the val set of the
     checkpoint's config. Returns None when the val set is empty.
     """
     import torch
 
-    from wilson_ray.checkpoint import model_from_checkpoint
     from wilson_ray.config import config_from_dict
     from wilson_ray.data.transforms import denormalise
-    from wilson_ray.step_setup import build_step_dataset, task_of
+    from wilson_ray.step_setup import build_step_dataset, model_from_checkpoint, task_of
 
     model, ckpt = model_from_checkpoint(checkpoint)
     cfg = config_from_dict(ckpt["config"], f"checkpoint {checkpoint}")
@@ -192,7 +193,7 @@ def overlays_png(
                     colorize(np.asarray(pseudo, dtype=np.int64), k),
                 ]
             rows.append(row)
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(count, len(titles), figsize=(2.5 * len(titles), 2.5 * count), squeeze=False)
     for r, images in enumerate(rows):
         for c, (im, label) in enumerate(zip(images, titles)):
@@ -202,7 +203,7 @@ def overlays_png(
                 axes[r][c].set_title(label, fontsize=9)
     names = task.class_names(step)
     fig.suptitle(f"task {task.name} step {step}: {len(names)} classes", fontsize=9)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -216,7 +217,7 @@ def sweep_summary_png(
     curves: dict[str, list[tuple[int, float]]] | None = None,
 ) -> Path:
     """Left: old vs new mIoU per trial (colour: ``metric``, the best circled); right: ``metric`` per epoch."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     ax = axes[0]
     pts = [(r.get("miou_old"), r.get("miou_new"), r.get(metric), r.get("trial")) for r in rows]
@@ -245,7 +246,7 @@ def sweep_summary_png(
         ax.legend(fontsize=6, ncol=2)
     ax.set_title(f"{metric} per epoch", fontsize=9)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def write_table_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -280,7 +281,7 @@ def learning_curves_png(
 ) -> Path:
     """Old / new / all mIoU per epoch, one panel each, one line per trial (the best one thick); a trial ASHA
     stopped ends in an x at its rung; ``marks``: epochs drawn as dotted verticals (ASHA's rungs)."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
     cmap = plt.get_cmap("tab10")
     for i, (name, epochs) in enumerate(trials.items()):
@@ -323,4 +324,4 @@ def learning_curves_png(
             title_fontsize=7,
         )
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))

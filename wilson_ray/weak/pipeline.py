@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,15 +31,18 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from wilson_ray.atomic import atomic_write_text
-from wilson_ray.config import Config, config_hash
 from wilson_ray.data.extras import data_input
-from wilson_ray.data.manifest import _root_writable, user_cache_dir
+from wilson_ray.data.manifest import data_stamp, root_writable, user_cache_dir
 from wilson_ray.data.transforms import eval_transform
 from wilson_ray.filelock import locked
+from wilson_ray.hashing import config_hash
 from wilson_ray.metrics import ConfusionMatrix, per_class_iou
 from wilson_ray.protocol import VOID, Task
 from wilson_ray.runtime import resolve_device, seed_worker
 from wilson_ray.weak.base import WeakLearner
+
+if TYPE_CHECKING:
+    from wilson_ray.config import Config
 
 PSEUDO_DIR = "PseudoLabels"
 QUALITY_FILE = "quality.json"
@@ -50,17 +53,9 @@ LEARNER_OUTPUT_STRIDE = 8  # ResNet-38 of the WSSS repositories (SEAM, EPS, SS) 
 # Where the masks live
 
 
-def _data_stamp(root: str | Path) -> list:
-    from wilson_ray.cache import _data_stamp as stamp  # the step cache's notion of "the same data"
-
-    return stamp(str(root))
-
-
 def mask_key(cfg: Config, task: Task, step: int, learner: str, params: Any) -> str:
     """Hash of everything that shapes the masks: learner and its knobs, task, step, setting, label visibility,
     the learner's backbone and init, the seed and the data (split lists)."""
-    from wilson_ray.step_setup import data_root
-
     m = cfg.model
     parts = {
         "learner": learner,
@@ -71,7 +66,7 @@ def mask_key(cfg: Config, task: Task, step: int, learner: str, params: Any) -> s
         "no_mask": cfg.data.no_mask,
         "seed": cfg.run.seed,
         "model": {"backbone": m.backbone, "norm": m.norm, "pretrained": m.pretrained, "small_width": m.small_width},
-        "stamp": _data_stamp(data_root(cfg, task.train_data[step])),
+        "stamp": data_stamp(cfg.data.root_of(task.train_data[step])),
         "version": 1,
     }
     return config_hash(parts, length=16)
@@ -80,16 +75,14 @@ def mask_key(cfg: Config, task: Task, step: int, learner: str, params: Any) -> s
 def masks_root(data_root: str | Path) -> Path:
     """``<root>/PseudoLabels`` for a writable root, else the user cache's folder of that root."""
     root = Path(data_root).expanduser().resolve()
-    return (root if _root_writable(root) else user_cache_dir(root)) / PSEUDO_DIR
+    return (root if root_writable(root) else user_cache_dir(root)) / PSEUDO_DIR
 
 
 def mask_folder(cfg: Config, task: Task, step: int, learner: str, params: Any) -> Path:
     """The cache entry of this learner's masks at ``step`` (it may not exist yet)."""
-    from wilson_ray.step_setup import data_root
-
     setting = "ov" if cfg.data.overlap else "dis"
     name = f"{learner}_{task.name}_{step}_{setting}_{mask_key(cfg, task, step, learner, params)}"
-    return masks_root(data_root(cfg, task.train_data[step])) / name
+    return masks_root(cfg.data.root_of(task.train_data[step])) / name
 
 
 def read_quality(folder: str | Path) -> dict | None:
@@ -151,10 +144,9 @@ def learner_datasets(
     """(augmented training view at the learner's crop, un-augmented inference view) of the step's training images
     (the disjoint/overlap selection of every method), with the learner's extra inputs checked."""
     from wilson_ray.data.dataset import build_dataset
-    from wilson_ray.step_setup import data_root
 
     source = task.train_data[step]
-    root = data_root(cfg, source)
+    root = cfg.data.root_of(source)
     dataset = build_dataset(
         root,
         task,

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from wilson_ray.losses import ngwp_focal_scores, self_supervised_loss
-from wilson_ray.models.backbone import build_backbone, norm_act
+from wilson_ray.models.backbone import build_backbone
 from wilson_ray.models.head import DeepLabV3Head
+from wilson_ray.models.norm import norm_act
 from wilson_ray.models.weights import load_backbone_weights
 from wilson_ray.pamr import pamr
 from wilson_ray.weak.base import LearnerSchedule, WeakLearner, denormalize, multiscale_flip
