@@ -1,28 +1,25 @@
 """Checkpoint cache of earlier steps: each is trained once per (data, task, setting, model, seed, earlier-step
 config) and reused by every run or sweep trial that needs it.
 
-Concurrency: a per-entry ``fcntl`` lock (released by the kernel when its holder dies); the first caller trains,
-the others wait and then read. Entries are written with an atomic rename, so a killed writer leaves no entry, never
-a truncated one; an entry that is not a complete checkpoint anyway (copied in half, damaged) is trained again.
+Concurrency (``store.compute_once``): a per-entry ``fcntl`` lock (released by the kernel when its holder dies); the
+first caller trains, the others wait and then read. Entries are published with an atomic rename, so a killed writer
+leaves no entry, never a truncated one; an entry that is not a complete checkpoint anyway (copied in half, damaged)
+is trained again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import os
-import shutil
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 from wilson_ray.atomic import atomic_write_text
 from wilson_ray.config import Config
-from wilson_ray.filelock import locked
 from wilson_ray.methods import get_method
 from wilson_ray.step_key import step_key
+from wilson_ray.store import compute_once
 
 
 def valid_entry(path: Path) -> bool:
@@ -68,29 +65,27 @@ def cached_step(cfg: Config, step: int, cache_dir: str | Path, verbose: bool = T
         return entry
     preflight(cfg, step)
     init = cached_step(cfg, step - 1, cache_dir, verbose, trainer) if step > 0 else None
-    with locked(cache_dir / f"{key}.lock"):
-        if entry.is_file():
-            if valid_entry(entry):  # another process trained it while we waited
-                return entry
-            print(
-                f"cache: ignoring incomplete entry {entry} (not a complete checkpoint); training it again",
-                file=sys.stderr,
-            )
-            entry.unlink()
+
+    def make(work: Path) -> Path:
         if verbose:
             print(f"cache: training step {step} of task '{cfg.data.task}' once ({entry})", file=sys.stderr)
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        for stale in entry.parent.glob(".train-*"):  # left by a killed trainer (we hold the lock: none is live)
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            with tempfile.TemporaryDirectory(dir=entry.parent, prefix=".train-") as tmp:
-                run_cfg = copy.deepcopy(cfg)
-                os.replace(train(run_cfg, step, init, tmp), entry)  # atomic publish: readers see all or nothing
-        except BaseException:
-            with contextlib.suppress(OSError):
-                entry.parent.rmdir()  # only if empty: a failed first training leaves no entry folder
-            raise
-        atomic_write_text(cache_dir / key / "config.json", json.dumps(cfg.to_dict(), indent=1, default=str))
+        return train(copy.deepcopy(cfg), step, init, work)
+
+    def incomplete(path: Path) -> None:
+        print(
+            f"cache: ignoring incomplete entry {path} (not a complete checkpoint); training it again", file=sys.stderr
+        )
+
+    found = compute_once(
+        entry,
+        make,
+        lambda path: path if path.is_file() and valid_entry(path) else None,
+        lock=cache_dir / f"{key}.lock",
+        temp_prefix=".train-",
+        on_incomplete=incomplete,
+    )
+    if found is None:  # this call trained it: the config beside the entry says what it was trained from
+        atomic_write_text(entry.parent / "config.json", json.dumps(cfg.to_dict(), indent=1, default=str))
     return entry
 
 

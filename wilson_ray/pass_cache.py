@@ -1,7 +1,7 @@
 """Cache of what a method's ``before_training`` pass computes with the old model (PLOP's thresholds, RECALL's
 replay labels): computed once per (step t-1 checkpoint, step, data, pass settings) and reused by every run and
-sweep trial of that step. Files live under ``<step cache>/passes/``, written atomically under a file lock and read
-with ``weights_only=True``."""
+sweep trial of that step. Files live under ``<step cache>/passes/``, made once under a file lock
+(``store.compute_once``) and read with ``weights_only=True``."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any, Callable
 
 import torch
 
-from wilson_ray.atomic import atomic_path
-from wilson_ray.filelock import locked
+from wilson_ray.atomic import atomic_write
 from wilson_ray.hashing import config_hash
+from wilson_ray.store import compute_once
 
 
 def cached_pass(
@@ -28,14 +28,20 @@ def cached_pass(
         return compute()
     key = config_hash({"step": pass_key, "name": name, "settings": settings}, length=20)
     path = Path(cache_dir) / "passes" / f"{name}-{key}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with locked(path.with_suffix(".lock")):
-        if path.is_file():
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True)
-            except Exception:  # a damaged entry is recomputed
-                path.unlink()
-        result = compute()
-        with atomic_path(path) as tmp:
-            torch.save({k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in result.items()}, tmp)
-    return result
+    computed: dict[str, Any] = {}
+
+    def make(work: Path) -> Path:
+        computed.update(compute())
+        cpu = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in computed.items()}
+        return atomic_write(work / path.name, lambda tmp: torch.save(cpu, tmp))
+
+    found = compute_once(path, make, _read, lock=path.with_suffix(".lock"))
+    return computed if found is None else found
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    """The stored result, or None for a damaged entry (recomputed)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable file is an incomplete entry
+        return None

@@ -4,9 +4,9 @@ step's training images with their new-class image labels, infer its hard pseudo-
 The masks are keyed by learner, task, step, setting, learner config, model, seed and the data stamp, and live in
 ``<data root>/PseudoLabels/<learner>_<task>_<step>_<dis|ov>_<key>/`` (or the user cache for a read-only root), one
 ``<image id>.png`` per training image in the step's internal class indices (255 = ignore), plus ``quality.json``:
-the masks' mIoU against the ground truth of those images. Made once under a file lock (the first process trains,
-the others wait and read) and published with an atomic folder rename, so every later run, sweep trial, rank and
-loader worker reads the same finished masks.
+the masks' mIoU against the ground truth of those images. Made once under a file lock (``store.compute_once``: the
+first process trains, the others wait and read) and published with an atomic folder rename, so every later run,
+sweep trial, rank and loader worker reads the same finished masks.
 
 Core module: no ray / mlflow / optuna.
 """
@@ -17,10 +17,7 @@ import copy
 import dataclasses
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,11 +31,11 @@ from wilson_ray.atomic import atomic_write_text
 from wilson_ray.data.extras import data_input
 from wilson_ray.data.manifest import data_stamp, root_writable, user_cache_dir
 from wilson_ray.data.transforms import eval_transform
-from wilson_ray.filelock import locked
 from wilson_ray.hashing import config_hash
 from wilson_ray.metrics import ConfusionMatrix, per_class_iou
 from wilson_ray.protocol import VOID, Task
 from wilson_ray.runtime import resolve_device, seed_worker
+from wilson_ray.store import compute_once
 from wilson_ray.weak.base import WeakLearner
 
 if TYPE_CHECKING:
@@ -290,15 +287,9 @@ def ensure_pseudo_masks(
     if (folder / QUALITY_FILE).is_file():
         return folder
     train_view, infer_view = learner_datasets(cfg, task, step, learner_cls, params)  # bad input: error, no write
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with locked(folder.parent / f"{folder.name}.lock"):
-        if (folder / QUALITY_FILE).is_file():  # another process made them while we waited
-            return folder
-        for stale in folder.parent.glob(f".{folder.name}-*"):  # left by a killed maker (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
-        if folder.exists():
-            shutil.rmtree(folder)  # no quality file: an incomplete entry
-        device = device or resolve_device(cfg.run.device)
+
+    def make(tmp: Path) -> Path:
+        dev = device or resolve_device(cfg.run.device)
         start = time.perf_counter()
         if verbose:
             print(
@@ -310,29 +301,21 @@ def ensure_pseudo_masks(
         num_labels = task.num_classes(step) - 1 if cfg.data.no_mask else task.num_classes(step) - task.num_old(step)
         learner = learner_cls(params, num_labels)
         seed = cfg.run.seed + 7919 * step
-        net = train_learner(learner, cfg, train_view, device, seed)
-        learner.after_training(net, infer_view, device)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-        try:
-            quality = infer_masks(
-                learner, net, infer_view, tmp, task.num_classes(step) - 1 - num_labels, task.num_classes(step), device
-            )
-            quality.update(
-                {
-                    "learner": learner_cls.name,
-                    "task": task.name,
-                    "step": step,
-                    "overlap": cfg.data.overlap,
-                    "seconds": round(time.perf_counter() - start, 1),
-                    "params": dataclasses.asdict(params),
-                }
-            )
-            atomic_write_text(tmp / QUALITY_FILE, json.dumps(quality, indent=1, default=str) + "\n")
-            os.chmod(tmp, 0o755)  # mkdtemp creates 0700
-            os.replace(tmp, folder)  # atomic publish: readers see all the masks or none
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        net = train_learner(learner, cfg, train_view, dev, seed)
+        learner.after_training(net, infer_view, dev)
+        offset = task.num_classes(step) - 1 - num_labels
+        quality = infer_masks(learner, net, infer_view, tmp, offset, task.num_classes(step), dev)
+        quality.update(
+            {
+                "learner": learner_cls.name,
+                "task": task.name,
+                "step": step,
+                "overlap": cfg.data.overlap,
+                "seconds": round(time.perf_counter() - start, 1),
+                "params": dataclasses.asdict(params),
+            }
+        )
+        atomic_write_text(tmp / QUALITY_FILE, json.dumps(quality, indent=1, default=str) + "\n")
         if verbose:
             print(
                 f"pseudo-masks: {learner_cls.name} mask mIoU {quality['mask_miou']:.1f} on the step's training "
@@ -340,6 +323,9 @@ def ensure_pseudo_masks(
                 file=sys.stderr,
                 flush=True,
             )
+        return tmp  # the folder is the entry
+
+    compute_once(folder, make, lambda f: f if (f / QUALITY_FILE).is_file() else None)
     return folder
 
 
