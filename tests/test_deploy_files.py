@@ -64,14 +64,20 @@ def test_compose_parses_and_its_commands_are_valid():
     _parses(_wilson_args(cmd.group(0)))
 
 
-def test_readme_cluster_recipe_commands_parse():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Running on a cluster", 1)[1].split("\n## ", 1)[0]
-    commands = [ln for ln in re.findall(r"```bash\n(.*?)```", section, re.S)[0].split("\n\n")]
+@pytest.mark.parametrize(
+    "doc, heading", [("README.md", "## Sweeps on a Ray cluster"), ("docs/cluster.md", "## Running on a cluster")]
+)
+def test_cluster_recipe_commands_parse(doc, heading):
+    text = (ROOT / doc).read_text()
+    assert heading in text, f"{doc} has no section {heading!r}"
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    commands = [c for block in re.findall(r"```bash\n(.*?)```", section, re.S) for c in block.split("\n\n")]
     submits = [c for c in commands if "submit_sweep.sh" in c]
     assert submits, section[:500]
     for c in submits:
-        args = shlex.split(c.split("submit_sweep.sh", 1)[1].replace("\\\n", " "))
+        line = c[c.index("submit_sweep.sh") :]
+        args = shlex.split(line.split("submit_sweep.sh", 1)[1].replace("\\\n", " "))
+        args = args[: args.index("#")] if "#" in args else args
         _parses(["sweep", *args])
         assert "--optuna-storage" in args and "--tracking-uri" in args
 
