@@ -4,7 +4,8 @@ Per iteration at step t >= 1: the new model (features f, logits s), the frozen o
 localizer twice on f (first eval mode: z̄, detached targets with the running BN statistics from before this batch;
 then train mode: z, with gradient into the encoder), and PAMR.
 Epochs < pseudo_epochs: L = ℓ_CLS + ℓ_LOC + ℓ_ENC (localizer pre-training; head and classifiers get a zero
-gradient). Later: L = ℓ_SEG + ℓ_CLS + ℓ_LOC + ℓ_SSS + ℓ_ENC. All weights default to 1 (§3.9).
+gradient, but the head still runs in train mode so that its BatchNorm statistics follow the data, as in the official
+code). Later: L = ℓ_SEG + ℓ_CLS + ℓ_LOC + ℓ_SSS + ℓ_ENC. All weights default to 1 (§3.9).
 """
 
 from __future__ import annotations
@@ -89,6 +90,20 @@ class Wilson(Method):
             * losses.self_supervised_loss(z, refined, batch.labels, p.cutoff_fg, p.cutoff_bg, p.cutoff_low)
         }
 
+    @staticmethod
+    @torch.no_grad()
+    def track_head_statistics(ctx: Context, f: torch.Tensor) -> None:
+        """Run the DeepLab head in train mode on ``f`` without gradient, only to update its BatchNorm running
+        statistics during the localizer-only epochs (method.md §3.9).
+
+        The official code computes the segmentation logits every iteration and adds ``0 * outputs.mean()`` to the
+        loss, so the head's BN statistics keep moving while ℓ_SEG is off; skipping the head would leave them at the
+        step t-1 values and change both the validations of these epochs and the statistics ℓ_SEG starts from. The
+        head's parameters get the same exact-zero gradient either way (the engine zero-fills missing gradients); the
+        classifiers hold no statistics, so they are not run. No graph is built, so DDP sees the head as unused.
+        """
+        ctx.module.model.head(f.detach())
+
     # ----------------------------------------------------------------------------------------------------------
     def losses(self, ctx: Context, batch: Batch, epoch: int):
         """The terms of one batch. Order as in the reference: features f and logits s; z̄ from the eval-mode
@@ -99,6 +114,8 @@ class Wilson(Method):
         f, z, z_bar = out.features, out.localizer, out.localizer_eval
         old = self.old_outputs(ctx, batch.images)
         s_old, f_old = old.logits, old.features
+        if not pseudo:
+            self.track_head_statistics(ctx, f)
         terms = self.localizer_losses(z, s_old, batch.labels)
         terms["enc"] = self.p.lambda_enc * losses.encoder_distillation_loss(f, f_old)
         if pseudo:
