@@ -5,12 +5,14 @@ convert COCO-Stuff labels.
     wilson-ray data check --root DIR [--dataset auto|voc|coco] [--quick] [--json]
     wilson-ray data splits --root DIR --task T [--overlap] [--json]
     wilson-ray data prepare-coco --stuffthingmaps DIR --out DIR
+    wilson-ray data prepare voc|coco --out DIR [--downloads DIR] [--mirror URL] [--quick] [--keep-staging] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from wilson_ray import protocol
@@ -69,6 +71,23 @@ def register(subparsers) -> None:
     p.add_argument("--stuffthingmaps", required=True, type=Path, help="folder with train2017/ and val2017/ PNGs")
     p.add_argument("--out", required=True, type=Path, help="output folder, e.g. data/coco/annotations")
     p.set_defaults(func=cmd_prepare_coco)
+
+    p = sub.add_parser("prepare", help="download the official archives and build a VOC or COCO layout (docs/data.md)")
+    p.add_argument("dataset", choices=("voc", "coco"), help="voc: VOC 2012 + SBD; coco: COCO 2017 + COCO-Stuff")
+    p.add_argument("--out", required=True, type=Path, help="dataset folder to build (pass it as data.root)")
+    p.add_argument(
+        "--downloads",
+        type=Path,
+        help="folder for the archives, kept afterwards (default: under --out, deleted at the end)",
+    )
+    p.add_argument(
+        "--mirror",
+        help="base URL serving the archives by file name (default: $WILSON_RAY_DATA_MIRROR or the official URLs)",
+    )
+    p.add_argument("--quick", action="store_true", help="final check: listed files exist (default: decode every file)")
+    p.add_argument("--keep-staging", action="store_true", help="keep the extracted archives under --out/.prepare")
+    p.add_argument("--json", action="store_true", help="print the final check's report as JSON")
+    p.set_defaults(func=cmd_prepare)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -153,4 +172,24 @@ def cmd_splits(args: argparse.Namespace) -> int:
 def cmd_prepare_coco(args: argparse.Namespace) -> int:
     n = coco.prepare_coco_stuff(args.stuffthingmaps, args.out)
     print(f"converted {n} masks into {args.out} (unchanged ones skipped)")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from wilson_ray.data import prepare  # imports torchvision: only for this sub-command
+
+    build = prepare.prepare_voc if args.dataset == "voc" else prepare.prepare_coco
+    def log(message: str) -> None:  # progress on stderr: stdout carries only the result (and --json stays parseable)
+        print(message, file=sys.stderr, flush=True)
+
+    report = build(
+        args.out, args.downloads, args.mirror, full_check=not args.quick, keep_staging=args.keep_staging, log=log
+    )
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    counts = ", ".join(f"{s}: {r['count']} images" for s, r in report["splits"].items())
+    print(f"{args.dataset} dataset prepared and checked: {report['root']} ({counts})")
+    for name, same in report.get("reference_lists", {}).items():
+        print(f"  {name}: {'identical to' if same else 'DIFFERS from'} the published list")
     return 0
