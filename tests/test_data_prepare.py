@@ -204,6 +204,10 @@ def test_prepare_voc_resumes_a_dropped_download_and_builds_the_checked_layout(tm
     assert not (out / prepare.STAGING).exists()  # staging and downloads removed
     assert "splits/train_aug.txt: DIFFERS from the published list" in stdout  # a 4-image list is not the real one
 
+    with Server({}) as empty:  # a second run finds the finished layout: it only checks, nothing is requested
+        code, _, err = run(capsys, "data", "prepare", "voc", "--out", str(out), "--mirror", empty.url, "--quick")
+    assert code == 0 and "already prepared" in err and empty.requests == []
+
     code, stdout, err = run(capsys, "data", "check", "--root", str(out), "--json")
     assert code == 0, err
     report = json.loads(stdout)

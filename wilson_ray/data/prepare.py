@@ -120,6 +120,7 @@ def write_label_file(root: Path, entries: ListEntries, spec: SourceSpec, path: P
     """Write the presence table [N, K] (float64 0/1, the reference's format) computed from the listed masks."""
     wheres = [f"{entries.list_file} line {n}" for n in entries.lines]
     presence = presence_from_masks([root / m for m in entries.masks], spec.num_ids, spec.valid_values, wheres, workers)
+
     def save(tmp: Path) -> None:
         with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to the temporary name
             np.save(fh, presence.astype(np.float64), allow_pickle=False)
@@ -155,6 +156,9 @@ def prepare_voc(
     out = Path(out).expanduser()
     downloads = Path(downloads).expanduser() if downloads else out / STAGING / "downloads"
     staging = out / STAGING
+    if all((out / name).is_file() for name in (*voc.LIST_FILES.values(), *voc.LABEL_FILES.values())):
+        log(f"{out}: already prepared (split lists and label files present); checking only")
+        return finish_voc(out, full_check, workers, log)
     paths = {name: fetch(a, downloads, mirror, log=log) for name, a in VOC_ARCHIVES.items()}
     voc_dir = extract(paths["voc"], staging / "voc", log) / VOC_BASE
     sbd_dir = extract(paths["sbd"], staging / "sbd", log) / SBD_BASE
@@ -165,11 +169,17 @@ def prepare_voc(
         lines = "".join(f"/{voc.IMAGE_DIR}/{i}.jpg /{voc.MASK_DIR}/{i}.png\n" for i in ids[split])
         atomic_write_text(out / list_name, lines)
         write_label_file(out, voc.read_voc_list(out, split), voc.VOC_SPEC, out / voc.LABEL_FILES[split], workers)
+    report = finish_voc(out, full_check, workers, log)
+    if not keep_staging:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+def finish_voc(out: Path, full_check: bool, workers: int | None, log: Callable[[str], None]) -> dict:
+    """``voc.check_voc``'s report of ``out`` plus ``reference_lists`` (each list equal to the published one?)."""
     log(f"checking {out} ({'every image and mask decoded' if full_check else 'listed files exist'})")
     report = voc.check_voc(out, full=full_check, workers=workers)
     report["reference_lists"] = {name: sha256(out / name) == digest for name, digest in REFERENCE_LISTS.items()}
-    if not keep_staging:
-        shutil.rmtree(staging, ignore_errors=True)
     return report
 
 
@@ -187,6 +197,9 @@ def prepare_coco(
     out = Path(out).expanduser()
     downloads = Path(downloads).expanduser() if downloads else out / STAGING / "downloads"
     staging = out / STAGING
+    if all((out / name).is_file() for name in (*coco.LIST_FILES.values(), *coco.LABEL_FILES.values())):
+        log(f"{out}: already prepared (split lists and label files present); checking only")
+        return coco.check_coco(out, full=full_check, workers=workers)
     paths = {name: fetch(a, downloads, mirror, log=log) for name, a in COCO_ARCHIVES.items()}
     stuff = extract(paths["stuffthingmaps"], staging / "stuffthingmaps", log)
     for split, subset in coco.SUBSETS.items():
