@@ -179,6 +179,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from wilson_ray.data import prepare  # imports torchvision: only for this sub-command
 
     build = prepare.prepare_voc if args.dataset == "voc" else prepare.prepare_coco
+
     def log(message: str) -> None:  # progress on stderr: stdout carries only the result (and --json stays parseable)
         print(message, file=sys.stderr, flush=True)
 
