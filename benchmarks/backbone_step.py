@@ -17,8 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import common
-from wilson_ray.models import build_backbone
-from wilson_ray.models.backbone import BACKBONES
+from wilson_ray.models.backbone import BACKBONES, build_backbone
 
 
 def parse_args(argv=None) -> argparse.Namespace:

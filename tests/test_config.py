@@ -117,7 +117,90 @@ def test_per_method_recipe_overrides_wilsons_incremental_settings():
             assert resolve_config(preset, method=method).step0 == wilson.step0  # step 0 is shared
     cfg = resolve_config("voc-15-5", method="mib", overrides={"incremental.epochs": 4})
     assert (cfg.incremental.epochs, cfg.incremental.lr_head) == (4, 1.0)
-    assert resolve_config("voc-15-5", method="finetune").incremental.epochs == 40  # no block: the file's
+    # Issue 27 fix 3: finetune has MiB's plain recipe too (test_finetune_has_mibs_plain_recipe_in_the_voc_presets).
+    assert resolve_config("voc-15-5", method="cam_online").incremental.epochs == 40  # no recipe: the defaults'
+
+
+def test_finetune_has_mibs_plain_recipe_in_the_voc_presets():
+    """Issue 27, fidelity fix 3: the paper's FT rows come from MiB's/RECALL's tables, run with MiB's code and flags
+    (method.md §3.10): step t 30 epochs, lr 0.001, one LR for all groups, poly 0.9; step 0 lr 0.01, 30 epochs,
+    poly. Not WILSON's step-1 recipe (40 epochs, head lr x10, warmup)."""
+    for preset in ("voc-15-5", "voc-10-10"):
+        cfg = resolve_config(preset, method="finetune")
+        inc, s0 = cfg.incremental, cfg.step0
+        assert (inc.epochs, inc.lr, inc.lr_head, inc.policy, inc.power) == (30, 0.001, 1.0, "poly", 0.9), preset
+        assert (inc.momentum, inc.nesterov, inc.weight_decay) == (0.9, True, 1e-4)
+        assert (s0.epochs, s0.lr, s0.lr_head, s0.policy) == (30, 0.01, 1.0, "poly")
+        assert cfg.step0 == resolve_config(preset).step0  # step 0 is the shared one
+        wilson = resolve_config(preset).incremental
+        assert (wilson.epochs, wilson.lr_head, wilson.policy) == (40, 10.0, "warmup")
+
+
+def test_recipe_is_declared_beside_params_and_presets_only_hold_differences():
+    """Issue 25: a method's recipe lives in its file (``Method.recipe``), laid over the defaults and under a file's
+    sections; the presets no longer repeat it (nor the defaults)."""
+    from wilson_ray.config import load_preset_dict
+    from wilson_ray.methods import METHODS
+    from wilson_ray.methods.mib import MIB_RECIPE
+
+    assert {m for m, cls in METHODS.items() if cls.recipe is MIB_RECIPE} == {
+        "mib",
+        "lwf",
+        "ilt",
+        "plop",
+        "sdr",
+        "finetune",
+    }
+    assert METHODS["recall"].recipe["incremental"]["nesterov"] is False and METHODS["wilson"].recipe == {}
+    for name in ("voc-15-5", "voc-10-10", "coco-voc"):
+        data = load_preset_dict(name)
+        blocks = [data.get("incremental") or {}] + [
+            b.get("incremental") or {} for b in (data.get("methods") or {}).values()
+        ]
+        assert "step0" not in data and all("lr_head" not in b for b in blocks), name  # no recipe repeated
+    # A file's section wins over the recipe where it says something; the recipe fills the rest.
+    demo = resolve_config("demo", method="recall").incremental
+    assert (demo.epochs, demo.lr, demo.lr_head, demo.nesterov) == (10, 0.005, 10.0, True)
+    coco = resolve_config("coco-voc", method="mib").incremental
+    assert (coco.epochs, coco.lr, coco.lr_head, coco.policy) == (30, 0.001, 1.0, "poly")
+    assert resolve_config("coco-voc", method="recall").incremental.epochs == 10  # its block in that preset
+
+
+def test_a_partial_section_in_a_config_file_keeps_the_other_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("incremental: {epochs: 3}\nmethod: {name: mib}\n")
+    inc = resolve_config(config_file=path).incremental
+    assert (inc.epochs, inc.lr, inc.lr_head, inc.policy) == (3, 0.001, 1.0, "poly")  # MiB's recipe under the file
+    path.write_text("incremental: {epochs: 3}\n")
+    inc = resolve_config(config_file=path).incremental
+    assert (inc.epochs, inc.lr, inc.lr_head, inc.policy) == (3, 0.001, 10.0, "warmup")  # WILSON's defaults
+
+
+def test_methods_are_discovered_from_their_modules():
+    from wilson_ray.methods import METHODS
+
+    assert sorted(METHODS) == sorted(
+        [
+            "cam",
+            "cam_online",
+            "eps",
+            "finetune",
+            "ilt",
+            "joint",
+            "lwf",
+            "mib",
+            "plop",
+            "recall",
+            "sdr",
+            "seam",
+            "ss",
+            "wilson",
+        ]
+    )
+    assert (
+        METHODS["mib"].__module__ == "wilson_ray.methods.mib"
+        and METHODS["seam"].__module__ == "wilson_ray.methods.wsss"
+    )
 
 
 def test_per_method_recipe_errors_name_the_block(tmp_path):

@@ -121,7 +121,7 @@ def test_task_view_and_step_zero_strategy():
     task = get_task("15-5")
     joint = get_method("joint")
     view = joint.task_view(task)
-    assert view.train.num_steps == 1 and view.report is task and not joint.shares_step0
+    assert view.train.num_steps == 1 and view.report is task and joint.step0 is None
     assert get_method("wilson").task_view(task) == (task, None)
     params = WilsonParams()
     assert type(Wilson.for_step(params, task, 0)) is StepZero

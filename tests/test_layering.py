@@ -80,7 +80,8 @@ def _is_package(module: str, sources: dict[str, str]) -> bool:
 
 def import_graph(sources: dict[str, str]) -> dict[str, dict[str, int]]:
     """``{module: {imported module: first line}}`` over the modules of ``sources``; ``from pkg import name``
-    points at ``pkg.name`` when that is a module, else at ``pkg``."""
+    points at ``pkg.name`` when that is a module, else at ``pkg``. A package that discovers its modules
+    (``pkgutil.iter_modules``, the method registry) points at each of them (line 0)."""
     graph: dict[str, dict[str, int]] = {m: {} for m in sources}
     for module, (tree, is_package) in _parse(sources).items():
         for line, base, names in _imports(module, is_package, tree, _type_checking_nodes(tree)):
@@ -89,6 +90,10 @@ def import_graph(sources: dict[str, str]) -> dict[str, dict[str, int]]:
                 owner = _owner(target, sources)
                 if owner is not None and owner != module:
                     graph[module].setdefault(owner, line)
+        if is_package and "pkgutil.iter_modules" in sources[module]:  # a registry that imports its modules itself
+            for sub in sources:
+                if sub.rpartition(".")[0] == module:
+                    graph[module].setdefault(sub, 0)
     return graph
 
 
@@ -270,6 +275,18 @@ def test_a_planted_cycle_through_a_function_level_import_is_found_with_its_path(
         describe_cycle(cycles[0], graph)
         == "3 modules ['p.a', 'p.b', 'p.c']: p.a -> p.b (p.a:1) -> p.c (p.b:4) -> p.a (p.c:1)"
     )
+
+
+def test_a_discovering_package_points_at_its_modules():
+    sources = _pkg(
+        init="",
+        reg="import importlib, pkgutil\nfor m in pkgutil.iter_modules(__path__):\n    importlib.import_module(m)\n",
+        reg__one="def f():\n    from p import user\n",
+        user="from p.reg import x\n",
+    )
+    graph = import_graph(sources)
+    assert graph["p.reg"] == {"p.reg.one": 0}
+    assert import_cycles(graph) == [["p.reg", "p.reg.one", "p.user"]]
 
 
 def test_type_checking_imports_and_relative_imports():

@@ -9,6 +9,7 @@ from wilson_ray.config import resolve_config
 from wilson_ray.engine import train_step
 from wilson_ray.methods import METHODS
 from wilson_ray.methods.base import Batch, Context, Trainable
+from wilson_ray.methods.ce_step0 import CEStepZero
 from wilson_ray.models.segmenter import build_segmenter
 from wilson_ray.protocol import get_task
 
@@ -68,10 +69,10 @@ def test_every_method_runs_a_step(method, synth_root, step0_ckpt, step0_ce_ckpt,
         overrides.update(WEAK_TINY[method])
     if method == "recall":
         overrides["method.replay_root"] = str(synth_root / "replay")
-    if METHODS[method].step0_kind == "ce":
+    if METHODS[method].step0 is CEStepZero:
         step0_ckpt = step0_ce_ckpt
     cfg = resolve_config("demo", method=method, overrides=overrides)
-    joint = not METHODS[method].shares_step0  # the joint bound trains its own single step
+    joint = METHODS[method].step0 is None  # the joint bound trains its own single step
     seen = []
 
     class Spy:
@@ -158,3 +159,29 @@ def test_single_class_step_warns_for_wilson_only():
     assert "no negative images" in Wilson(WilsonParams(), task, 1).warnings()[0]
     assert Wilson(WilsonParams(), get_task("15-5"), 1).warnings() == []
     assert MiB(MiBParams(), task, 1).warnings() == []
+
+
+@pytest.mark.parametrize("method", ["wilson", "mib"])
+def test_figure_panels_hook(method, synth_root, step0_ckpt, tmp_path):
+    """WILSON's overlay panels come from its own hook (the train loop calls ``figure_panels`` generically): the
+    localizer's new-class map in [0, 1] and the pseudo-label's argmax, at the image's size; MiB has none."""
+    overrides = {**TINY, "data.root": str(synth_root), "incremental.epochs": 1}
+    if method == "wilson":
+        overrides["method.pseudo_epochs"] = 0
+    cfg = resolve_config("demo", method=method, overrides=overrides)
+    result = train_step(cfg, 1, init_checkpoint=step0_ckpt, out_dir=tmp_path)
+    live_method, ctx = result.live
+    panels = live_method.figure_panels(ctx)
+    if method == "mib":
+        assert panels is None
+        return
+    task = get_task("15-5")
+    image = torch.randn(1, 3, 48, 40)
+    labels = torch.zeros(1, task.num_classes(1) - 1)
+    labels[0, 16] = 1.0  # class 17 (a new class of 15-5 step 1)
+    was = ctx.module.training
+    heat, pseudo = panels(image, labels)
+    assert heat.shape == (48, 40) and pseudo.shape == (48, 40)
+    assert 0.0 <= heat.min() <= heat.max() <= 1.0
+    assert pseudo.min() >= 0 and pseudo.max() < task.num_classes(1)
+    assert ctx.module.training is was  # the panels restore the module's mode

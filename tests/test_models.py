@@ -12,16 +12,12 @@ import torch
 from torch import nn
 
 from wilson_ray.errors import UserError
-from wilson_ray.models import (
-    DeepLabV3Head,
-    Localizer,
-    Segmenter,
-    build_backbone,
-    build_segmenter,
-    convert_iabn_checkpoint,
-    load_backbone_weights,
-)
 from wilson_ray.models import weights as weights_mod
+from wilson_ray.models.backbone import build_backbone
+from wilson_ray.models.head import DeepLabV3Head
+from wilson_ray.models.localizer import Localizer
+from wilson_ray.models.segmenter import Segmenter, build_segmenter
+from wilson_ray.models.weights import convert_iabn_checkpoint, load_backbone_weights
 
 
 def _three_by_three_convs(stage: nn.Module) -> list[nn.Conv2d]:

@@ -529,13 +529,13 @@ def test_local_ray_cluster_dashboard_binds_localhost(monkeypatch):
     """``wilson-ray sweep`` without --address starts a local cluster whose dashboard listens on 127.0.0.1."""
     import ray
 
-    from wilson_ray.orchestration import tune_driver
+    from wilson_ray.orchestration import cluster
 
     seen = {}
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
-    assert tune_driver.init_ray(None, 2) is True
+    assert cluster.init_ray(None, 2) is True
     assert seen["dashboard_host"] == "127.0.0.1" and seen["include_dashboard"] is True
 
 

@@ -267,25 +267,25 @@ def test_cluster_check_refuses_trials_that_never_fit(monkeypatch):
     """More workers or GPUs per trial than the cluster has: a UserError up front, not a trial pending forever."""
     import ray
 
-    from wilson_ray.orchestration import tune_driver
+    from wilson_ray.orchestration import cluster
 
     nodes = [{"Alive": True, "Resources": {"CPU": 2.0}}]
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "memory": 1e10})
     monkeypatch.setattr(ray, "nodes", lambda: nodes)
-    assert tune_driver.check_cluster(2, 1.0, 0.0, num_samples=8) == 1
-    assert tune_driver.check_cluster(1, 1.0, 0.0, num_samples=8) == 2
-    assert tune_driver.check_cluster(1, 1.0, 0.0, num_samples=1) == 1
+    assert cluster.check_cluster(2, 1.0, 0.0, num_samples=8) == 1
+    assert cluster.check_cluster(1, 1.0, 0.0, num_samples=8) == 2
+    assert cluster.check_cluster(1, 1.0, 0.0, num_samples=1) == 1
     with pytest.raises(UserError, match="--workers-per-trial 3") as err:
-        tune_driver.check_cluster(3, 1.0, 0.0, num_samples=8)
+        cluster.check_cluster(3, 1.0, 0.0, num_samples=8)
     assert "2" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(UserError, match="--gpus-per-worker 1 x --workers-per-trial 2.*0 GPUs"):
-        tune_driver.check_cluster(2, 1.0, 1.0, num_samples=8)
+        cluster.check_cluster(2, 1.0, 1.0, num_samples=8)
 
 
 def _searcher(space, db: str, name: str, metric, mode):
     import optuna
 
-    from wilson_ray.orchestration.tune_driver import WilsonOptunaSearch
+    from wilson_ray.orchestration.compat import WilsonOptunaSearch
 
     return WilsonOptunaSearch(
         space=space.to_optuna(),
@@ -320,7 +320,7 @@ def test_restored_searcher_reuses_orphaned_optuna_trial(tmp_path):
     Tune trial takes over that Optuna trial, so the study has exactly one Optuna trial per Tune trial."""
     import optuna
 
-    from wilson_ray.orchestration.tune_driver import WilsonOptunaSearch
+    from wilson_ray.orchestration.compat import WilsonOptunaSearch
 
     space = load_search_space(SPACES / "demo.yaml")
     db = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -352,7 +352,8 @@ def test_grid_and_random_samplers_cover_the_space(tmp_path):
     choice values as given); random: seeded, inside the bounds."""
     import optuna
 
-    from wilson_ray.orchestration.tune_driver import WilsonOptunaSearch, _sampler
+    from wilson_ray.orchestration.compat import WilsonOptunaSearch
+    from wilson_ray.orchestration.tune_driver import _sampler
 
     data = yaml.safe_load(yaml.safe_dump(BASE))
     data["search"] = {"sampler": "grid", "grid_points": 3}
@@ -403,7 +404,7 @@ def test_grid_and_random_samplers_cover_the_space(tmp_path):
 
 
 def test_trainer_choice(tmp_path):
-    from wilson_ray.orchestration.tune_driver import trainer_kind
+    from wilson_ray.orchestration.cluster import trainer_kind
 
     assert load_search_space(write(tmp_path, BASE)).trainer == "auto"
     data = yaml.safe_load(yaml.safe_dump(BASE))

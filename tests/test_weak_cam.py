@@ -8,7 +8,8 @@ import torch
 
 from wilson_ray.config import ModelConfig
 from wilson_ray.methods.base import Batch
-from wilson_ray.weak import LEARNERS, denormalize, multiscale_flip
+from wilson_ray.weak import LEARNERS
+from wilson_ray.weak.base import denormalize, multiscale_flip
 from wilson_ray.weak.cam import CamLearner, CamParams, maps_to_mask, soft_margin_loss
 
 

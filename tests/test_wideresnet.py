@@ -15,14 +15,10 @@ from torch import nn
 from wilson_ray import fast
 from wilson_ray.config import resolve_config
 from wilson_ray.errors import UserError
-from wilson_ray.models import (
-    DeepLabV3Head,
-    Segmenter,
-    build_backbone,
-    build_segmenter,
-    convert_iabn_checkpoint,
-    load_backbone_weights,
-)
+from wilson_ray.models.backbone import build_backbone
+from wilson_ray.models.head import DeepLabV3Head
+from wilson_ray.models.segmenter import Segmenter, build_segmenter
+from wilson_ray.models.weights import convert_iabn_checkpoint, load_backbone_weights
 from wilson_ray.models.wideresnet import WideResNet38
 
 # The authors' layout, written out independently of the module: module -> (blocks, conv widths, first-block stride

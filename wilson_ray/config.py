@@ -322,6 +322,22 @@ def method_args(name: str, params: dict[str, Any], source: str = "config", prefi
     return from_dict(get_method(name).Params, params, source, prefix)
 
 
+def method_recipe(name: str) -> dict[str, dict[str, Any]]:
+    """The ``recipe`` method ``name`` declares beside its ``Params`` (``{section: {OptimConfig field: value}}``),
+    checked like a file's sections."""
+    from wilson_ray.methods import get_method  # local import, as in method_args
+
+    recipe = get_method(name).recipe
+    for sec, sub in recipe.items():
+        where = f"recipe.{sec}"
+        if sec not in METHOD_OPTIM_SECTIONS:
+            raise UserError(
+                f"method {name}: recipe section {sec!r}, expected one of {', '.join(METHOD_OPTIM_SECTIONS)}"
+            )
+        _raise_first(_optim_checks(from_dict(OptimConfig, dict(sub), f"method {name}", where), where), f"method {name}")
+    return recipe
+
+
 def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
     """Validate a nested dict (YAML layout) into a ``Config``."""
     if not isinstance(data, dict):
@@ -447,11 +463,15 @@ def resolve_config(
 ) -> Config:
     """Resolve preset/config file + ``--method`` + dotted overrides into a validated ``Config``.
 
+    The optimisation sections are laid over each other, each winning over the one before: the defaults
+    (``OptimConfig``: WILSON's recipe, method.md §4), the method's own ``recipe`` (declared in its file, e.g. MiB's
+    one learning rate for all groups and 30 epochs), the file's ``step0:`` / ``incremental:`` sections (a preset's
+    scale, e.g. the demo's short schedule, for every method), the file's ``methods.<name>.step0/incremental`` (one
+    method in this file), then ``overrides``.
+
     A preset may hold ``methods: {name: {params}}`` with per-method best arguments (as Mammoth's best-args YAML);
-    the selected method takes its block from there. A block may also hold ``step0:`` / ``incremental:`` mappings:
-    the method's own optimisation recipe, laid over the file's sections of the same name (e.g. MiB's one learning
-    rate for all groups and 30 epochs where the file's ``incremental`` is WILSON's). ``overrides`` win over both.
-    ``method`` switches the method and drops another method's parameters.
+    the selected method takes its block from there. ``method`` switches the method and drops another method's
+    parameters.
     """
     if preset and config_file:
         raise UserError("--preset and --config: got both, expected one of them")
@@ -485,6 +505,12 @@ def resolve_config(
     if block.get("name", name) == name:
         params.update({k: v for k, v in block.items() if k != "name"})
     data["method"] = {"name": name, **params}
+    defaults, own = Config(), method_recipe(name)
+    for sec in METHOD_OPTIM_SECTIONS:  # the method's recipe over the defaults, under the file's own sections
+        base = data.get(sec)
+        if base is not None and not isinstance(base, dict):
+            continue  # from_dict below names the bad section
+        data[sec] = {**dataclasses.asdict(getattr(defaults, sec)), **own.get(sec, {}), **(base or {})}
     for sec, sub in recipe.items():
         base = data.get(sec)
         data[sec] = {**(base if isinstance(base, dict) else {}), **sub}

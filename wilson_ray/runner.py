@@ -64,7 +64,7 @@ def run_task(
     rows: list[StepRow] = []
     for step in steps:
         task.check_step(step)
-        if step == 0 and reuse_step0 and get_method(cfg.method.name).shares_step0:
+        if step == 0 and reuse_step0 and get_method(cfg.method.name).step0 is not None:
             ckpt = cached_step(cfg, 0, cache_dir)
             if out is not None:
                 out.mkdir(parents=True, exist_ok=True)
@@ -91,15 +91,7 @@ def run_task(
 def mask_quality(cfg: Config, step: int) -> float | None:
     """The pseudo-mask mIoU (background + new classes, vs the ground truth of the step's training images) of an
     image-label row's cached masks at ``step``; None for a method without offline masks."""
-    from wilson_ray.methods.wsss import WsssRow
-    from wilson_ray.weak import pipeline
-
-    method = get_method(cfg.method.name)
-    if step == 0 or not issubclass(method, WsssRow):
-        return None
-    task = task_of(cfg).train
-    quality = pipeline.read_quality(pipeline.mask_folder(cfg, task, step, method.learner.name, cfg.method.args))
-    return None if quality is None else quality["mask_miou"]
+    return get_method(cfg.method.name).label_quality(cfg, step)
 
 
 def results_dict(cfg: Config, rows: list[StepRow]) -> dict:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from wilson_ray.data.manifest import data_stamp
 from wilson_ray.hashing import config_hash
 from wilson_ray.methods import get_method
+from wilson_ray.methods.base import StepZero
 
 if TYPE_CHECKING:
     from wilson_ray.config import Config
@@ -33,11 +34,10 @@ def step_key(cfg: Config, step: int) -> str:
     # The folders as written ("data/synthetic" or its absolute path) do not key the entry: the stamp below holds
     # each one resolved, so the same dataset reached either way shares one checkpoint.
     d["data"] = {k: v for k, v in d["data"].items() if k not in ("root", "voc_root")}
-    method = get_method(cfg.method.name)
-    shared_step0 = method.shares_step0
-    # The BCE step 0 keeps its historical key (None); another shared strategy is keyed by its kind only, so every
-    # method of that kind (and every sweep trial of it) reuses one checkpoint.
-    shared_key = None if method.step0_kind == "bce" else {"step0_kind": method.step0_kind}
+    step0 = get_method(cfg.method.name).step0
+    # The BCE step 0 keeps its historical key (None); another shared step-0 class is keyed by its name only, so
+    # every method naming it (and every sweep trial of them) reuses one checkpoint.
+    shared_key = None if step0 is StepZero else {"step0": getattr(step0, "name", None)}
     parts = {
         "data": d["data"],
         "stamp": data_stamp(cfg.data.root) + (data_stamp(cfg.data.voc_root) if cfg.data.voc_root else []),
@@ -45,8 +45,8 @@ def step_key(cfg: Config, step: int) -> str:
         "step0": d["step0"],
         "run": d["run"],
         "step": step,
-        # Step 0 is the same BCE step for every method that shares it (the joint bound trains differently).
-        "method": d["method"] if (step > 0 or not shared_step0) else shared_key,
+        # Step 0 is the same step for every method naming the same step-0 class (the joint bound trains its own).
+        "method": d["method"] if (step > 0 or step0 is None) else shared_key,
         "incremental": d["incremental"] if step > 0 else None,
         "previous": step_key(cfg, step - 1) if step > 0 else None,
     }

@@ -146,7 +146,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         view = task_of(cfg)
         for step in range(1, view.train.num_steps):
             check_step_inputs(cfg, step)
-    shared = next((c for c in configs.values() if get_method(c.method.name).shares_step0), None)
+    shared = next((c for c in configs.values() if get_method(c.method.name).step0 is not None), None)
     if shared is not None:  # the shared step 0 first, so no row's time includes it
         cached_step(shared, 0, _cache_dir(args))
     table = []

@@ -1,26 +1,31 @@
-"""One file per method behind the small interface of ``base.Method``; ``get_method`` looks one up by name."""
+"""One file per method behind the small interface of ``base.Method``; ``get_method`` looks one up by name.
+
+The registry is discovered: every module of this package that defines ``METHODS`` (a tuple of its ``Method``
+classes) adds them, so a new method is one new file (its ``Params``, ``recipe`` and ``Method``) and no edit here.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from wilson_ray.errors import UserError
 from wilson_ray.methods.base import Method
-from wilson_ray.methods.cam_online import CamOnline
-from wilson_ray.methods.finetune import Finetune
-from wilson_ray.methods.ilt import ILT
-from wilson_ray.methods.joint import Joint
-from wilson_ray.methods.lwf import LwF
-from wilson_ray.methods.mib import MiB
-from wilson_ray.methods.plop import PLOP
-from wilson_ray.methods.recall import RECALL
-from wilson_ray.methods.sdr import SDR
-from wilson_ray.methods.wilson import Wilson
-from wilson_ray.methods.wsss import wsss_method
-from wilson_ray.weak import LEARNERS
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Joint, Finetune, LwF, ILT, MiB, CamOnline, Wilson)}
-METHODS.update({m.name: m for m in (PLOP, SDR, RECALL)})  # the paper's other pixel rows (baselines.md §1-§3)
-# The image-label rows on offline pseudo-masks (cam, seam, ss, eps): one per registered weak learner.
-METHODS.update({name: wsss_method(learner) for name, learner in LEARNERS.items()})
+
+def _discover() -> dict[str, type[Method]]:
+    """``{name: class}`` of the ``METHODS`` of every module of this package, in module-name order."""
+    found: dict[str, type[Method]] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for cls in getattr(module, "METHODS", ()):
+            if cls.name in found:
+                raise RuntimeError(f"method {cls.name!r}: in {found[cls.name].__module__} and {module.__name__}")
+            found[cls.name] = cls
+    return found
+
+
+METHODS: dict[str, type[Method]] = _discover()
 
 
 def get_method(name: str) -> type[Method]:
@@ -31,4 +36,4 @@ def get_method(name: str) -> type[Method]:
         raise UserError(f"method: unknown method {name!r}, expected one of {', '.join(METHODS)}") from None
 
 
-__all__ = ["METHODS", "Method", "get_method"]
+__all__ = ["METHODS", "get_method"]

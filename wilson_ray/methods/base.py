@@ -3,16 +3,21 @@
 A method says what to build at step t, the losses of one batch and the schedule, and may hook into every place
 where the methods of the literature differ, so the engine never branches on a method or on the step:
 
+- ``step0``          the class that trains step 0 (WILSON's BCE ``StepZero``, method.md §3.1, unless the method
+                     names another; None: the method trains its own step 0), shared by every method naming it, so a
+                     sweep and a table share one step-0 checkpoint;
+- ``recipe``         where the method's training recipe differs from the defaults (WILSON's, method.md §4), declared
+                     beside its ``Params`` (``config.resolve_config`` lays it under the preset's sections);
 - ``task_view``      the task it trains and the task its results are reported in (joint: flattened, one step);
-- ``for_step``       the strategy of a step: at step 0 every method that ``shares_step0`` trains the same
-                     fully-supervised BCE step (``StepZero``, method.md §3.1), so a sweep shares one step-0 checkpoint;
 - ``extra_inputs``   per-sample inputs beyond (image, mask, labels) the dataset must supply (e.g. saliency maps);
 - ``prepare_inputs`` before the step's datasets exist: build the inputs the method makes itself (offline
                      pseudo-masks, computed once and cached) so every loader worker and rank reads them;
 - ``before_training`` a pass before the first epoch given the old model and the step's training data
                      (e.g. thresholds, prototypes, offline pseudo-masks);
 - ``param_groups``   which parameters train and at which learning rate (e.g. a frozen encoder);
-- ``state_dict`` / ``load_state_dict``  state carried to the next step in the checkpoint (e.g. prototypes).
+- ``state_dict`` / ``load_state_dict``  state carried to the next step in the checkpoint (e.g. prototypes);
+- ``figure_panels``  extra per-image panels of the prediction overlays (WILSON: localizer map, pseudo-label);
+- ``label_quality``  the quality of the labels the method made itself for a step (offline pseudo-masks' mIoU).
 
 A method never branches on task names: the protocol (``wilson_ray.protocol.Task``) tells it how many classes are
 old and new.
@@ -118,12 +123,14 @@ class Method(abc.ABC):
 
     name: ClassVar[str] = "base"
     Params: ClassVar[type]
-    supervision: ClassVar[str] = "pixel"  # what steps >= 1 read: "pixel" masks or "image" labels
+    # The class that trains step 0, shared by every method naming it (one cached checkpoint each, keyed by its name):
+    # StepZero (WILSON's BCE, method.md §3.1; set below the class) unless a method names another (PLOP and SDR:
+    # ``ce_step0.CEStepZero``); None: the method trains its own step 0 (the joint bound's one step).
+    step0: ClassVar[type[Method] | None]
+    # The method's training recipe where it differs from the defaults (``OptimConfig``: WILSON's, method.md §4):
+    # ``{"step0": {...}, "incremental": {...}}`` with OptimConfig fields; a preset's sections and --set win over it.
+    recipe: ClassVar[dict[str, dict[str, Any]]] = {}
     uses_localizer: ClassVar[bool] = False  # some parameters get no gradient in some iterations (DDP must know)
-    shares_step0: ClassVar[bool] = True  # step 0 is a shared step-0 strategy (one cached checkpoint per strategy)
-    # Which shared step 0 (part of its cache key): "bce" is StepZero (WILSON's, method.md §3.1); "ce" is the
-    # softmax cross-entropy step 0 of PLOP and SDR (``ce_step0.CEStepZero``), cached apart from it.
-    step0_kind: ClassVar[str] = "bce"
     extra_inputs: ClassVar[tuple[str, ...]] = ()  # per-sample inputs the dataset must supply (``Batch.extras``)
 
     def __init__(self, params: Any, task: Task, step: int, no_mask: bool = False):
@@ -143,16 +150,11 @@ class Method(abc.ABC):
 
     @classmethod
     def for_step(cls, params: Any, task: Task, step: int, no_mask: bool = False) -> "Method":
-        """The method that trains ``step``: its shared step-0 strategy (``step0_strategy``) at step 0 when the
-        method ``shares_step0``, else itself."""
-        if step == 0 and cls.shares_step0:
-            return cls.step0_strategy()(params, task, step, no_mask=no_mask)
+        """The object that trains ``step`` (not a hook): the method's ``step0`` class at step 0 when it has one,
+        else the method itself."""
+        if step == 0 and cls.step0 is not None:
+            return cls.step0(params, task, step, no_mask=no_mask)
         return cls(params, task, step, no_mask=no_mask)
-
-    @classmethod
-    def step0_strategy(cls) -> type["Method"]:
-        """The class that trains the shared step 0 of ``step0_kind`` (default: WILSON's BCE ``StepZero``)."""
-        return StepZero
 
     @classmethod
     def preflight(cls, params: Any, task: Task, step: int) -> None:
@@ -201,6 +203,19 @@ class Method(abc.ABC):
         """Epochs of constant LR before poly decay under the ``warmup`` policy (method.md §4)."""
         return 0
 
+    # --- what a run reports beyond the metrics -----------------------------------------------------------------
+    def figure_panels(self, ctx: Context):
+        """The function ``tracking.plots.overlays_png`` calls per image for this method's extra panels, ``panels(
+        image [1,3,H,W], labels [1,C-1]) -> (heat map [H,W], pseudo-label [H,W])`` (numpy), after training with
+        ``ctx``; None: the overlays show image, ground truth and prediction only."""
+        return None
+
+    @classmethod
+    def label_quality(cls, cfg: Config, step: int) -> float | None:
+        """The mIoU of the labels this method made itself for ``step`` against the ground truth (an image-label
+        row's offline pseudo-masks), once made; None for a method that makes none."""
+        return None
+
     # --- the losses -------------------------------------------------------------------------------------------
     @abc.abstractmethod
     def losses(self, ctx: Context, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
@@ -220,12 +235,16 @@ class Method(abc.ABC):
 
 
 class StepZero(Method):
-    """The step-0 strategy shared by every method that ``shares_step0``: fully-supervised BCE (method.md §3.1)."""
+    """The step 0 of every method that does not name another ``step0``: fully-supervised BCE (method.md §3.1)."""
 
     name = "step0"
 
     def losses(self, ctx: Context, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         return self.step0_losses(ctx, batch)
+
+
+Method.step0 = StepZero  # the default (StepZero is itself a Method, so it is set once both exist)
+StepZero.step0 = None  # a step-0 class trains its step itself
 
 
 def default_param_groups(module: Trainable, o: OptimConfig) -> list[dict]:

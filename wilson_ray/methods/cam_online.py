@@ -39,3 +39,6 @@ class CamOnline(Wilson):
 
     def self_supervision(self, z, z_bar, batch: Batch) -> dict:
         return {}
+
+
+METHODS = (CamOnline,)

@@ -1,6 +1,6 @@
 """The softmax cross-entropy step 0 shared by PLOP and SDR (baselines.md §1, §2: both start from MiB's code, whose
-step 0 is CE, not WILSON's BCE of method.md §3.1). Its checkpoint is cached apart from the BCE one (``step0_kind``
-"ce" in the cache key) and reused by both methods and every sweep trial of either.
+step 0 is CE, not WILSON's BCE of method.md §3.1). Its checkpoint is cached apart from the BCE one (its name in
+the cache key) and reused by both methods and every sweep trial of either.
 
 It also accumulates SDR's prototype bank during training, as SDR's step-0 runs do (D ``train.py``: the PM weight
 is set to 1 at step 0 only so that the accumulation runs); the bank rides in the checkpoint's method state. PLOP
@@ -31,6 +31,7 @@ class CEStepZero(Method):
 
     name = "step0-ce"
     Params = CEStepZeroParams
+    step0 = None  # a step-0 class trains its step itself
 
     def __init__(self, params: Any, task, step: int, no_mask: bool = False):
         super().__init__(params, task, step, no_mask)

@@ -1,6 +1,6 @@
 """ILT: LwF's output distillation plus encoder feature distillation (method.md §3.10, loss_de = 100).
 
-Training recipe (VOC/COCO presets, ``methods.ilt.incremental``): MiB's published one — 30 epochs on VOC, one
+Training recipe (``mib.MIB_RECIPE``): MiB's published one — 30 epochs on VOC, one
 learning rate for all parameter groups (``lr_head`` 1), lr 0.01 at step 0 and 0.001 after, poly 0.9, SGD Nesterov 0.9,
 weight decay 1e-4, batch 24, crop 512 (MiB's README, fcdl94/MiB, which runs ILT with these flags; method.md §3.10).
 WILSON's 40 epochs with head lr ×10 belong to WILSON only. COCO uses the same values: the WILSON paper ran these
@@ -34,3 +34,6 @@ class ILT(LwF):
             "kd": self.p.kd_weight * losses.kd_loss(out.logits, old.logits, self.p.kd_temperature),
             "enc": self.p.lambda_enc * losses.encoder_distillation_loss(out.features, old.features),
         }
+
+
+METHODS = (ILT,)

@@ -16,7 +16,7 @@ class JointParams:
 class Joint(Method):
     name = "joint"
     Params = JointParams
-    shares_step0 = False  # its one step trains every class: not the shared step-0 checkpoint
+    step0 = None  # its one step trains every class: not the shared step-0 checkpoint
 
     @classmethod
     def task_view(cls, task: Task) -> TaskView:
@@ -26,3 +26,6 @@ class Joint(Method):
     def losses(self, ctx: Context, batch: Batch, epoch: int):
         """Joint training is a single step 0 over the flattened task: the step-0 BCE."""
         return self.step0_losses(ctx, batch)
+
+
+METHODS = (Joint,)

@@ -1,6 +1,6 @@
 """LwF (as in MiB's tables): cross-entropy on the new step plus plain output distillation (method.md §3.10).
 
-Training recipe (VOC/COCO presets, ``methods.lwf.incremental``): MiB's published one — 30 epochs on VOC, one
+Training recipe (``mib.MIB_RECIPE``): MiB's published one — 30 epochs on VOC, one
 learning rate for all parameter groups (``lr_head`` 1), lr 0.01 at step 0 and 0.001 after, poly 0.9, SGD Nesterov 0.9,
 weight decay 1e-4, batch 24, crop 512 (MiB's README, fcdl94/MiB, which runs LwF with these flags; method.md §3.10).
 WILSON's 40 epochs with head lr ×10 belong to WILSON only. COCO uses the same values: the WILSON paper ran these
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from wilson_ray import losses
 from wilson_ray.methods.base import Batch, Context, Method, cross_entropy_new_step
+from wilson_ray.methods.mib import MIB_RECIPE
 from wilson_ray.models.segmenter import ModelOutput
 
 
@@ -25,6 +26,7 @@ class LwFParams:
 class LwF(Method):
     name = "lwf"
     Params = LwFParams
+    recipe = MIB_RECIPE
 
     def distillation(self, ctx: Context, batch: Batch, out: ModelOutput) -> dict:
         old = self.old_outputs(ctx, batch.images, upsample=True)
@@ -34,3 +36,6 @@ class LwF(Method):
         """CE + kd_weight · plain KD on the old channels, at image resolution."""
         out = ctx.net(batch.images, logits=True, upsample=True)
         return {"ce": cross_entropy_new_step(out.logits, batch.masks), **self.distillation(ctx, batch, out)}
+
+
+METHODS = (LwF,)

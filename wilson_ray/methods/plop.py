@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from wilson_ray.losses import IGNORE_INDEX
 from wilson_ray.methods.base import Batch, Context, Method
 from wilson_ray.methods.ce_step0 import CEStepZero
+from wilson_ray.methods.mib import MIB_RECIPE
 from wilson_ray.pass_cache import cached_pass
 
 RELEASED_BINS = 100  # P train.py: 100 bins on [0, 1]
@@ -134,15 +135,12 @@ def pseudo_label(
 class PLOP(Method):
     name = "plop"
     Params = PLOPParams
-    step0_kind = "ce"
+    step0 = CEStepZero  # MiB's code, which both start from, trains step 0 with softmax CE
+    recipe = MIB_RECIPE  # their scripts' step-t recipe is MiB's (30 epochs, lr 0.001, one LR, poly)
 
     def __init__(self, params: PLOPParams, task, step: int, no_mask: bool = False):
         super().__init__(params, task, step, no_mask)
         self.thresholds: torch.Tensor | None = None
-
-    @classmethod
-    def step0_strategy(cls):
-        return CEStepZero
 
     def on_model_ready(self, model) -> None:
         if self.p.init_balanced:
@@ -210,3 +208,6 @@ class PLOP(Method):
         # The previous step's thresholds are over its own old classes; only a resumed step keeps them.
         if "thresholds" in state and state["thresholds"].numel() == self.num_old:
             self.thresholds = state["thresholds"]
+
+
+METHODS = (PLOP,)

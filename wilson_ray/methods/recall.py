@@ -53,6 +53,9 @@ class RECALLParams:
 class RECALL(Method):
     name = "recall"
     Params = RECALLParams
+    # RECALL's recipe: poly lr 5e-4 over #new classes x 1000 iterations of 4 new + 4 replay images, momentum 0.9
+    # without Nesterov, one LR: about 10 epochs of the 15-5 step-1 set (baselines.md §3).
+    recipe = {"incremental": {"epochs": 10, "lr": 0.0005, "lr_head": 1.0, "policy": "poly", "nesterov": False}}
 
     def __init__(self, params: RECALLParams, task, step: int, no_mask: bool = False):
         super().__init__(params, task, step, no_mask)
@@ -152,3 +155,6 @@ class RECALL(Method):
             masks = torch.cat([masks, r_labels])
         s = ctx.net(images, logits=True, upsample=True).logits
         return {"ce": F.cross_entropy(s.float(), masks, ignore_index=IGNORE_INDEX)}
+
+
+METHODS = (RECALL,)

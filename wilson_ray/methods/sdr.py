@@ -34,6 +34,7 @@ import torch
 from wilson_ray import losses, prototypes
 from wilson_ray.methods.base import Batch, Context, Method
 from wilson_ray.methods.ce_step0 import CEStepZero
+from wilson_ray.methods.mib import MIB_RECIPE
 
 
 @dataclass
@@ -106,16 +107,13 @@ def sparsity_loss(f: torch.Tensor, gt: torch.Tensor, num_classes: int) -> torch.
 class SDR(Method):
     name = "sdr"
     Params = SDRParams
-    step0_kind = "ce"
+    step0 = CEStepZero  # MiB's code, which both start from, trains step 0 with softmax CE
+    recipe = MIB_RECIPE  # their scripts' step-t recipe is MiB's (30 epochs, lr 0.001, one LR, poly)
 
     def __init__(self, params: SDRParams, task, step: int, no_mask: bool = False):
         super().__init__(params, task, step, no_mask)
         self.prototypes: torch.Tensor | None = None
         self.counts: torch.Tensor | None = None
-
-    @classmethod
-    def step0_strategy(cls):
-        return CEStepZero
 
     def on_model_ready(self, model) -> None:
         if self.p.init_balanced:
@@ -157,3 +155,6 @@ class SDR(Method):
         # Only this step's classes accumulate (background holds old classes at t > 0 and is skipped).
         prototypes.update_prototypes(self.prototypes, self.counts, f, gt, skip=(0,))
         return terms
+
+
+METHODS = (SDR,)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from wilson_ray import losses, pseudo_labels
 from wilson_ray.methods.base import Batch, Context, Method
@@ -43,7 +44,6 @@ class WilsonParams:
 class Wilson(Method):
     name = "wilson"
     Params = WilsonParams
-    supervision = "image"
     uses_localizer = True
 
     def build_localizer(self, in_channels: int, norm: str):
@@ -124,3 +124,36 @@ class Wilson(Method):
             terms["seg"] = self.p.lambda_seg * losses.segmentation_loss(out.logits, q_hat, weight)
             terms.update(self.self_supervision(z, z_bar, batch))
         return terms
+
+    def figure_panels(self, ctx: Context):
+        """Per image: the localizer's map of the image's new classes (max over them of sigmoid z̄, upsampled) and
+        the argmax of the soft pseudo-label q̂ the segmentation head trains on (method.md §3.4–§3.6)."""
+        if ctx.module.localizer is None or ctx.old_model is None:
+            return None
+
+        def panels(image: torch.Tensor, labels: torch.Tensor):
+            device = next(ctx.module.parameters()).device
+            image, labels = image.to(device), labels.to(device).float()
+            was = ctx.module.training
+            ctx.module.eval()
+            try:
+                with torch.no_grad():
+                    out = ctx.module(image, logits=False, localizer_eval=True)
+                    s_old = self.old_outputs(ctx, image).logits.float()  # at the features' resolution
+                    q_hat, _ = self.targets(out.localizer_eval.float(), labels, s_old)
+                    size = image.shape[-2:]
+                    c_old = s_old.shape[1]  # z̄ channels c_old.. are the new classes; labels[c - 1] is class c
+                    new = torch.sigmoid(out.localizer_eval.float())[0, c_old:]
+                    present = labels[0, c_old - 1 :] > 0
+                    heat = (new[present] if present.any() else new).amax(0, keepdim=True)
+                    heat = F.interpolate(heat[None], size=size, mode="bilinear", align_corners=False)[0, 0]
+                    q_up = F.interpolate(q_hat.float(), size=size, mode="bilinear", align_corners=False)
+                    pseudo = q_up.argmax(1)[0]
+            finally:
+                ctx.module.train(was)
+            return heat.cpu().numpy(), pseudo.cpu().numpy()
+
+        return panels
+
+
+METHODS = (Wilson,)

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from wilson_ray.methods.base import Batch, Context, Method
+from wilson_ray.protocol import get_task
+from wilson_ray.weak import LEARNERS
 from wilson_ray.weak.base import WeakLearner
 
 PSEUDO_MASK = "pseudo_mask"
@@ -43,7 +45,6 @@ class WsssRow(Method):
     """Step t ≥ 1 of an image-label row: the segmenter learns from its learner's cached pseudo-masks."""
 
     learner: ClassVar[type[WeakLearner]]
-    supervision = "image"
     extra_inputs = (PSEUDO_MASK,)
 
     def prepare_inputs(self, cfg, check_only: bool = False) -> dict:
@@ -56,6 +57,17 @@ class WsssRow(Method):
             return {PSEUDO_MASK: None}
         folder = pipeline.ensure_pseudo_masks(cfg, self.task, self.step, self.learner, self.p)
         return {PSEUDO_MASK: mask_input(PSEUDO_MASK, folder)}
+
+    @classmethod
+    def label_quality(cls, cfg, step: int) -> float | None:
+        """The cached pseudo-masks' mIoU (background + new classes) on the step's training images, once made."""
+        from wilson_ray.weak import pipeline
+
+        if step == 0:
+            return None
+        task = cls.task_view(get_task(cfg.data.task)).train
+        quality = pipeline.read_quality(pipeline.mask_folder(cfg, task, step, cls.learner.name, cfg.method.args))
+        return None if quality is None else quality["mask_miou"]
 
     def losses(self, ctx: Context, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         s = ctx.net(batch.images, logits=True, upsample=True).logits
@@ -78,3 +90,7 @@ def wsss_method(learner: type[WeakLearner]) -> type[WsssRow]:
             "__doc__": f"The {learner.name} row: {WsssRow.__doc__}",
         },
     )
+
+
+# One row per registered weak learner (cam, seam, ss, eps).
+METHODS = tuple(wsss_method(learner) for learner in LEARNERS.values())

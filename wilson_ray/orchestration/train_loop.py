@@ -158,7 +158,7 @@ def write_final_artifacts(record, result, cfg, step: int) -> None:
     plots.confusion_png(result.confusion, result.class_names, final / "confusion.png")
     if result.checkpoint is not None and Path(result.checkpoint).is_file():
         try:
-            plots.overlays_png(result.checkpoint, final / "overlays.png", n=4, weak=_weak_panels(result))
+            plots.overlays_png(result.checkpoint, final / "overlays.png", n=4, weak=_figure_panels(result))
         except Exception:  # noqa: BLE001
             print("wilson-ray: warning: prediction overlays failed:\n" + traceback.format_exc(), file=sys.stderr)
     data = {
@@ -173,45 +173,12 @@ def write_final_artifacts(record, result, cfg, step: int) -> None:
         record.set_outcome("completed")
 
 
-def _weak_panels(result):
-    """For a method with a localizer and pseudo-labels (WILSON: ``targets``), the function ``overlays_png``
-    calls per image: the localizer's map of the image's new classes (max over them of sigmoid z̄, upsampled)
-    and the argmax of the soft pseudo-label q̂ the segmentation head was trained on. None otherwise."""
+def _figure_panels(result):
+    """The method's extra overlay panels (``Method.figure_panels``) of a step trained in this process, or None."""
     if result.live is None:
         return None
     method, ctx = result.live
-    if (
-        ctx.module.localizer is None
-        or not hasattr(method, "targets")
-        or not hasattr(method, "old_outputs")
-        or ctx.old_model is None
-    ):
-        return None
-    import torch
-    import torch.nn.functional as F
-
-    def panels(image, labels):
-        device = next(ctx.module.parameters()).device
-        image, labels = image.to(device), labels.to(device).float()
-        was = ctx.module.training
-        ctx.module.eval()
-        try:
-            with torch.no_grad():
-                out = ctx.module(image, logits=False, localizer_eval=True)
-                s_old = method.old_outputs(ctx, image).logits.float()  # at the features' resolution
-                q_hat, _ = method.targets(out.localizer_eval.float(), labels, s_old)
-                size = image.shape[-2:]
-                c_old = s_old.shape[1]  # z̄ channels c_old.. are the new classes; labels[c - 1] is class c
-                new = torch.sigmoid(out.localizer_eval.float())[0, c_old:]
-                present = labels[0, c_old - 1 :] > 0
-                heat = (new[present] if present.any() else new).amax(0, keepdim=True)
-                heat = F.interpolate(heat[None], size=size, mode="bilinear", align_corners=False)[0, 0]
-                pseudo = F.interpolate(q_hat.float(), size=size, mode="bilinear", align_corners=False).argmax(1)[0]
-        finally:
-            ctx.module.train(was)
-        return heat.cpu().numpy(), pseudo.cpu().numpy()
-
-    return panels
+    return method.figure_panels(ctx)
 
 
 def _new_classes(cfg, step: int, names: list[str]) -> list[str]:

@@ -3,7 +3,6 @@
 The only package that imports ``mlflow`` (lazily, inside functions). ``plots`` draws with matplotlib only.
 """
 
-from wilson_ray.sweep_record import TrialRecord  # the record lives outside the MLflow adapter; kept here for imports
 from wilson_ray.tracking.mlflow_tracker import (
     SweepRun,
     TrackingInfo,
@@ -19,7 +18,6 @@ from wilson_ray.tracking.mlflow_tracker import (
 __all__ = [
     "SweepRun",
     "TrackingInfo",
-    "TrialRecord",
     "TrialTracker",
     "check_tracking_uri",
     "default_artifact_location",

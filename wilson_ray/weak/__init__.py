@@ -6,7 +6,7 @@ hard pseudo-masks and hands them to the step-3 segmentation training (``wilson_r
 
 from __future__ import annotations
 
-from wilson_ray.weak.base import LearnerSchedule, WeakLearner, denormalize, multiscale_flip
+from wilson_ray.weak.base import WeakLearner
 from wilson_ray.weak.cam import CamLearner
 from wilson_ray.weak.eps import EpsLearner
 from wilson_ray.weak.seam import SeamLearner
@@ -16,4 +16,4 @@ from wilson_ray.weak.ss import SSLearner
 LEARNERS: dict[str, type[WeakLearner]] = {cls.name: cls for cls in (CamLearner, SeamLearner, SSLearner, EpsLearner)}
 
 
-__all__ = ["LEARNERS", "LearnerSchedule", "WeakLearner", "denormalize", "multiscale_flip"]
+__all__ = ["LEARNERS"]
