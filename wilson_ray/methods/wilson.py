@@ -101,6 +101,7 @@ class Wilson(Method):
         step t-1 values and change both the validations of these epochs and the statistics ℓ_SEG starts from. The
         head's parameters get the same exact-zero gradient either way (the engine zero-fills missing gradients); the
         classifiers hold no statistics, so they are not run. No graph is built, so DDP sees the head as unused.
+        Cost: one head forward, 30.6 of the 519 GFLOP per image of a localizer-only iteration (ResNet-101, 512²).
         """
         ctx.module.model.head(f.detach())
 
