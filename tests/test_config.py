@@ -265,3 +265,19 @@ def test_config_hash_is_the_one_recipe():
     assert config_hash(other) != config_hash(cfg)
     assert config_hash(other, drop={"run": ["progress"]}) == config_hash(cfg, drop={"run": ["progress"]})
     assert config_hash({"b": 1, "a": 2}) == config_hash({"a": 2, "b": 1})
+
+
+def test_a_methods_recipe_is_checked_like_a_file_section(monkeypatch):
+    from wilson_ray.methods.mib import MiB
+
+    monkeypatch.setattr(MiB, "recipe", {"incremental": {"epoch": 3}})
+    with pytest.raises(
+        UserError, match=r"method mib: unknown key 'recipe.incremental.epoch' \(did you mean 'epochs'\?\)"
+    ):
+        resolve_config("demo", method="mib")
+    monkeypatch.setattr(MiB, "recipe", {"incremental": {"lr": -1.0}})
+    with pytest.raises(UserError, match="method mib: field 'recipe.incremental.lr' is -1.0, expected a positive"):
+        resolve_config("demo", method="mib")
+    monkeypatch.setattr(MiB, "recipe", {"step1": {"lr": 0.1}})
+    with pytest.raises(UserError, match="method mib: recipe section 'step1', expected one of step0, incremental"):
+        resolve_config("demo", method="mib")
