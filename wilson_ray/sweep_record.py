@@ -49,6 +49,8 @@ class TrialRecord:
     outcome.json        {"outcome": completed|stopped_early|failed, "reason": ...}
     failed.json         marker of a deterministic failure (non-finite loss): retries stop early
     mlflow_run.json     {"run_id": ...} once the MLflow run exists
+    rungs/0002.json     ASHA's decision at the epoch-2 rung: the trial's value, the cutoff it was compared with
+                        and how many results that rung had recorded then (``asha_decision``)
     """
 
     def __init__(self, directory: str | Path):
@@ -87,6 +89,23 @@ class TrialRecord:
         if rung is not None:
             data["rung"] = int(rung)
         atomic_write_text(self.dir / "outcome.json", json.dumps(data))
+
+    def record_rung(self, rung: int, decision: dict[str, Any]) -> None:
+        """ASHA's decision for this trial at the ``rung`` epoch (see ``asha_decision``); the first one is kept (a
+        restored trial reaching the rung again is not judged again by Ray)."""
+        path = self.dir / "rungs" / f"{int(rung):04d}.json"
+        if not path.is_file():
+            atomic_write_text(path, json.dumps({"rung": int(rung), **decision}))
+
+    def rungs(self) -> dict[int, dict[str, Any]]:
+        """ASHA's decisions for this trial, by rung epoch."""
+        folder = self.dir / "rungs"
+        out = {}
+        for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            data = _read_json(f)
+            if isinstance(data, dict) and "rung" in data:
+                out[int(data["rung"])] = data
+        return out
 
     def mark_failed(self, reason: str) -> None:
         atomic_write_text(self.dir / "failed.json", json.dumps({"reason": reason, "time": time.time()}))
@@ -131,6 +150,39 @@ class TrialRecord:
             if "miou_all" in m:
                 return dict(m)
         return {}
+
+
+def asha_decision(
+    metric: str, mode: str, value: float, cutoff: float | None, compared: int, reduction_factor: float, stopped: bool
+) -> dict[str, Any]:
+    """What asynchronous ASHA decided at a rung, in the units of ``metric`` (Ray compares ``value`` with the
+    (1 − 1/rf) quantile of the values the rung had *recorded so far*, i.e. of the trials that reached it earlier;
+    the first trial at a rung always passes)."""
+    return {
+        "metric": metric,
+        "mode": mode,
+        "value": value,
+        "cutoff": cutoff,
+        "compared": int(compared),
+        "quantile": 1.0 - 1.0 / reduction_factor,
+        "stopped": bool(stopped),
+    }
+
+
+def explain_rung(d: dict[str, Any]) -> str:
+    """One sentence for a rung decision, e.g. ``miou_hm 8.13 < cutoff 19.30 (the median of the 3 results recorded
+    at this rung before it)``."""
+    metric, value, cutoff, n = d.get("metric"), d.get("value"), d.get("cutoff"), int(d.get("compared") or 0)
+    if cutoff is None or n == 0:
+        return f"{metric} {value:.2f}, the first result at this rung: no cutoff yet, it passes"
+    q = float(d.get("quantile") or 0.5)
+    which = "the median" if abs(q - 0.5) < 1e-9 else f"the {q:.0%} quantile"
+    better = d.get("mode", "max") == "max"
+    op = ("<" if better else ">") if d.get("stopped") else (">=" if better else "<=")
+    plural = "result" if n == 1 else "results"
+    return (
+        f"{metric} {value:.2f} {op} cutoff {cutoff:.2f} ({which} of the {n} {plural} recorded at this rung before it)"
+    )
 
 
 def short_names(keys: list[str]) -> dict[str, str]:

@@ -5,6 +5,8 @@ for (Ray 2.60, Optuna 5.0). When either is upgraded, this is the file to check.
   ``OptunaSearch._ot_trials`` / ``_ot_study`` / ``_space`` and builds an ``optuna.trial.Trial`` from a stored
   trial's private ``_trial_id`` (Ray 2.60 ``ray.tune.search.optuna``, Optuna 5.0).
 * ``trainer_class`` drops Train V2's private ``DatasetsCallback`` (Ray 2.60 ``ray.train.v2._internal``).
+* ``ExplainedASHA`` reads ``AsyncHyperBandScheduler._trial_info`` / ``_metric_op`` / ``_time_attr`` / ``_max_t``
+  and ``_Bracket._rungs`` / ``rf`` / ``cutoff`` (Ray 2.60 ``ray.tune.schedulers.async_hyperband``).
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from wilson_ray.sweep_record import set_alias
+from wilson_ray.sweep_record import TrialRecord, asha_decision, record_id, set_alias
 
 # Optuna user attribute naming the record (= first Tune trial id) of an Optuna trial; durable at ``ask`` time,
 # long before Tune's experiment checkpoint names the Tune trial.
@@ -190,3 +193,56 @@ def trainer_class():
             return [cb for cb in callbacks if not isinstance(cb, DatasetsCallback)]
 
     return NoDatasetsTorchTrainer
+
+
+class ExplainedASHA(ASHAScheduler):
+    """Ray's asynchronous successive halving, unchanged, which also writes down every rung decision in the
+    trial's record (``TrialRecord.record_rung``): the trial's value, the cutoff it met and how many results the
+    rung held at that moment. Asynchronous ASHA judges a trial only against the trials that reached the rung
+    before it, so who passes depends on the order of arrival; the console, the summary and MLflow quote these
+    numbers instead of guessing. ``trials_dir``: the sweep's ``trials`` folder (None: decisions are not kept).
+    Written for Ray 2.60 (private ``_trial_info``, ``_metric_op``, ``_time_attr``, ``_max_t``, ``_Bracket``)."""
+
+    def __init__(self, *args, trials_dir: str | Path | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.trials_dir = str(trials_dir) if trials_dir is not None else None
+
+    def _pending_rung(self, trial, result: dict) -> tuple[int, float | None, int, float] | None:
+        """(rung epoch, cutoff, results recorded there, rf) of the rung this result is judged at, or None."""
+        if self._time_attr not in result or self._metric not in result:
+            return None
+        t = result[self._time_attr]
+        if t >= self._max_t and self._stop_last_trials:
+            return None  # the trial's last epoch: stopped because it is done, not judged
+        bracket = self._trial_info.get(trial.trial_id)
+        if bracket is None:
+            return None
+        for milestone, recorded in bracket._rungs:  # descending milestones, as _Bracket.on_result walks them
+            if t < milestone or trial.trial_id in recorded:
+                continue
+            cutoff = bracket.cutoff(recorded)
+            return int(milestone), None if cutoff is None else float(cutoff), len(recorded), float(bracket.rf)
+        return None
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        pending = self._pending_rung(trial, result)
+        action = super().on_trial_result(tune_controller, trial, result)
+        if pending is not None and self.trials_dir is not None:
+            rung, cutoff, compared, rf = pending
+            sign = self._metric_op  # Ray compares sign * value; undo it for the reader
+            decision = asha_decision(
+                self._metric,
+                "max" if sign > 0 else "min",
+                float(result[self._metric]),
+                None if cutoff is None else sign * cutoff,
+                compared,
+                rf,
+                action == TrialScheduler.STOP,
+            )
+            try:
+                TrialRecord(Path(self.trials_dir) / record_id(self.trials_dir, trial.trial_id)).record_rung(
+                    rung, decision
+                )
+            except OSError:  # an explanation must never stop the sweep
+                pass
+        return action

@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ray import tune
 
-from wilson_ray.sweep_record import rounded, short_names
+from wilson_ray.sweep_record import TrialRecord, explain_rung, record_id, rounded, short_names
 
 
 def fmt_params(values: dict[str, Any]) -> str:
@@ -61,20 +62,26 @@ def plan_line(
     rungs: Sequence[int],
     storage: str,
     tracking_uri: str | None,
+    reduction_factor: float = 2.0,
 ) -> str:
     how = (
         f"a {workers}-worker Ray Train TorchTrainer (DDP) each"
         if trainer == "torch"
         else "1 worker each, in the trial's own process"
     )
+    q = 1.0 - 1.0 / reduction_factor
+    which = "median" if abs(q - 0.5) < 1e-9 else f"{q:.0%} quantile"
     asha = (
-        f"ASHA compares trials at epoch {', '.join(map(str, rungs))} and stops the weaker half"
+        f"asynchronous ASHA judges each trial when it reaches epoch {', '.join(map(str, rungs))}: it goes on "
+        f"if its {metric} is at least the {which} of the results recorded at that rung before it (the first "
+        "trial there always goes on)"
         if rungs
         else "no early stopping"
     )
     lines = [
         f"sweep {name}: {num_samples} trials of up to {epochs} epochs, {how}, up to {concurrency} at a time; "
-        f"objective {metric}; {asha}",
+        f"objective {metric} (the scalar ASHA and Optuna's sampler use)",
+        f"  {asha}",
         f"  results: {storage}" + (f"   MLflow: {tracking_uri}" if tracking_uri else ""),
     ]
     return "\n".join(lines)
@@ -90,9 +97,16 @@ def epoch_line(trial: str, epoch: int, epochs: int, metrics: dict[str, Any]) -> 
     return f"      {trial} epoch {epoch}/{epochs}   {text}"
 
 
-def stopped_line(trial: str, epoch: int, metric: str, value: float | None) -> str:
+def stopped_line(trial: str, epoch: int, metric: str, value: float | None, decision: dict | None = None) -> str:
+    """A trial ASHA stopped; with the rung's recorded ``decision``, its value against the cutoff it missed."""
+    if decision is not None:
+        return f"      {trial} stopped by ASHA at the epoch-{epoch} rung: {explain_rung(decision)}"
     v = f" ({metric} {value:.1f})" if isinstance(value, (int, float)) and math.isfinite(value) else ""
-    return f"      {trial} stopped by ASHA at the epoch-{epoch} rung{v}: below the better trials there"
+    return f"      {trial} stopped by ASHA at the epoch-{epoch} rung{v}: below the cutoff recorded there"
+
+
+def passed_line(trial: str, epoch: int, decision: dict) -> str:
+    return f"      {trial} passed the epoch-{epoch} rung: {explain_rung(decision)}"
 
 
 def completed_line(trial: str, epochs: int, metrics: dict[str, Any]) -> str:
@@ -161,7 +175,9 @@ class ConsoleReporter(tune.Callback):
         concurrency: int,
         metric: str,
         write: Callable[[str], None] | None = None,
+        trials_dir: str | Path | None = None,
     ):
+        self.trials_dir = Path(trials_dir) if trials_dir is not None else None
         self.keys = list(keys)
         self.total, self.epochs, self.metric = total, epochs, metric
         self.eta = Eta(total, epochs, concurrency)
@@ -193,6 +209,15 @@ class ConsoleReporter(tune.Callback):
         self.last[t] = dict(result)
         self.eta.epoch(t, epoch)
         self.write(epoch_line(t, epoch, self.epochs, result))
+        decision = self._decision(t, epoch)
+        if decision is not None and not decision.get("stopped"):
+            self.write(passed_line(t, epoch, decision))
+
+    def _decision(self, trial: str, epoch: int) -> dict | None:
+        """ASHA's recorded decision for ``trial`` at ``epoch`` (the scheduler writes it before callbacks run)."""
+        if self.trials_dir is None:
+            return None
+        return TrialRecord(self.trials_dir / record_id(self.trials_dir, trial)).rungs().get(epoch)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         t = self.label(trial)
@@ -200,7 +225,7 @@ class ConsoleReporter(tune.Callback):
         epoch = int(last.get("epoch", 0) or 0)
         self.eta.finish(t)
         if epoch < self.epochs:
-            self.write(stopped_line(t, epoch, self.metric, last.get(self.metric)))
+            self.write(stopped_line(t, epoch, self.metric, last.get(self.metric), self._decision(t, epoch)))
         else:
             self.write(completed_line(t, epoch, last))
         self._progress()

@@ -7,7 +7,7 @@ from ray import tune
 from wilson_ray.orchestration.kill_points import kill_point
 from wilson_ray.orchestration.settings import SweepSettings
 from wilson_ray.orchestration.trial import sync_record, trial_config_dict
-from wilson_ray.sweep_record import TrialRecord, record_id
+from wilson_ray.sweep_record import TrialRecord, explain_rung, record_id
 
 
 def one_line(err: BaseException) -> str:
@@ -63,6 +63,15 @@ def new_classes(cfg: dict, step: int, names: list[str]) -> list[str]:
     return new_class_names(config_from_dict(cfg, "trial config"), step, names)
 
 
+def stop_reason(rec: TrialRecord, epoch: int, settings: SweepSettings) -> str:
+    """Why ASHA stopped the trial at ``epoch``, with the numbers of its decision when the scheduler recorded them."""
+    head = f"stopped by ASHA at the epoch-{epoch} rung (of {settings.epochs})"
+    decision = rec.rungs().get(epoch)
+    if decision is None:
+        return f"{head}: {settings.space.metric} below the cutoff of the results recorded there before it"
+    return f"{head}: {explain_rung(decision)}"
+
+
 class TrialOutcomeCallback(tune.Callback):
     """Records how each trial ended (completed / stopped early by ASHA / failed + reason) and syncs MLflow."""
 
@@ -82,13 +91,7 @@ class TrialOutcomeCallback(tune.Callback):
             if rec.final() is not None:
                 rec.set_outcome("completed")
             elif epoch < self.settings.epochs:
-                rec.set_outcome(
-                    "stopped_early",
-                    f"stopped by ASHA at the epoch-{int(epoch)} rung (of "
-                    f"{self.settings.epochs}): {self.settings.space.metric} below the better trials "
-                    "there",
-                    rung=int(epoch),
-                )
+                rec.set_outcome("stopped_early", stop_reason(rec, int(epoch), self.settings), rung=int(epoch))
             else:
                 rec.set_outcome("completed")
         write_summary(rec)

@@ -25,6 +25,8 @@ from wilson_ray.orchestration.backends import check_optuna_storage, is_sqlite, r
 from wilson_ray.sweep_record import rounded, short_names
 from wilson_ray.tracking import plots
 
+MIN_TRIALS_FOR_IMPORTANCE = 10  # fANOVA on fewer completed trials gives near-flat, unstable importances
+
 
 def _optuna_figure(kind: str, study, path: Path, metric: str) -> Path | None:
     """Optuna's matplotlib figure ``kind`` (param_importances / parallel_coordinate) of the finished trials."""
@@ -39,34 +41,70 @@ def _optuna_figure(kind: str, study, path: Path, metric: str) -> Path | None:
             return None
         if kind == "param_importances":
             ax = ovm.plot_param_importances(study, target_name=metric)
+            if len(done) < MIN_TRIALS_FOR_IMPORTANCE:
+                ax.set_title(
+                    f"{ax.get_title()}\n(from {len(done)} completed trials: too few for reliable importances)",
+                    fontsize=9,
+                )
         else:
             ax = ovm.plot_parallel_coordinate(study, target_name=metric)
+            _visible_lines(ax)
         fig = ax.figure if hasattr(ax, "figure") else plt.gcf()
         fig.set_size_inches(10, 4.2)
         fig.tight_layout()
     return plots.save_figure(fig, path)
 
 
+def _visible_lines(ax) -> None:
+    """Optuna draws parallel coordinates with the light-to-dark "Blues" map, so the lowest trial is almost white
+    on white; re-colour the lines (and their colour bar) with viridis, whose every colour shows."""
+    from matplotlib.collections import LineCollection
+
+    for coll in ax.collections:
+        if isinstance(coll, LineCollection) and coll.get_array() is not None:
+            coll.set_cmap("viridis")
+            coll.set_linewidth(1.8)
+            if getattr(coll, "colorbar", None) is not None:
+                coll.colorbar.update_normal(coll)
+
+
+def best_so_far(
+    rows: list[dict[str, Any]], records: dict[str, dict[int, dict]], metric: str, mode: str
+) -> tuple[list[tuple[int, float]], list[float], list[tuple[int, float]]]:
+    """(every evaluation as (trial-epoch index, value), the best final value so far after each, the trials' final
+    values). A trial counts when it ends, with the value of its last evaluation (the value the summary ranks it
+    by), so the curve ends at the reported best; intermediate epochs are shown, never counted."""
+    ended = {r["trial"] for r in rows if r["outcome"] in ("completed", "stopped_early")}
+    events = sorted(
+        (m.get("_time", 0.0), tid, e, m.get(metric))
+        for tid, epochs in records.items()
+        for e, m in epochs.items()
+        if m.get("evaluated", 1) and isinstance(m.get(metric), (int, float))
+    )
+    last_epoch = {tid: max(epochs) for tid, epochs in records.items() if epochs}
+    points, ys, finals, best = [], [], [], None
+    for i, (_, tid, e, v) in enumerate(events, 1):
+        if tid in ended and e == last_epoch.get(tid) and math.isfinite(v):
+            best = v if best is None else (max(best, v) if mode == "max" else min(best, v))
+            finals.append((i, v))
+        points.append((i, v))
+        ys.append(best if best is not None else float("nan"))
+    return points, ys, finals
+
+
 def best_so_far_png(
     rows: list[dict[str, Any]], records: dict[str, dict[int, dict]], metric: str, mode: str, path: Path
 ) -> Path:
-    """The best ``metric`` of any evaluation so far against the trial-epochs spent (all trials, in time order)."""
-    events = sorted(
-        (m.get("_time", 0.0), tid, m.get(metric))
-        for tid, epochs in records.items()
-        for m in epochs.values()
-        if m.get("evaluated", 1) and isinstance(m.get(metric), (int, float))
-    )
-    xs, ys, best = [], [], None
-    for i, (_, _, v) in enumerate(events, 1):
-        if math.isfinite(v):
-            best = v if best is None else (max(best, v) if mode == "max" else min(best, v))
-        xs.append(i)
-        ys.append(best if best is not None else float("nan"))
+    """``best_so_far`` against the trial-epochs spent: the red step line, each evaluation a grey dot."""
+    points, ys, finals = best_so_far(rows, records, metric, mode)
     plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    ax.step(xs, ys, where="post", color="tab:red")
-    ax.scatter(xs, [v for _, _, v in events], s=12, color="grey", alpha=0.6, label="each evaluation")
+    if points:
+        xs = [i for i, _ in points]
+        ax.step(xs, ys, where="post", color="tab:red", label="best final value so far")
+        ax.scatter(xs, [v for _, v in points], s=10, color="grey", alpha=0.5, label="each evaluation")
+    if finals:
+        ax.scatter(*zip(*finals), s=28, color="tab:red", zorder=3, label="a trial's final value")
     ax.set_xlabel("trial-epochs spent")
     ax.set_ylabel(metric)
     ax.set_title(f"best {metric} so far ({len(rows)} trials)", fontsize=9)
@@ -313,6 +351,11 @@ def build_report(
     cmp = comparison(rows, metric, mode, sweep.get("defaults"), sweep.get("seed_spread"))
     default_id = cmp["default"]["trial"] if cmp.get("default") else None
     n_done = sum(r["outcome"] == "completed" for r in rows)
+    importance_note = (
+        f"; from {n_done} completed trials, fewer than {MIN_TRIALS_FOR_IMPORTANCE}: treat them as a rough hint"
+        if n_done < MIN_TRIALS_FOR_IMPORTANCE
+        else ""
+    )
     n_stop = sum(r["outcome"] == "stopped_early" for r in rows)
     task = (sweep.get("base") or {}).get("data", {}).get("task")
     parts = [
@@ -327,15 +370,15 @@ def build_report(
         "<h2>Trials</h2>",
         _table(rows, keys, best, default_id),
         "<h2>Learning curves</h2>",
-        _img(figs["curves"], "old / new / all mIoU per epoch; x = stopped by ASHA"),
+        _img(figs["curves"], "old / new / all mIoU and miou_hm per epoch; x = stopped by ASHA"),
         "<h2>Search</h2>",
         f"<p><em>{html.escape(study_note)}</em></p>" if study_note else "",
         _img(
             figs["parallel_coordinate"],
             f"parallel coordinates of the swept values, coloured by {metric} (completed trials; Optuna)",
         ),
-        _img(figs["param_importances"], f"parameter importances for {metric} (Optuna, fANOVA)"),
-        _img(figs["best_so_far"], "best objective so far against trial-epochs spent"),
+        _img(figs["param_importances"], f"parameter importances for {metric} (Optuna, fANOVA){importance_note}"),
+        _img(figs["best_so_far"], "best final objective so far against trial-epochs spent (grey: every evaluation)"),
         f"<h2>Best trial {html.escape(str(best and best['trial']))}</h2>",
         _img(figs["best_iou"], "per-class IoU (old classes blue, new classes orange)"),
         _img(

@@ -88,12 +88,15 @@ def trial_rows(storage: str | Path, name: str) -> list[dict[str, Any]]:
                 "outcome": outcome.get("outcome") or ("failed" if rec.failure() else "incomplete"),
                 "reason": outcome.get("reason") or rec.failure(),
                 "config": trial.get("config"),
-                "_curve": {
-                    e: m.get("miou_all") for e, m in epochs.items() if "miou_all" in m and m.get("evaluated", 1)
-                },
+                "_epochs": {e: m for e, m in epochs.items() if "miou_all" in m and m.get("evaluated", 1)},
             }
         )
     return rows
+
+
+def metric_curve(row: dict[str, Any], metric: str) -> list[tuple[int, float]]:
+    """[(epoch, value of ``metric``)] of a trial row's evaluated epochs (those that have the metric)."""
+    return [(e, m[metric]) for e, m in sorted(row["_epochs"].items()) if _ok(m.get(metric))]
 
 
 def _ok(v: Any) -> bool:

@@ -281,6 +281,7 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
                 _rungs(space, settings),
                 str(sweep_path),
                 uri,
+                reduction_factor=space.scheduler.reduction_factor if space.scheduler else 2.0,
             )
         )
         # Earlier steps once, here (or on a TorchTrainer); trials then only read the cache.
@@ -378,7 +379,11 @@ def _tuner(
     resources = DRIVER_RESOURCES
     callbacks = [TrialOutcomeCallback(settings)]
     if opts.verbose >= 1:
-        callbacks.append(ConsoleReporter(space.keys, num_samples, settings.epochs, concurrency, space.metric))
+        callbacks.append(
+            ConsoleReporter(
+                space.keys, num_samples, settings.epochs, concurrency, space.metric, trials_dir=sweep_path / "trials"
+            )
+        )
     if settings.trainer == "direct":  # the trial process trains: it holds the one worker's reservation
         resources = {"CPU": settings.cpus_per_worker, "GPU": settings.gpus_per_worker}
     trainable = tune.with_resources(tune.with_parameters(trial, settings=settings), resources)
@@ -410,10 +415,11 @@ def _tuner(
     )
     scheduler = None
     if space.scheduler:
-        from ray.tune.schedulers import ASHAScheduler
+        from wilson_ray.orchestration.compat import ExplainedASHA
 
         max_t = space.scheduler.max_t or settings.epochs
-        scheduler = ASHAScheduler(
+        scheduler = ExplainedASHA(
+            trials_dir=sweep_path / "trials",
             time_attr="epoch",
             metric=space.metric,
             mode=space.mode,
@@ -549,7 +555,8 @@ def _finish(
                 rows,
                 space.metric,
                 sweep_path / "summary.png",
-                curves={r["trial"]: list(r["_curve"].items()) for r in rows},
+                curves={r["trial"]: R.metric_curve(r, space.metric) for r in rows},
+                mode=space.mode,
             )
         )
     except Exception as err:  # noqa: BLE001 - a plot must not fail a finished sweep

@@ -179,6 +179,7 @@ def overlays_png(
         if new_ids and len(dataset) <= 400
         else list(range(count))
     )
+    present: set[int] = set()  # class ids drawn anywhere in the figure: its colour key
     with torch.no_grad():
         for i in order:
             image, mask, labels = dataset[i]
@@ -186,8 +187,10 @@ def overlays_png(
             pred = logits.argmax(1)[0].cpu().numpy().astype(np.int64)
             img = (denormalise(image).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
             row = [img, colorize(mask.numpy().astype(np.int64), k), colorize(pred, k)]
+            present |= set(np.unique(mask.numpy()).tolist()) | set(np.unique(pred).tolist())
             if weak is not None:
                 heat, pseudo = weak(image.unsqueeze(0), labels.unsqueeze(0))
+                present |= set(np.unique(np.asarray(pseudo)).tolist())
                 row += [
                     (plt_cmap()(np.clip(heat, 0, 1))[..., :3] * 255).astype(np.uint8),
                     colorize(np.asarray(pseudo, dtype=np.int64), k),
@@ -203,20 +206,44 @@ def overlays_png(
                 axes[r][c].set_title(label, fontsize=9)
     names = task.class_names(step)
     fig.suptitle(f"task {task.name} step {step}: {len(names)} classes", fontsize=9)
+    _class_key(fig, present, names, k)
+    if weak is not None:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        heat_axes = [axes[r][3] for r in range(count)]
+        fig.colorbar(
+            ScalarMappable(Normalize(0, 1), plt_cmap()), ax=heat_axes, fraction=0.05, pad=0.02, label="localizer score"
+        )
     return save_figure(fig, Path(path))
+
+
+def _class_key(fig, present: set[int], names: Sequence[str], n: int) -> None:
+    """A legend under the figure: the colour of every class drawn in it (void, 255, is white)."""
+    from matplotlib.patches import Patch
+
+    pal = palette(n)
+    handles = [Patch(facecolor=pal[c] / 255.0, edgecolor="k", label=names[c]) for c in sorted(present) if c < n]
+    if 255 in present:
+        handles.append(Patch(facecolor="white", edgecolor="k", label="void (255)"))
+    if handles:
+        fig.legend(
+            handles=handles, loc="lower center", ncol=min(8, len(handles)), fontsize=7, bbox_to_anchor=(0.5, -0.02)
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # A sweep
 
 
-def sweep_summary_png(
+def sweep_summary_figure(
     rows: Sequence[dict[str, Any]],
     metric: str,
-    path: str | Path,
     curves: dict[str, list[tuple[int, float]]] | None = None,
-) -> Path:
-    """Left: old vs new mIoU per trial (colour: ``metric``, the best circled); right: ``metric`` per epoch."""
+    mode: str = "max",
+):
+    """Left: old vs new mIoU per trial (colour: ``metric``, the best circled); right: ``metric`` per epoch, one
+    line per trial (``curves``: trial -> [(epoch, value of ``metric``)]). Returns the matplotlib figure."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     ax = axes[0]
@@ -226,7 +253,7 @@ def sweep_summary_png(
         xs, ys, cs, names = zip(*pts)
         sc = ax.scatter(xs, ys, c=cs, cmap="viridis", s=50, edgecolors="k", linewidths=0.5)
         fig.colorbar(sc, ax=ax, label=metric)
-        best = int(np.argmax(cs))
+        best = int(np.argmax(cs) if mode == "max" else np.argmin(cs))
         ax.scatter([xs[best]], [ys[best]], s=220, facecolors="none", edgecolors="red", linewidths=1.5)
         for x, y, name in zip(xs, ys, names):
             ax.annotate(str(name)[:8], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
@@ -246,7 +273,18 @@ def sweep_summary_png(
         ax.legend(fontsize=6, ncol=2)
     ax.set_title(f"{metric} per epoch", fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, Path(path))
+    return fig
+
+
+def sweep_summary_png(
+    rows: Sequence[dict[str, Any]],
+    metric: str,
+    path: str | Path,
+    curves: dict[str, list[tuple[int, float]]] | None = None,
+    mode: str = "max",
+) -> Path:
+    """``sweep_summary_figure`` written to ``path`` (PNG, atomically)."""
+    return save_figure(sweep_summary_figure(rows, metric, curves, mode), Path(path))
 
 
 def write_table_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -264,7 +302,18 @@ def write_table_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------------------------------
 # Learning curves (a trial's summary and the sweep report)
 
-CURVE_KEYS = (("miou_old", "old", "tab:blue"), ("miou_new", "new", "tab:orange"), ("miou_all", "all", "tab:green"))
+CURVE_KEYS = (
+    ("miou_old", "old", "tab:blue"),
+    ("miou_new", "new", "tab:orange"),
+    ("miou_all", "all", "tab:green"),
+    ("miou_hm", "hm", "tab:red"),
+)
+CURVE_TITLES = {
+    "old": "mIoU old classes",
+    "new": "mIoU new classes",
+    "all": "mIoU all (background included)",
+    "hm": "miou_hm: harmonic mean of old and new",
+}
 
 
 def _evaluated(epochs: dict[int, dict[str, float]]) -> list[tuple[int, dict[str, float]]]:
@@ -279,10 +328,11 @@ def learning_curves_png(
     max_epochs: int | None = None,
     marks: Sequence[int] = (),
 ) -> Path:
-    """Old / new / all mIoU per epoch, one panel each, one line per trial (the best one thick); a trial ASHA
-    stopped ends in an x at its rung; ``marks``: epochs drawn as dotted verticals (ASHA's rungs)."""
+    """Old / new / all mIoU and their harmonic mean (``miou_hm``, the demo's objective) per epoch, one panel each,
+    one line per trial (the best one thick); a trial ASHA stopped ends in an x at its rung; ``marks``: epochs drawn
+    as dotted verticals (ASHA's rungs)."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
+    fig, axes = plt.subplots(1, len(CURVE_KEYS), figsize=(16, 3.8), sharex=True)
     cmap = plt.get_cmap("tab10")
     for i, (name, epochs) in enumerate(trials.items()):
         pts = _evaluated(epochs)
@@ -299,7 +349,7 @@ def learning_curves_png(
     for ax, (_, label, _) in zip(axes, CURVE_KEYS):
         for m in marks:
             ax.axvline(m, color="grey", ls=":", lw=1)
-        ax.set_title(f"mIoU {label} classes" if label != "all" else "mIoU all (background included)", fontsize=9)
+        ax.set_title(CURVE_TITLES[label], fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         if max_epochs:
