@@ -211,13 +211,13 @@ def collect(storage: str, name: str, tracking_uri: str, optuna_url: str) -> dict
             }
         )
     from wilson_ray.sweep_record import TrialRecord
-    from wilson_ray.tracking.mlflow_tracker import SKIP_METRICS, metric_key
+    from wilson_ray.tracking.mlflow_tracker import SKIP_METRICS, mlflow_metric
 
     # what each trial's record holds per epoch (the metrics MLflow must have once each, at that step; the tracker
     # leaves out the duplicate series it skips, e.g. iou_background = iou/background)
     recorded = {
         p.name: {
-            e: sorted({metric_key(k) for k in m if k not in SKIP_METRICS} | {"epoch"})
+            e: sorted({mlflow_metric(k) for k in m if k not in SKIP_METRICS} | {"epoch"})
             for e, m in TrialRecord(p).epochs().items()
         }
         for p in (sweep / "trials").iterdir()

@@ -156,7 +156,7 @@ def test_ray_job_submit_sweep_and_resubmit(head, tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{storage / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["job"], output_format="list")
     assert sorted(r.data.tags.get("wilson_ray.role") for r in runs) == ["sweep", "trial"]
-    assert all("miou_all" in r.data.metrics for r in runs if r.data.tags.get("wilson_ray.role") == "trial")
+    assert all("miou/all" in r.data.metrics for r in runs if r.data.tags.get("wilson_ray.role") == "trial")
 
 
 @pytest.mark.faults

@@ -104,9 +104,9 @@ def test_mlflow_on_postgresql_one_run_per_trial_one_value_per_epoch(pg, tmp_path
     trials = [r for r in runs if r.data.tags.get("wilson_ray.role") == "trial"]
     assert len(runs) == 2 and len(trials) == 1
     run_id = trials[0].info.run_id
-    for key in ("epoch", "loss/total", "lr"):
+    for key in ("epoch", "train_loss/total", "train/lr"):
         assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2, 3], key
-    assert [m.step for m in client.get_metric_history(run_id, "miou_all")] == [2]
+    assert [m.step for m in client.get_metric_history(run_id, "miou/all")] == [2]
     assert trials[0].info.status == "FINISHED"
     assert pg.sql("mlflow", "SELECT count(*) FROM runs")[0][0] == 2
 

@@ -183,7 +183,7 @@ def test_two_trial_sweep_mlflow_structure(synth, storage, tmp_path):
 
     client = MlflowClient(uri)
     for c in children:
-        for key in ("miou_old", "miou_new", "miou_all", "loss/total", "lr", "images_per_s"):
+        for key in ("miou/old", "miou/new", "miou/all", "train_loss/total", "train/lr", "train/images_per_s"):
             assert key in c.data.metrics, key
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "epoch")]
         outcome = c.data.tags["wilson_ray.outcome"]

@@ -108,12 +108,16 @@ def test_parent_child_metrics_artifacts(tmp_path):
     # the precision the trial trained in, as resolved on this (CUDA-less) machine from run.amp (default none)
     assert child.data.params["amp_resolved"] == "none" and child.data.params["hardware"].startswith("amp: none (CPU")
     client = MlflowClient(info.uri)
-    assert [m.step for m in client.get_metric_history(child.info.run_id, "loss/total")] == [1, 2]
-    assert [(m.step, m.value) for m in client.get_metric_history(child.info.run_id, "miou_all")] == [(2, 16.0)]
-    assert child.data.metrics["miou_all"] == 16.0  # the last epoch's value is the run's value: one name per series
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "train_loss/total")] == [1, 2]
+    assert [(m.step, m.value) for m in client.get_metric_history(child.info.run_id, "miou/all")] == [(2, 16.0)]
+    assert child.data.metrics["miou/all"] == 16.0  # the last epoch's value is the run's value: one name per series
     # stored (and shown in the runs table) with 4 significant digits, not 16
-    assert [m.value for m in client.get_metric_history(child.info.run_id, "images_per_s")] == [33.33, 33.33]
+    assert [m.value for m in client.get_metric_history(child.info.run_id, "train/images_per_s")] == [33.33, 33.33]
     assert not [k for k in child.data.metrics if k.startswith(("final/", "final_iou/"))], child.data.metrics
+    # MLflow's names: mIoU first on the run page (sections sorted by prefix), no metric named like a param
+    assert {"miou/all", "train_loss/total", "train/lr", "epoch"} <= set(child.data.metrics)
+    assert not {"lr", "miou_all", "loss/total"} & set(child.data.metrics)
+    assert child.data.tags["outcome"] == "completed"
     arts = {a.path for a in client.list_artifacts(child.info.run_id, "final")}
     assert {
         "final/confusion.png",
@@ -127,7 +131,7 @@ def test_parent_child_metrics_artifacts(tmp_path):
 
     # a second sync is a no-op (no duplicated epochs); the parent closes with the summary
     assert tracker.sync(force=True)
-    assert len(client.get_metric_history(child.info.run_id, "loss/total")) == 2
+    assert len(client.get_metric_history(child.info.run_id, "train_loss/total")) == 2
     best = tmp_path / "best.yaml"
     best.write_text("method: {name: wilson}\n")
     assert parent.finish({"best_miou_all": 16.0}, [best])
@@ -177,7 +181,7 @@ def test_unreachable_store_warns_once_and_backfills(tmp_path):
     up = info_for(tmp_path)
     assert TrialTracker(up, rec, warn=warnings.append).sync()
     run_id = rec.run_id()
-    assert [m.step for m in MlflowClient(up.uri).get_metric_history(run_id, "loss/total")] == [1, 2, 3]
+    assert [m.step for m in MlflowClient(up.uri).get_metric_history(run_id, "train_loss/total")] == [1, 2, 3]
     assert len(warnings) == 1
 
 

@@ -118,6 +118,22 @@ def register(subparsers) -> None:
     b.add_argument("--out", default="best.yaml", help="output YAML (default: best.yaml)")
     b.set_defaults(func=cmd_best)
 
+    u = subparsers.add_parser(
+        "ui",
+        help="start the MLflow UI (and optuna-dashboard when installed) of the sweeps on 127.0.0.1",
+        description="Start one MLflow server on the sweeps' store (the venv's own, bound to 127.0.0.1) and, for "
+        "--name, optuna-dashboard on its study when it is installed; print the URLs; Ctrl-C stops them.",
+    )
+    u.add_argument("--storage", default=DEFAULT_STORAGE, help=f"the sweeps' --storage (default: {DEFAULT_STORAGE})")
+    u.add_argument("--name", help="a sweep: print its runs page and open its Optuna study")
+    u.add_argument(
+        "--tracking-uri", help="the MLflow store (default: the one the sweep recorded, else <storage>/mlflow.db)"
+    )
+    u.add_argument("--port", type=int, default=5000, help="MLflow's port (default: 5000)")
+    u.add_argument("--dashboard-port", type=int, default=8080, help="optuna-dashboard's port (default: 8080)")
+    u.add_argument("--no-dashboard", action="store_true", help="do not start optuna-dashboard")
+    u.set_defaults(func=cmd_ui)
+
 
 def _extra(args: argparse.Namespace) -> dict:
     extra = parse_overrides(args.set)
@@ -213,3 +229,17 @@ def cmd_best(args: argparse.Namespace) -> int:
     print(f"best trial {row['trial']} ({metrics}): wrote {path}")
     print(f"reproduce: wilson-ray train --config {path}")
     return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from wilson_ray.tracking import ui
+
+    servers = ui.open_ui(
+        args.storage,
+        args.name,
+        args.tracking_uri,
+        port=args.port,
+        dashboard_port=args.dashboard_port,
+        dashboard=not args.no_dashboard,
+    )
+    return ui.serve_until_interrupted(servers)

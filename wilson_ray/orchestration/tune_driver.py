@@ -49,7 +49,9 @@ from wilson_ray.tracking.mlflow_tracker import (
     is_local_store,
     share_view,
     ui_command,
+    venv_command,
 )
+from wilson_ray.tracking.ui import dashboard_installed, install_hint
 
 DRIVER_RESOURCES = {"CPU": 0, "memory": 64 * 1024**2}  # the trial function only waits on its TorchTrainer
 
@@ -578,19 +580,26 @@ def _finish(
             for k in ("miou_old", "miou_new", "miou_all", "miou_all_mib", "miou_hm")
             if best and best.get(k) is not None
         }
+        # the best trial's values also under the trials' own metric and param names, so the sweep's row in the
+        # runs table shows what the sweep found instead of a row of dashes
+        metrics.update(
+            {k: best[k] for k in ("miou_old", "miou_new", "miou_all", "miou_hm") if best and _finite(best.get(k))}
+        )
         metrics["trials"] = len(rows)
         metrics["trials_failed"] = sum(r["outcome"] == "failed" for r in rows)
+        metrics["trials_stopped"] = sum(r["outcome"] == "stopped_early" for r in rows)
         from wilson_ray.sweep_record import rounded, short_names
 
         names = short_names(space.keys)
         best_params = {f"best.{names[k]}": rounded(v) for k, v in (best or {}).get("params", {}).items()}
+        best_params.update({names[k]: rounded(v) for k, v in (best or {}).get("params", {}).items()})
         if best:
             best_params["best.trial"] = best["trial"]
         done = parent.finish(
             metrics,
             files,
             status="KILLED" if interrupted else "FINISHED",
-            tags={"wilson_ray.best_trial": best["trial"]} if best else None,
+            tags=_parent_tags(rows, best, space.metric),
             params=best_params,
             folders={"report": report.parent} if report else None,
         )
@@ -625,6 +634,24 @@ def _finish(
         report=report,
         mlflow_view=mlflow_view,
     )
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _parent_tags(rows: list[dict[str, Any]], best: dict[str, Any] | None, metric: str) -> dict[str, str]:
+    """The sweep run's tags: its best trial, a short outcome column and a description for its page."""
+    n = {o: sum(r["outcome"] == o for r in rows) for o in ("completed", "stopped_early", "failed")}
+    note = (
+        f"Sweep of {len(rows)} trials: {n['completed']} completed, {n['stopped_early']} stopped early by ASHA, "
+        f"{n['failed']} failed. Its row shows the best trial's values."
+    )
+    tags = {"outcome": f"sweep: {len(rows)} trials", "mlflow.note.content": note}
+    if best:
+        tags["wilson_ray.best_trial"] = best["trial"]
+        tags["mlflow.note.content"] += f" Best trial {best['trial']}: {metric} {best[metric]:.2f}."
+    return tags
 
 
 def _backfill_from_tune(sweep_path: Path) -> None:
@@ -699,11 +726,20 @@ def print_outcome(out: SweepOutcome, log=print) -> None:
         log(f"reproduce:   wilson-ray train --config {out.best_yaml} --cache-dir {sweep.get('cache_dir')}")
     else:
         log("no trial has an evaluation yet")
+    storage = out.path.parent.resolve()
+    if out.tracking_uri and not out.tracking_uri.startswith(("http://", "https://")):
+        log(
+            f"look at it:  {venv_command('wilson-ray')} ui --storage {storage} --name {out.name}"
+            "   # MLflow (+ optuna-dashboard) on 127.0.0.1; Ctrl-C stops them"
+        )
     if out.tracking_uri:
         log(f"MLflow UI:   {ui_command(redact(out.tracking_uri))}")
         if out.mlflow_view:
-            log(f"             the trials with their columns: {out.mlflow_view}")
+            log(f"             then open {out.mlflow_view}")
     study = (R.read_sweep(out.path.parent, out.name) or {}).get("optuna_storage") or optuna_storage_url(None, out.path)
-    log(f"Optuna:      optuna-dashboard {study} --host 127.0.0.1   (pip install -e '.[dashboard]')")
+    if dashboard_installed():
+        log(f"Optuna:      {venv_command('optuna-dashboard')} {study} --host 127.0.0.1")
+    else:
+        log(f"Optuna:      optuna-dashboard is not installed; to add it: {install_hint()}")
     if out.report is not None:
         log(f"report:      {out.report}")
