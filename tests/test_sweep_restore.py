@@ -249,7 +249,7 @@ def check_one_of_each(storage: Path, name: str, samples: int, out: str) -> None:
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "epoch")]
         row = by_id[c.data.tags["wilson_ray.trial_id"]]
         assert steps == list(range(1, int(row["epochs"]) + 1)), (steps, row)  # every epoch once, in order
-        assert c.info.status == "FINISHED"
+        assert c.info.status == ("KILLED" if row["outcome"] == "stopped_early" else "FINISHED")
 
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{sweep / 'optuna.db'}")
     assert len(study.trials) == samples, [(t.number, t.state, t.params) for t in study.trials]

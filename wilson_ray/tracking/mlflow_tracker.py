@@ -59,11 +59,12 @@ def shown_outcome(outcome: dict[str, Any]) -> str:
     return str(kind)
 
 
-# outcome -> MLflow run status
+# outcome -> MLflow run status. A trial ASHA stopped ends KILLED: the runs table's status icon then tells it from a
+# completed one at a glance (its description and the "outcome" tag say at which rung and why).
 OUTCOME_STATUS = {
     "running": "RUNNING",
     "completed": "FINISHED",
-    "stopped_early": "FINISHED",
+    "stopped_early": "KILLED",
     "failed": "FAILED",
     "killed": "KILLED",
 }
@@ -369,7 +370,9 @@ def share_view(info: TrackingInfo, parent_run_id: str | None, params: list[str],
         state = {
             "selectedColumns": cols,
             "runsExpanded": {parent_run_id: True} if parent_run_id else {},
-            "orderByKey": f"metrics.`{mlflow_metric(metrics[0])}`" if metrics else "attributes.start_time",
+            # MLflow nests child runs under their parent only when the table is in start-time order (sorting by a
+            # metric flattens it); the sweep's row carries its best trial's values, and a click sorts by any column
+            "orderByKey": "attributes.start_time",
             "orderByAsc": False,
         }
         client.set_experiment_tag(conn.experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(state))
