@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from test_sweep_report import fake_sweep
@@ -73,7 +74,7 @@ def test_explained_asha_decides_as_ray_and_records_the_cutoff(tmp_path):
     assert explain_rung(got["d"]) == (
         "miou_hm 18.60 < cutoff 21.00 (the median of the 3 results recorded at this rung before it)"
     )
-    assert "no cutoff yet, it passes" in explain_rung(got["a"])
+    assert "no cutoff yet" in explain_rung(got["a"])
     assert stopped_line("d", 2, "miou_hm", 18.6, got["d"]).endswith(explain_rung(got["d"]))
     assert "passed the epoch-2 rung: miou_hm 21.00 >= cutoff 20.75" in passed_line("c", 2, got["c"])
 
@@ -109,3 +110,29 @@ def test_best_so_far_ends_at_the_reported_best(tmp_path):
     assert [round(v, 6) for _, v in finals] == [round(r["miou_hm"], 6) for r in sorted(rows, key=lambda r: r["trial"])]
     best_so_far_png(rows, records, "miou_hm", "max", tmp_path / "bsf.png")
     assert (tmp_path / "bsf.png").stat().st_size > 1000
+
+
+def test_overlays_have_a_class_key_and_a_localizer_colour_bar(tmp_path):
+    rng = np.random.default_rng(0)
+    names = ["background", "aeroplane", "bicycle", "bird"]
+    mask = np.zeros((16, 16), dtype=np.int64)
+    mask[4:9, 4:9] = 3
+    mask[0, :] = 255
+    rows = [
+        [
+            rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
+            plots.colorize(mask, 4),
+            plots.colorize(np.where(mask == 255, 0, mask), 4),
+            (plots.plt_cmap()(rng.random((16, 16)))[..., :3] * 255).astype(np.uint8),
+            plots.colorize(mask, 4),
+        ]
+    ] * 2
+    titles = ["image", "ground truth", "prediction", "localizer (new classes)", "pseudo-label"]
+    fig = plots.overlays_figure(rows, titles, names, {0, 3, 255}, "t")
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["background", "bird", "void (255)"]
+    bars = [ax for ax in fig.axes if ax.get_xlabel() == "localizer score"]
+    assert len(bars) == 1
+    column = fig.axes[3].get_position()  # row 0, localizer column
+    assert abs(bars[0].get_position().x0 - column.x0) < 1e-6  # right under the localizer column, not over another
+    plots.save_figure(fig, tmp_path / "o.png")

@@ -174,7 +174,7 @@ def explain_rung(d: dict[str, Any]) -> str:
     at this rung before it)``."""
     metric, value, cutoff, n = d.get("metric"), d.get("value"), d.get("cutoff"), int(d.get("compared") or 0)
     if cutoff is None or n == 0:
-        return f"{metric} {value:.2f}, the first result at this rung: no cutoff yet, it passes"
+        return f"{metric} {value:.2f}, the first result at this rung: no cutoff yet"
     q = float(d.get("quantile") or 0.5)
     which = "the median" if abs(q - 0.5) < 1e-9 else f"the {q:.0%} quantile"
     better = d.get("mode", "max") == "max"

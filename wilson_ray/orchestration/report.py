@@ -42,9 +42,16 @@ def _optuna_figure(kind: str, study, path: Path, metric: str) -> Path | None:
         if kind == "param_importances":
             ax = ovm.plot_param_importances(study, target_name=metric)
             if len(done) < MIN_TRIALS_FOR_IMPORTANCE:
-                ax.set_title(
-                    f"{ax.get_title()}\n(from {len(done)} completed trials: too few for reliable importances)",
+                ax.text(
+                    0.98,
+                    0.02,
+                    f"from {len(done)} completed trials: too few for reliable importances",
+                    transform=ax.transAxes,
+                    ha="right",
+                    va="bottom",
                     fontsize=9,
+                    color="darkred",
+                    bbox={"facecolor": "white", "edgecolor": "darkred", "alpha": 0.9},
                 )
         else:
             ax = ovm.plot_parallel_coordinate(study, target_name=metric)

@@ -134,7 +134,7 @@ def format_table(rows: list[dict[str, Any]], keys: list[str], best: dict[str, An
                 *[f"{r[m]:.2f}" if _ok(r.get(m)) else "-" for m in ("miou_old", "miou_new", "miou_all", "miou_hm")],
                 str(r["epochs"]),
                 r["outcome"],
-                reason[:70],
+                reason[:110],
             ]
         )
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)] if body else [len(h) for h in header]

@@ -196,7 +196,18 @@ def overlays_png(
                     colorize(np.asarray(pseudo, dtype=np.int64), k),
                 ]
             rows.append(row)
+    names = task.class_names(step)
+    fig = overlays_figure(rows, titles, names, present, f"task {task.name} step {step}: {len(names)} classes")
+    return save_figure(fig, Path(path))
+
+
+def overlays_figure(
+    rows: list[list[np.ndarray]], titles: Sequence[str], names: Sequence[str], present: set[int], title: str
+):
+    """The overlay grid (one row per image, one column per title), a colour key of the classes ``present`` and,
+    when a column is the localizer map, a colour bar of its scores under that column."""
     plt = pyplot()
+    count = len(rows)
     fig, axes = plt.subplots(count, len(titles), figsize=(2.5 * len(titles), 2.5 * count), squeeze=False)
     for r, images in enumerate(rows):
         for c, (im, label) in enumerate(zip(images, titles)):
@@ -204,18 +215,20 @@ def overlays_png(
             axes[r][c].axis("off")
             if r == 0:
                 axes[r][c].set_title(label, fontsize=9)
-    names = task.class_names(step)
-    fig.suptitle(f"task {task.name} step {step}: {len(names)} classes", fontsize=9)
-    _class_key(fig, present, names, k)
-    if weak is not None:
+    fig.suptitle(title, fontsize=9)
+    _class_key(fig, present, names, len(names))
+    heat = [c for c, t in enumerate(titles) if t.startswith("localizer")]
+    if heat:
         from matplotlib.cm import ScalarMappable
         from matplotlib.colors import Normalize
 
-        heat_axes = [axes[r][3] for r in range(count)]
-        fig.colorbar(
-            ScalarMappable(Normalize(0, 1), plt_cmap()), ax=heat_axes, fraction=0.05, pad=0.02, label="localizer score"
-        )
-    return save_figure(fig, Path(path))
+        fig.canvas.draw()  # final axes positions, so the bar sits right under the column
+        pos = axes[-1][heat[0]].get_position()
+        cax = fig.add_axes([pos.x0, pos.y0 - 0.03, pos.width, 0.012])
+        bar = fig.colorbar(ScalarMappable(Normalize(0, 1), plt_cmap()), cax=cax, orientation="horizontal")
+        bar.set_label("localizer score", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    return fig
 
 
 def _class_key(fig, present: set[int], names: Sequence[str], n: int) -> None:
