@@ -1,5 +1,6 @@
 """``store.compute_once``: the lock -> re-check -> temporary -> publish of the three caches (the processes-level
-cases, a killed writer and two racing processes, are in tests/reliability/test_step_cache_processes.py through the step cache)."""
+cases, a killed writer and two racing processes, are in tests/reliability/test_step_cache_processes.py, through the
+step cache)."""
 
 from __future__ import annotations
 
