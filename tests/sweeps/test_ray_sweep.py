@@ -168,7 +168,10 @@ def test_two_trial_sweep_mlflow_structure(synth, storage, tmp_path):
     proc = run_in_group(sweep_cmd(synth, storage, name, 2), timeout=560)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert not proc.leftover, "the sweep left processes (Ray cluster) behind"
-    assert "best trial" in proc.stdout and "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
+    assert "best trial" in proc.stdout and "/bin/mlflow server --backend-store-uri sqlite:///" in proc.stdout
+    # the printed commands name the venv's own executables, so they work from a fresh shell
+    assert f"{Path(sys.executable).parent}/wilson-ray ui --storage " in proc.stdout
+    assert f"reproduce:   {Path(sys.executable).parent}/wilson-ray train --config " in proc.stdout
     assert "--host 127.0.0.1" in proc.stdout
 
     uri = f"sqlite:///{storage / 'mlflow.db'}"

@@ -227,7 +227,9 @@ def cmd_best(args: argparse.Namespace) -> int:
         f"{k} {row[k]:.2f}" for k in ("miou_old", "miou_new", "miou_all") if isinstance(row.get(k), (int, float))
     )
     print(f"best trial {row['trial']} ({metrics}): wrote {path}")
-    print(f"reproduce: wilson-ray train --config {path}")
+    from wilson_ray.tracking.mlflow_tracker import venv_command
+
+    print(f"reproduce: {venv_command('wilson-ray')} train --config {path}")
     return 0
 
 

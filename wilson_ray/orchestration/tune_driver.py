@@ -723,7 +723,10 @@ def print_outcome(out: SweepOutcome, log=print) -> None:
         for k, v in out.best["params"].items():
             log(f"  {k} = {rounded(v)}")  # exact values: the best config below
         log(f"best config: {out.best_yaml}")
-        log(f"reproduce:   wilson-ray train --config {out.best_yaml} --cache-dir {sweep.get('cache_dir')}")
+        log(
+            f"reproduce:   {venv_command('wilson-ray')} train --config {out.best_yaml} "
+            f"--cache-dir {sweep.get('cache_dir')}"
+        )
     else:
         log("no trial has an evaluation yet")
     storage = out.path.parent.resolve()
