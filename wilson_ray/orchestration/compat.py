@@ -218,6 +218,8 @@ class ExplainedASHA(ASHAScheduler):
         if bracket is None:
             return None
         for milestone, recorded in bracket._rungs:  # descending milestones, as _Bracket.on_result walks them
+            if t >= milestone and trial.trial_id in recorded and not self._stop_last_trials:
+                return None  # Ray's early exit: this trial was judged at this rung already
             if t < milestone or trial.trial_id in recorded:
                 continue
             cutoff = bracket.cutoff(recorded)
