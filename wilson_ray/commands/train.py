@@ -142,6 +142,10 @@ def cmd_table(args: argparse.Namespace) -> int:
         view = task_of(cfg)
         for step in range(1, view.train.num_steps):
             check_step_inputs(cfg, step)
+    print(
+        f"table: {len(configs)} rows x {len(seeds)} seed(s) (run.seed {', '.join(map(str, seeds))}) into {out}",
+        flush=True,
+    )
     runs = run_table(configs, seeds, out, _cache_dir(args), log=lambda line: print(line, flush=True))
     print(write_table(runs, seeds, out), end="")
     print(f"wrote {out / 'table.md'} and {out / 'table.json'}")
