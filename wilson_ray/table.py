@@ -66,6 +66,7 @@ class RowRun:
     values: dict[str, float | None]
     reused: bool
     folder: Path
+    replaced: bool = False  # trained over a finished run of another config (e.g. another --set)
 
 
 def _clean(v):
@@ -97,13 +98,14 @@ def run_row(cfg: Config, folder: Path, cache_dir: Path) -> RowRun:
         row_file = folder / ROW_FILE
         seconds = json.loads(row_file.read_text()).get("seconds") if row_file.is_file() else None
         return RowRun(cfg.method.name, cfg.run.seed, row_values(cfg, results, seconds), True, folder)
+    replaced = (folder / "results.json").is_file()
     start = time.perf_counter()
     run_task(cfg, folder, cache_dir)
     seconds = time.perf_counter() - start
     results = json.loads((folder / "results.json").read_text())
     values = row_values(cfg, results, seconds)
     atomic_write_text(folder / ROW_FILE, json.dumps({"seed": cfg.run.seed, **values}, indent=2))
-    return RowRun(cfg.method.name, cfg.run.seed, values, False, folder)
+    return RowRun(cfg.method.name, cfg.run.seed, values, False, folder, replaced)
 
 
 def _fmt(v: float | None, digits: int) -> str:
@@ -115,6 +117,8 @@ def describe(run: RowRun) -> str:
     v = run.values
     cols = ", ".join(f"{head} {_fmt(v[key], digits)}" for key, head, digits in COLUMNS[:4])
     what = f"reused {run.folder / 'results.json'}" if run.reused else f"trained in {_fmt(v['seconds'], 0)} s"
+    if run.replaced:
+        what += f", replacing the run of another config in {run.folder}"
     return f"seed {run.seed}  {run.method:<10} {cols}  ({what})"
 
 

@@ -104,6 +104,12 @@ def test_table_with_two_seeds_reports_mean_and_std_and_resumes(synth_root, tmp_p
         for key in METRICS:
             assert r[key] == pytest.approx(multi[key]["values"][0], abs=1e-6)
     assert "±" not in (single / "table.md").read_text()
+    # another config in the same folder is trained again (and says so), not reused; step 0 stays shared
+    assert main(_table(synth_root, cache, single, "--set=incremental.lr=0.01")) == 0
+    changed = capsys.readouterr()
+    assert "cache: training" not in changed.err
+    assert sum("replacing the run of another config" in line for line in changed.out.splitlines()) == 2
+    assert "lr: 0.01" in (single / "lwf" / "config.yaml").read_text()
 
 
 def test_table_with_zero_seeds_is_one_line_exit_2_and_nothing_written(synth_root, tmp_path, capsys):
