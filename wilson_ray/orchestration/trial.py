@@ -16,6 +16,7 @@ from typing import Any
 from ray import tune
 
 from wilson_ray.config import config_from_dict, set_dotted
+from wilson_ray.orchestration.confirm import CONFIG_KEY
 from wilson_ray.orchestration.kill_points import kill_point
 from wilson_ray.orchestration.search_space import trial_overrides
 from wilson_ray.orchestration.settings import SweepSettings
@@ -38,6 +39,16 @@ def trial_config_dict(settings: SweepSettings, values: dict[str, Any]) -> dict[s
     return d
 
 
+def trial_values(settings: SweepSettings, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A Tune config's swept values (dotted keys) and, for a confirmation trial (``confirm.CONFIG_KEY``), its
+    group, seed and source trial; the seed goes into the config as ``run.seed``."""
+    point = config.get(CONFIG_KEY)
+    if isinstance(point, dict):
+        meta = {k: point.get(k) for k in ("group", "seed", "source_trial")}
+        return dict(point["values"]), meta
+    return trial_overrides(settings.space, config), None
+
+
 def trial_config(settings: SweepSettings, values: dict[str, Any]):
     """The trial's validated ``Config``."""
     return config_from_dict(trial_config_dict(settings, values), source=f"sweep {settings.name}")
@@ -58,13 +69,17 @@ def trial(config: dict[str, Any], settings: SweepSettings) -> None:
     trials_dir = settings.trials_dir
     # A Tune trial re-created for one the driver lost continues that trial's record, MLflow run and Train run
     trial_id, trial_name = record_id(trials_dir, ctx.get_trial_id()), ctx.get_trial_name()
-    values = trial_overrides(settings.space, config)
-    cfg_dict = trial_config_dict(settings, values)
+    values, confirm = trial_values(settings, config)
+    cfg_dict = trial_config_dict(settings, values if confirm is None else {**values, "run.seed": confirm["seed"]})
+    if confirm is not None:  # the MLflow run's name says what it confirms
+        trial_name = f"confirm-{confirm['group']}-seed{confirm['seed']}"
     record = TrialRecord(trials_dir / trial_id)
     if settings.worker_logs:
         to_log_file(record.dir / "trial.log")
-    record.write_trial(trial_id, trial_name, values, cfg_dict, settings.step, settings.name)
-    kill_point("next_trial_start", when=lambda: any_trial_ended(trials_dir))
+    record.write_trial(trial_id, trial_name, values, cfg_dict, settings.step, settings.name, confirm=confirm)
+    kill_point(
+        "next_trial_start" if confirm is None else "confirm_trial_start", when=lambda: any_trial_ended(trials_dir)
+    )
     reason = record.failure()
     if reason is not None:
         sync_record(settings, record)
