@@ -140,3 +140,28 @@ def test_report_shows_the_confirmation(tmp_path):
     text = html_path.read_text()
     assert "<h2>Seed confirmation</h2>" in text and "a real improvement" in text and "43, 44, 45" in text
     assert (html_path.parent / "confirm.png").stat().st_size > 5000
+
+
+def test_multi_objective_report_draws_the_pareto_front(tmp_path):
+    import optuna
+
+    storage, name = fake_sweep(tmp_path)
+    sweep = R.sweep_dir(storage, name)
+    (sweep / "optuna.db").unlink()
+    meta = R.read_sweep(storage, name)
+    R.write_sweep(storage, name, {**meta, "multi_objective": True})
+    study = optuna.create_study(
+        study_name=name, storage=f"sqlite:///{sweep / 'optuna.db'}", directions=["maximize", "maximize"]
+    )
+    dists = {
+        "incremental.lr": optuna.distributions.FloatDistribution(0.005, 0.03, log=True),
+        "method.alpha": optuna.distributions.FloatDistribution(0.3, 0.9),
+    }
+    for i, (old, new) in enumerate([(34, 26), (30, 35), (31, 29), (28, 20)]):
+        params = {"incremental.lr": 0.005 + 0.005 * i, "method.alpha": 0.3 + 0.1 * i}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, values=[old, new]))
+    html_path = build_report(storage, name)
+    assert (html_path.parent / "pareto_front.png").stat().st_size > 5000
+    assert "Pareto front of old vs new mIoU" in html_path.read_text()
+    # the parallel coordinates of a two-objective study are coloured by the harmonic mean of its two values
+    assert (html_path.parent / "parallel_coordinate.png").stat().st_size > 5000

@@ -21,6 +21,8 @@ Layout (see ``search_spaces/demo.yaml``)::
     resources: {workers_per_trial: 2, cpus_per_worker: 1, gpus_per_worker: 0, max_failures: 2,
                 trial_max_failures: 1, trainer: auto}   # trainer: auto | torch | direct
                                     # auto: a TorchTrainer when workers_per_trial > 1, else the trial's own process
+    confirm: {top_k: 2, seeds: 3, include_default: true, pareto: false}   # optional: the seed confirmation
+                                    # stage after the search (orchestration/confirm.py)
     parameters:
       method.alpha: {distribution: uniform, low: 0.0, high: 1.0}
       method.lambda_cls: {distribution: loguniform, low: 0.1, high: 10.0}
