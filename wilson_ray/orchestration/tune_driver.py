@@ -38,7 +38,7 @@ from wilson_ray.orchestration.kill_points import kill_point
 from wilson_ray.orchestration.outcome import TrialOutcomeCallback
 from wilson_ray.orchestration.search_space import SearchSpace
 from wilson_ray.orchestration.settings import SweepSettings
-from wilson_ray.orchestration.trial import TrialFailed, trial, trial_config, trial_config_dict
+from wilson_ray.orchestration.trial import trial
 from wilson_ray.sweep_record import TrialRecord, record_id
 from wilson_ray.tracking.mlflow_tracker import (
     VIEW_KEY,
@@ -56,25 +56,6 @@ from wilson_ray.tracking.mlflow_tracker import (
 from wilson_ray.tracking.ui import dashboard_installed, install_hint
 
 DRIVER_RESOURCES = {"CPU": 0, "memory": 64 * 1024**2}  # the trial function only waits on its TorchTrainer
-
-# Names other modules and tests import from here (the driver's public surface before the split)
-__all__ = [
-    "SweepOptions",
-    "SweepOutcome",
-    "run_sweep",
-    "print_outcome",
-    "trial_dirname",
-    "DRIVER_RESOURCES",
-    "WilsonOptunaSearch",
-    "TrialFailed",
-    "TrialOutcomeCallback",
-    "check_cluster",
-    "init_ray",
-    "trainer_kind",
-    "trial",
-    "trial_config",
-    "trial_config_dict",
-]
 
 
 @dataclass
@@ -416,7 +397,7 @@ def _tuner(
         metric=metrics if space.multi_objective else metrics[0],
         mode=["max"] * len(metrics) if space.multi_objective else space.mode,
         points_to_evaluate=[space.defaults()] if space.evaluate_defaults and space.sampler != "grid" else None,
-        sampler=_sampler(space, opts.seed),
+        sampler=optuna_sampler(space, opts.seed),
         study_name=name,
         storage=storage_obj,
         record_dir=sweep_path / "trials",
@@ -569,7 +550,7 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _sampler(space: SearchSpace, seed: int | None):
+def optuna_sampler(space: SearchSpace, seed: int | None):
     """Optuna sampler of ``search.sampler``: TPE (default), random, or the grid of ``SearchSpace.grid``."""
     import optuna
 
