@@ -136,16 +136,25 @@ def verdict(stage: dict[str, Any], best: str, test) -> str:
     metric = stage["metric"]
     b, d = stage["groups"][best], stage["groups"]["default"]
     n_b, n_d = b[metric]["n"], d[metric]["n"]
-    head = (
+    text = (
         f"confirmed over {n_b} seeds: {best} (trial {b['source_trial']}) {metric} {_ms(b, metric)} vs the paper "
         f"default {_ms(d, metric)} over {n_d} seeds: difference {test.diff:+.2f}"
     )
     if math.isnan(test.p):
-        return head + " (too few finished seeds for a test)"
-    head += f" [{100 * (1 - test.alpha):.3g} % interval {test.low:+.2f}, {test.high:+.2f}], Welch p = {test.p:.3g}"
-    if test.significant:
-        return head + f": a real improvement (p < {test.alpha:.3g})"
-    return head + f": not significant at {test.alpha:.3g}, so the sweep has not shown that it beats the default"
+        text += " (too few finished seeds for a test)"
+    else:
+        text += f" [{100 * (1 - test.alpha):.3g} % interval {test.low:+.2f}, {test.high:+.2f}], Welch p = {test.p:.3g}"
+        if test.significant:
+            text += f": a real improvement (p < {test.alpha:.3g})"
+        else:
+            text += f": not significant at {test.alpha:.3g}, so the sweep has not shown that it beats the default"
+    if metric not in ("miou_old", "miou_new") and b["miou_old"].get("mean") is not None:
+        # what the difference is made of: a step can win the harmonic mean by trading old classes for new ones
+        text += (
+            f"; old {format_stored(b['miou_old'])} vs {format_stored(d['miou_old'])}, "
+            f"new {format_stored(b['miou_new'])} vs {format_stored(d['miou_new'])}"
+        )
+    return text
 
 
 def _ms(group: dict[str, Any], metric: str) -> str:

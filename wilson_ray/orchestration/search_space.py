@@ -37,7 +37,9 @@ paper's defaults (the base config's values, or an explicit ``default:``) are the
 
 from __future__ import annotations
 
+import copy
 import difflib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,6 +221,10 @@ class SearchSpace:
     resources: Resources = field(default_factory=Resources)
     params: list[Param] = field(default_factory=list)
     confirm: Confirm | None = None  # the seed confirmation stage after the search (None: none)
+    _resolved: dict[str, Config] = field(default_factory=dict, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:  # trials get the space without the driver's resolved configs
+        return {**self.__dict__, "_resolved": {}}
 
     # -- the sections' fields, read flat ----------------------------------------------------------------------
     metric = property(lambda self: self.objective.metric)
@@ -240,7 +246,15 @@ class SearchSpace:
     def resolve(self, values: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Config:
         """The full config of a trial: base + ``extra`` overrides (CLI) + swept ``values``."""
         overrides = {**self.overrides, **(extra or {}), **(values or {})}
-        return resolve_config(self.preset, self.config_file, self.method, overrides, source=f"search space {self.path}")
+        # The driver asks for the same few configs many times (the base, the corners checked at load, the
+        # probes of the previous step's cache key, the fingerprint): each distinct one is resolved once. A copy
+        # goes out because callers may adjust their config (Config is a plain dataclass).
+        key = json.dumps(overrides, sort_keys=True, default=str)
+        if key not in self._resolved:
+            self._resolved[key] = resolve_config(
+                self.preset, self.config_file, self.method, overrides, source=f"search space {self.path}"
+            )
+        return copy.deepcopy(self._resolved[key])
 
     def base_config(self, extra: dict[str, Any] | None = None) -> Config:
         """The config every trial starts from (no swept value applied)."""

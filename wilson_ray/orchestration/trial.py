@@ -19,7 +19,7 @@ from wilson_ray.config import config_from_dict, set_dotted
 from wilson_ray.orchestration.confirm import CONFIG_KEY
 from wilson_ray.orchestration.kill_points import kill_point
 from wilson_ray.orchestration.search_space import trial_overrides
-from wilson_ray.orchestration.settings import SweepSettings
+from wilson_ray.orchestration.settings import SweepSettings, TrialPlan
 from wilson_ray.orchestration.train_loop import to_log_file
 from wilson_ray.sweep_record import TrialRecord, any_trial_ended, record_id
 from wilson_ray.tracking.mlflow_tracker import TrackingInfo, TrialTracker
@@ -59,7 +59,7 @@ def trial(config: dict[str, Any], settings: SweepSettings) -> None:
     ``settings.trainer == 'direct'`` the step itself, in this process (see ``train_loop.run_direct``)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from wilson_ray.orchestration.train_loop import build_trainer, loop_config, run_direct
+    from wilson_ray.orchestration.train_loop import build_trainer, run_direct
 
     # A reused trial process (direct trials) waits this long for a stopped trial's thread to unwind before
     # starting the next trial in it (Tune's default, 2 s, turns a slow unwind into an errored trial). Read by
@@ -91,41 +91,36 @@ def trial(config: dict[str, Any], settings: SweepSettings) -> None:
         return
     if (record.outcome() or {}).get("outcome") not in (None, "running"):
         record.set_outcome("running")  # a resumed errored trial: its MLflow run is RUNNING again
+    cfg = config_from_dict(cfg_dict, source=f"sweep {settings.name}, trial {trial_id}")  # the one resolution
     init = settings.init_checkpoint
     if init is None and settings.step > 0:
         # The swept keys change the earlier steps (e.g. step >= 2): train/read them in the cache (file lock:
         # concurrent trials with the same key train it once).
         from wilson_ray.cache import previous_step_checkpoint
 
-        init = previous_step_checkpoint(trial_config(settings, values), settings.step, settings.cache_dir)
+        init = str(previous_step_checkpoint(cfg, settings.step, settings.cache_dir))
+    plan = TrialPlan(
+        trial_id=trial_id,
+        step=settings.step,
+        config=cfg,
+        trial_dir=str(record.dir),
+        init_checkpoint=init,
+        tracking=settings.tracking,
+        cpus=settings.cpus_per_worker,
+        worker_logs=settings.worker_logs,
+    )
     try:
         if settings.trainer == "direct":
-            run_direct(
-                loop_config(
-                    cfg_dict=cfg_dict,
-                    step=settings.step,
-                    trial_id=trial_id,
-                    trial_dir=record.dir,
-                    init_checkpoint=init,
-                    tracking=settings.tracking,
-                    cpus=settings.cpus_per_worker,
-                )
-            )
+            run_direct(plan)
         else:
             build_trainer(
-                cfg_dict=cfg_dict,
-                step=settings.step,
-                trial_id=trial_id,
-                trial_dir=record.dir,
+                plan,
                 storage_path=Path(settings.sweep_dir) / "train",
-                init_checkpoint=init,
                 workers=settings.workers,
                 cpus_per_worker=settings.cpus_per_worker,
                 gpus_per_worker=settings.gpus_per_worker,
                 max_failures=settings.max_failures,
-                tracking=settings.tracking,
                 callbacks=[TuneReportCallback()],
-                worker_logs=settings.worker_logs,
             ).fit()
     except Exception:  # Train's errors wrap the worker's; Tune retries or reports it (TrialOutcomeCallback)
         reason = record.failure()

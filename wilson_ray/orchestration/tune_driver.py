@@ -37,7 +37,7 @@ from wilson_ray.orchestration.console import ConsoleReporter, asha_rungs, fmt_pa
 from wilson_ray.orchestration.kill_points import kill_point
 from wilson_ray.orchestration.outcome import TrialOutcomeCallback
 from wilson_ray.orchestration.search_space import SearchSpace
-from wilson_ray.orchestration.settings import SweepSettings
+from wilson_ray.orchestration.settings import SweepSettings, TrialPlan
 from wilson_ray.orchestration.trial import trial
 from wilson_ray.sweep_record import TrialRecord, record_id
 from wilson_ray.tracking.mlflow_tracker import (
@@ -314,18 +314,21 @@ def _ddp_step_trainer(settings: SweepSettings, workers: int, log):
         )
         t0 = time.time()
         cfg.run.val_interval = 5  # the sweep's every-epoch evaluation is for ASHA; evaluation changes no weight
-        build_trainer(
-            cfg_dict=cfg.to_dict(),
-            step=step,
+        plan = TrialPlan(
             trial_id=f"step{step}",
-            trial_dir=folder,
+            step=step,
+            config=cfg,
+            trial_dir=str(folder),
+            init_checkpoint=str(init) if init else None,
+            worker_logs=settings.worker_logs,
+        )
+        build_trainer(
+            plan,
             storage_path=Path(settings.sweep_dir) / "train",
-            init_checkpoint=init,
             workers=workers,
             cpus_per_worker=1.0,
             gpus_per_worker=settings.gpus_per_worker,
             max_failures=1,
-            worker_logs=settings.worker_logs,
         ).fit()
         epochs = TrialRecord(folder).epochs()
         last = epochs[max(epochs)] if epochs else {}
