@@ -165,3 +165,18 @@ def test_multi_objective_report_draws_the_pareto_front(tmp_path):
     assert "Pareto front of old vs new mIoU" in html_path.read_text()
     # the parallel coordinates of a two-objective study are coloured by the harmonic mean of its two values
     assert (html_path.parent / "parallel_coordinate.png").stat().st_size > 5000
+
+
+def test_pareto_confirmation_takes_front_members_only(tmp_path):
+    storage, name = fake_sweep(tmp_path)
+    rows = R.trial_rows(storage, name)
+    # a completed trial with the second-best old mIoU that t1 (34 old, 26 new) dominates
+    rows.append({**rows[1], "trial": "t5", "params": {"incremental.lr": 0.03, "method.alpha": 0.9},
+                 "miou_old": 33.0, "miou_new": 10.0, "outcome": "completed"})  # fmt: skip
+    space = _space(tmp_path, top_k=2, seeds=2, include_default=False)
+    space.objective.metric = "miou_old"
+    by_old = [p["source_trial"] for p in C.plan_points(rows, space, 42)][::2]
+    assert by_old == ["t5", "t4"]  # top-k by old mIoU (the default t1 is left out of the candidates)
+    space.confirm.pareto = True
+    front = [p["source_trial"] for p in C.plan_points(rows, space, 42)][::2]
+    assert front == ["t4", "t2"]  # t5 is dominated: the front's members, best old mIoU first
