@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import time
 from pathlib import Path
 
-from wilson_ray.atomic import atomic_write_text
 from wilson_ray.config import Config, parse_overrides, resolve_config
 from wilson_ray.errors import UserError
 
@@ -133,52 +130,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    """Every method of the paper's table on one task, sharing one cached step 0."""
-    from wilson_ray.cache import cached_step
-    from wilson_ray.methods import get_method
-    from wilson_ray.runner import format_table, mask_quality, run_task
+    """Every method of the paper's table on one task, each row once per seed, one shared cached step 0 per seed."""
     from wilson_ray.step_setup import check_step_inputs, task_of
+    from wilson_ray.table import run_table, seed_list, write_table
 
     methods = args.methods.split(",") if args.methods else list(PAPER_TABLE_METHODS)
     out = Path(args.out)
     configs = {method: config_from_args(args, method=method) for method in methods}  # bad name: error first
+    seeds = seed_list(next(iter(configs.values())).run.seed, args.seeds)
     for cfg in configs.values():  # every row's inputs (saliency maps) checked before anything trains
         view = task_of(cfg)
         for step in range(1, view.train.num_steps):
             check_step_inputs(cfg, step)
-    shared = next((c for c in configs.values() if get_method(c.method.name).step0 is not None), None)
-    if shared is not None:  # the shared step 0 first, so no row's time includes it
-        cached_step(shared, 0, _cache_dir(args))
-    table = []
-    for method, cfg in configs.items():
-        start = time.perf_counter()
-        rows = run_task(cfg, out / method, _cache_dir(args))
-        seconds = time.perf_counter() - start
-        print(format_table(cfg, rows), flush=True)
-        first, last = rows[0].metrics, rows[-1].metrics
-        table.append(
-            {
-                "method": method,
-                "step0_old": first.get("miou_old"),
-                **{k: last.get(k) for k in ("miou_old", "miou_new", "miou_all", "miou_all_mib")},
-                "mask_miou": mask_quality(cfg, rows[-1].step),
-                "seconds": round(seconds, 1),
-            }
-        )
-    fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}"  # noqa: E731
-    md = [
-        "| method | step-0 old | old | new | all | all (MiB) | mask mIoU | time (s) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    md += [
-        f"| {r['method']} | {fmt(r['step0_old'])} | {fmt(r['miou_old'])} | {fmt(r['miou_new'])} | "
-        f"{fmt(r['miou_all'])} | {fmt(r['miou_all_mib'])} | {fmt(r['mask_miou'])} | {r['seconds']:.0f} |"
-        for r in table
-    ]
-    atomic_write_text(out / "table.md", "\n".join(md) + "\n")
-    atomic_write_text(out / "table.json", json.dumps(table, indent=2, default=lambda v: None))
-    print("\n".join(md))
-    print(f"wrote {out / 'table.md'}")
+    print(
+        f"table: {len(configs)} rows x {len(seeds)} seed(s) (run.seed {', '.join(map(str, seeds))}) into {out}",
+        flush=True,
+    )
+    runs = run_table(configs, seeds, out, _cache_dir(args), log=lambda line: print(line, flush=True))
+    print(write_table(runs, seeds, out), end="")
+    print(f"wrote {out / 'table.md'} and {out / 'table.json'}")
     return 0
 
 
@@ -209,5 +179,14 @@ def register(sub) -> None:
     p.add_argument("--methods", help=f"comma-separated (default: {','.join(PAPER_TABLE_METHODS)})")
     p.add_argument("--replay-root", help="RECALL's replay folder: one sub-folder of images per old class name")
     p.add_argument("--out", required=True, help="folder for per-method results and table.md / table.json")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train every row with N seeds, run.seed, run.seed+1, ..., run.seed+N-1 (42, 43, ... by default), "
+        "each into OUT/<method>/seed<k>/, and report each column's mean ± sample std (default: 1, one run per row "
+        "in OUT/<method>/)",
+    )
     p.add_argument("--cache-dir", help="step cache (default: $WILSON_RAY_CACHE or ~/.cache/wilson-ray/steps)")
     p.set_defaults(func=cmd_table)

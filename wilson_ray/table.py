@@ -1,0 +1,191 @@
+"""``wilson-ray table``: every method of one task, each row once per training seed, sharing one cached step 0 per
+seed; ``table.md`` / ``table.json`` with the mean ± sample std of each column over the seeds (``wilson_ray.stats``).
+
+One seed (the default) writes the single-run table of earlier versions: rows in ``<out>/<method>/`` and one number
+per cell. With N > 1 seeds (``run.seed`` s, s+1, ..., s+N-1) each row runs into ``<out>/<method>/seed<k>/``.
+A row whose ``results.json`` was written under the same resolved config is reused, not trained again, so an
+interrupted table resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from wilson_ray.atomic import atomic_write_text
+from wilson_ray.cache import cached_step
+from wilson_ray.config import Config, dump_config
+from wilson_ray.errors import UserError
+from wilson_ray.methods import get_method
+from wilson_ray.runner import mask_quality, run_task
+from wilson_ray.stats import CONFIDENCE, format_summary, summarize
+from wilson_ray.step_key import step_key
+
+# (key in table.json, header in table.md, digits); a row's numbers are those after the task's last step, except
+# the step-0 old-class mIoU and the pseudo-masks' quality.
+COLUMNS = (
+    ("step0_old", "step-0 old", 1),
+    ("miou_old", "old", 1),
+    ("miou_new", "new", 1),
+    ("miou_all", "all", 1),
+    ("miou_all_mib", "all (MiB)", 1),
+    ("mask_miou", "mask mIoU", 1),
+    ("seconds", "time (s)", 0),
+)
+ROW_FILE = "row.json"  # beside results.json: the row's table numbers, with its training time
+
+
+def seed_list(base: int, count: int) -> list[int]:
+    """The ``count`` training seeds base, base+1, ..., base+count-1 (base: the config's ``run.seed``)."""
+    if count < 1:
+        raise UserError(f"--seeds: got {count}, expected the number of seeds, an integer >= 1")
+    return list(range(base, base + count))
+
+
+def with_seed(cfg: Config, seed: int) -> Config:
+    """``cfg`` with ``run.seed`` set to ``seed`` (a different step-0 cache entry, mask folder and initialisation)."""
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=seed))
+
+
+def run_dir(out: Path, method: str, seed: int, n_seeds: int) -> Path:
+    """Where one (row, seed) run lives: ``<out>/<method>`` for a single-seed table, else ``.../seed<k>``."""
+    return out / method if n_seeds == 1 else out / method / f"seed{seed}"
+
+
+@dataclass
+class RowRun:
+    """One row trained (or reused) with one seed: its table numbers and where they came from."""
+
+    method: str
+    seed: int
+    values: dict[str, float | None]
+    reused: bool
+    folder: Path
+
+
+def _clean(v):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def row_values(cfg: Config, results: dict, seconds: float | None) -> dict[str, float | None]:
+    """The table numbers of one run from its ``results.json`` content."""
+    first, last = results["steps"][0], results["steps"][-1]
+    return {
+        "step0_old": _clean(first.get("miou_old")),
+        **{k: _clean(last.get(k)) for k in ("miou_old", "miou_new", "miou_all", "miou_all_mib")},
+        "mask_miou": _clean(mask_quality(cfg, last["step"])),
+        "seconds": None if seconds is None else round(seconds, 1),
+    }
+
+
+def reusable(cfg: Config, folder: Path) -> bool:
+    """True when ``folder`` holds a finished run of exactly ``cfg``: its ``results.json`` and the same resolved
+    ``config.yaml`` (written after results.json, so a run killed in between is trained again)."""
+    saved = folder / "config.yaml"
+    return (folder / "results.json").is_file() and saved.is_file() and saved.read_text() == dump_config(cfg)
+
+
+def run_row(cfg: Config, folder: Path, cache_dir: Path) -> RowRun:
+    """Train one row with one seed into ``folder`` (step 0 from the cache), or reuse the finished run there."""
+    if reusable(cfg, folder):
+        results = json.loads((folder / "results.json").read_text())
+        row_file = folder / ROW_FILE
+        seconds = json.loads(row_file.read_text()).get("seconds") if row_file.is_file() else None
+        return RowRun(cfg.method.name, cfg.run.seed, row_values(cfg, results, seconds), True, folder)
+    start = time.perf_counter()
+    run_task(cfg, folder, cache_dir)
+    seconds = time.perf_counter() - start
+    results = json.loads((folder / "results.json").read_text())
+    values = row_values(cfg, results, seconds)
+    atomic_write_text(folder / ROW_FILE, json.dumps({"seed": cfg.run.seed, **values}, indent=2))
+    return RowRun(cfg.method.name, cfg.run.seed, values, False, folder)
+
+
+def _fmt(v: float | None, digits: int) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def describe(run: RowRun) -> str:
+    """The console line of one finished (row, seed)."""
+    v = run.values
+    cols = ", ".join(f"{head} {_fmt(v[key], digits)}" for key, head, digits in COLUMNS[:4])
+    what = f"reused {run.folder / 'results.json'}" if run.reused else f"trained in {_fmt(v['seconds'], 0)} s"
+    return f"seed {run.seed}  {run.method:<10} {cols}  ({what})"
+
+
+def run_table(
+    configs: dict[str, Config],
+    seeds: Sequence[int],
+    out: Path,
+    cache_dir: Path,
+    log: Callable[[str], None] = print,
+) -> list[RowRun]:
+    """Every row of ``configs`` once per seed, seed by seed: the step 0s a seed's rows need are trained (or read
+    from the cache) first, so that no row's time includes one, then each row is trained or reused."""
+    runs = []
+    for seed in seeds:
+        seeded = {m: with_seed(cfg, seed) for m, cfg in configs.items()}
+        folders = {m: run_dir(out, m, seed, len(seeds)) for m in seeded}
+        todo = [c for m, c in seeded.items() if not reusable(c, folders[m])]
+        shared = {step_key(c, 0): c for c in todo if get_method(c.method.name).step0 is not None}
+        for cfg in shared.values():
+            cached_step(cfg, 0, cache_dir)
+        for method, cfg in seeded.items():
+            runs.append(run_row(cfg, folders[method], cache_dir))
+            log(describe(runs[-1]))
+    return runs
+
+
+def table_json(runs: Sequence[RowRun], seeds: Sequence[int]) -> list | dict:
+    """``table.json``: one seed, a list of rows of numbers (the single-run schema); several seeds, per row and
+    column the summary (n, mean, std, low, high) and the per-seed ``values``, with each seed's raw row."""
+    if len(seeds) == 1:
+        return [{"method": r.method, **r.values} for r in runs]
+    rows = []
+    for method in dict.fromkeys(r.method for r in runs):
+        mine = sorted((r for r in runs if r.method == method), key=lambda r: r.seed)
+        row: dict = {"method": method}
+        for key, _, _ in COLUMNS:
+            values = [r.values[key] for r in mine]
+            row[key] = {**summarize(values).as_dict(), "values": values}
+        row["runs"] = [{"seed": r.seed, **r.values} for r in mine]
+        rows.append(row)
+    return {
+        "seeds": list(seeds),
+        "statistics": f"mean and sample std (ddof=1) over the seeds; low/high: the {CONFIDENCE:.0%} Student-t "
+        "interval of the mean; values: one per seed, in the order of 'seeds' (null: no number)",
+        "rows": rows,
+    }
+
+
+def table_md(runs: Sequence[RowRun], seeds: Sequence[int]) -> str:
+    """``table.md``: one line per row; with several seeds each cell is mean ± sample std over the seeds."""
+    head = "| method | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    if len(seeds) == 1:
+        for r in runs:
+            lines.append(f"| {r.method} | " + " | ".join(_fmt(r.values[k], d) for k, _, d in COLUMNS) + " |")
+        return "\n".join(lines) + "\n"
+    intro = (
+        f"{len(seeds)} seeds (run.seed {', '.join(map(str, seeds))}): each cell is the mean ± the sample standard "
+        f"deviation (ddof=1) over the seeds; the {CONFIDENCE:.0%} Student-t interval of each mean and the "
+        "per-seed values are in table.json."
+    )
+    for method in dict.fromkeys(r.method for r in runs):
+        mine = [r for r in runs if r.method == method]
+        cells = [format_summary(summarize([r.values[k] for r in mine]), d) for k, _, d in COLUMNS]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return intro + "\n\n" + "\n".join(lines) + "\n"
+
+
+def write_table(runs: Sequence[RowRun], seeds: Sequence[int], out: Path) -> str:
+    """Write ``table.md`` and ``table.json`` under ``out`` (atomically); returns the markdown."""
+    md = table_md(runs, seeds)
+    atomic_write_text(out / "table.md", md)
+    atomic_write_text(out / "table.json", json.dumps(table_json(runs, seeds), indent=2))
+    return md
