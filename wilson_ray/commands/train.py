@@ -149,6 +149,9 @@ def cmd_table(args: argparse.Namespace) -> int:
     shared = next((c for c in configs.values() if get_method(c.method.name).step0 is not None), None)
     if shared is not None:  # the shared step 0 first, so no row's time includes it
         cached_step(shared, 0, _cache_dir(args))
+    # Further validation sets (coco-voc: VOC val as COCO ids, the paper's "VOC" column): their mIoU columns too.
+    extra = task_of(next(iter(configs.values()))).train.eval_data[1:]
+    extra_keys = [f"{src}/{k}" for src in extra for k in ("miou_old", "miou_new", "miou_all")]
     table = []
     for method, cfg in configs.items():
         start = time.perf_counter()
@@ -160,19 +163,23 @@ def cmd_table(args: argparse.Namespace) -> int:
             {
                 "method": method,
                 "step0_old": first.get("miou_old"),
-                **{k: last.get(k) for k in ("miou_old", "miou_new", "miou_all", "miou_all_mib")},
+                **{k: last.get(k) for k in ("miou_old", "miou_new", "miou_all", "miou_all_mib", *extra_keys)},
                 "mask_miou": mask_quality(cfg, rows[-1].step),
                 "seconds": round(seconds, 1),
             }
         )
     fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}"  # noqa: E731
     md = [
-        "| method | step-0 old | old | new | all | all (MiB) | mask mIoU | time (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | step-0 old | old | new | all | all (MiB) | "
+        + "".join(f"new on {src} | all on {src} | " for src in extra)
+        + "mask mIoU | time (s) |",
+        "|---|---|---|---|---|---|---|---|" + "---|---|" * len(extra),
     ]
     md += [
         f"| {r['method']} | {fmt(r['step0_old'])} | {fmt(r['miou_old'])} | {fmt(r['miou_new'])} | "
-        f"{fmt(r['miou_all'])} | {fmt(r['miou_all_mib'])} | {fmt(r['mask_miou'])} | {r['seconds']:.0f} |"
+        f"{fmt(r['miou_all'])} | {fmt(r['miou_all_mib'])} | "
+        + "".join(f"{fmt(r[f'{src}/miou_new'])} | {fmt(r[f'{src}/miou_all'])} | " for src in extra)
+        + f"{fmt(r['mask_miou'])} | {r['seconds']:.0f} |"
         for r in table
     ]
     atomic_write_text(out / "table.md", "\n".join(md) + "\n")
