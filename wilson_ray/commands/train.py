@@ -163,7 +163,9 @@ def cmd_table(args: argparse.Namespace) -> int:
             {
                 "method": method,
                 "step0_old": first.get("miou_old"),
-                **{k: last.get(k) for k in ("miou_old", "miou_new", "miou_all", "miou_all_mib", *extra_keys)},
+                **{k: last.get(k) for k in ("miou_old", "miou_new", "miou_all", "miou_all_mib")},
+                # NaN (e.g. no old class in VOC val) written as null
+                **{k: None if math.isnan(last.get(k, math.nan)) else last[k] for k in extra_keys},
                 "mask_miou": mask_quality(cfg, rows[-1].step),
                 "seconds": round(seconds, 1),
             }
