@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one-command demo: synthetic data -> step 0 (once, on a 2-worker Ray Train TorchTrainer, cached) -> an
 # Optuna + ASHA sweep of WILSON step 1 (8 single-worker trials, 2 at a time) -> MLflow + Optuna storage -> the
-# summary (best trial vs the paper's values and their seed spread), the HTML report and the commands that open
+# seed confirmation (the 2 best trials and the paper default again with 3 fresh seeds each: mean ± std, 95 %
+# intervals, Welch's t-test), the summary, the HTML report and the commands that open
 # the MLflow UI and optuna-dashboard.
 #
 #   scripts/demo.sh [extra `wilson-ray sweep` flags]

@@ -111,6 +111,11 @@ def results_dict(cfg: Config, rows: list[StepRow]) -> dict:
                 "miou_all": clean(r.metrics.get("miou_all")),
                 "miou_all_mib": clean(r.metrics.get("miou_all_mib")),
                 "per_class_iou": {k: clean(v) for k, v in r.per_class_iou.items()},
+                # the task's further validation sets (coco-voc: "voc-as-coco", VOC val as COCO ids), by source
+                "other_eval": {
+                    src: {k: clean(r.metrics.get(f"{src}/{k}")) for k in ("miou_old", "miou_new", "miou_all")}
+                    for src in get_task(cfg.data.task).eval_data[1:]
+                },
             }
             for r in rows
         ],

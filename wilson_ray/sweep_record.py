@@ -58,8 +58,16 @@ class TrialRecord:
 
     # -- writing ----------------------------------------------------------------------------------------------
     def write_trial(
-        self, trial_id: str, trial_name: str, params: dict[str, Any], config: dict[str, Any], step: int, sweep: str
+        self,
+        trial_id: str,
+        trial_name: str,
+        params: dict[str, Any],
+        config: dict[str, Any],
+        step: int,
+        sweep: str,
+        confirm: dict[str, Any] | None = None,
     ) -> None:
+        """``confirm``: a confirmation trial's group, seed and source trial (``orchestration.confirm``)."""
         old = _read_json(self.dir / "trial.json") or {}
         data = {
             "trial_id": trial_id,
@@ -72,6 +80,8 @@ class TrialRecord:
             "host": socket.gethostname(),
             "pid": os.getpid(),
         }
+        if confirm is not None:
+            data["confirm"] = confirm
         if old != json.loads(json.dumps(data, default=str)):
             atomic_write_text(self.dir / "trial.json", json.dumps(data, indent=1, default=str))
 

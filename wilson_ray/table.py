@@ -22,7 +22,7 @@ from wilson_ray.cache import cached_step
 from wilson_ray.config import Config, dump_config
 from wilson_ray.errors import UserError
 from wilson_ray.methods import get_method
-from wilson_ray.runner import mask_quality, run_task
+from wilson_ray.runner import format_table, mask_quality, run_task
 from wilson_ray.stats import CONFIDENCE, format_summary, summarize
 from wilson_ray.step_key import step_key
 
@@ -37,7 +37,23 @@ COLUMNS = (
     ("mask_miou", "mask mIoU", 1),
     ("seconds", "time (s)", 0),
 )
+EXTRA_KEYS = ("miou_old", "miou_new", "miou_all")  # per further validation set (coco-voc: VOC val as COCO ids)
 ROW_FILE = "row.json"  # beside results.json: the row's table numbers, with its training time
+
+
+def columns(extra_sources: Sequence[str] = ()) -> tuple[tuple[str, str, int], ...]:
+    """The table's columns: ``COLUMNS`` with, before the mask column, the old/new/all mIoU of every further
+    validation set of the task (``Task.eval_data[1:]``; coco-voc: ``voc-as-coco``, the paper's VOC columns)."""
+    i = [k for k, _, _ in COLUMNS].index("mask_miou")
+    extra = tuple((f"{src}/{k}", f"{k[5:]} on {src}", 1) for src in extra_sources for k in EXTRA_KEYS)
+    return COLUMNS[:i] + extra + COLUMNS[i:]
+
+
+def extra_sources(cfg: Config) -> tuple[str, ...]:
+    """The further validation sets a config's task is evaluated on (none for the VOC tasks)."""
+    from wilson_ray.protocol import get_task
+
+    return tuple(get_task(cfg.data.task).eval_data[1:])
 
 
 def seed_list(base: int, count: int) -> list[int]:
@@ -66,6 +82,7 @@ class RowRun:
     values: dict[str, float | None]
     reused: bool
     folder: Path
+    steps: str | None = None  # the per-step old/new/all table of a run trained now (``runner.format_table``)
     replaced: bool = False  # trained over a finished run of another config (e.g. another --set)
 
 
@@ -76,9 +93,11 @@ def _clean(v):
 def row_values(cfg: Config, results: dict, seconds: float | None) -> dict[str, float | None]:
     """The table numbers of one run from its ``results.json`` content."""
     first, last = results["steps"][0], results["steps"][-1]
+    other = last.get("other_eval") or {}
     return {
         "step0_old": _clean(first.get("miou_old")),
         **{k: _clean(last.get(k)) for k in ("miou_old", "miou_new", "miou_all", "miou_all_mib")},
+        **{f"{src}/{k}": _clean((other.get(src) or {}).get(k)) for src in extra_sources(cfg) for k in EXTRA_KEYS},
         "mask_miou": _clean(mask_quality(cfg, last["step"])),
         "seconds": None if seconds is None else round(seconds, 1),
     }
@@ -100,12 +119,12 @@ def run_row(cfg: Config, folder: Path, cache_dir: Path) -> RowRun:
         return RowRun(cfg.method.name, cfg.run.seed, row_values(cfg, results, seconds), True, folder)
     replaced = (folder / "results.json").is_file()
     start = time.perf_counter()
-    run_task(cfg, folder, cache_dir)
+    rows = run_task(cfg, folder, cache_dir)
     seconds = time.perf_counter() - start
     results = json.loads((folder / "results.json").read_text())
     values = row_values(cfg, results, seconds)
     atomic_write_text(folder / ROW_FILE, json.dumps({"seed": cfg.run.seed, **values}, indent=2))
-    return RowRun(cfg.method.name, cfg.run.seed, values, False, folder, replaced)
+    return RowRun(cfg.method.name, cfg.run.seed, values, False, folder, format_table(cfg, rows), replaced)
 
 
 def _fmt(v: float | None, digits: int) -> str:
@@ -141,8 +160,15 @@ def run_table(
             cached_step(cfg, 0, cache_dir)
         for method, cfg in seeded.items():
             runs.append(run_row(cfg, folders[method], cache_dir))
+            if runs[-1].steps:
+                log(runs[-1].steps)
             log(describe(runs[-1]))
     return runs
+
+
+def _columns_of(runs: Sequence[RowRun]) -> tuple[tuple[str, str, int], ...]:
+    """The columns of a table of ``runs``: the fixed ones and those of the further validation sets they have."""
+    return columns(tuple(dict.fromkeys(k.split("/")[0] for r in runs[:1] for k in r.values if "/" in k)))
 
 
 def table_json(runs: Sequence[RowRun], seeds: Sequence[int]) -> list | dict:
@@ -150,11 +176,12 @@ def table_json(runs: Sequence[RowRun], seeds: Sequence[int]) -> list | dict:
     column the summary (n, mean, std, low, high) and the per-seed ``values``, with each seed's raw row."""
     if len(seeds) == 1:
         return [{"method": r.method, **r.values} for r in runs]
+    cols = _columns_of(runs)
     rows = []
     for method in dict.fromkeys(r.method for r in runs):
         mine = sorted((r for r in runs if r.method == method), key=lambda r: r.seed)
         row: dict = {"method": method}
-        for key, _, _ in COLUMNS:
+        for key, _, _ in cols:
             values = [r.values[key] for r in mine]
             row[key] = {**summarize(values).as_dict(), "values": values}
         row["runs"] = [{"seed": r.seed, **r.values} for r in mine]
@@ -169,11 +196,12 @@ def table_json(runs: Sequence[RowRun], seeds: Sequence[int]) -> list | dict:
 
 def table_md(runs: Sequence[RowRun], seeds: Sequence[int]) -> str:
     """``table.md``: one line per row; with several seeds each cell is mean ± sample std over the seeds."""
-    head = "| method | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    cols = _columns_of(runs)
+    head = "| method | " + " | ".join(h for _, h, _ in cols) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 1)]
     if len(seeds) == 1:
         for r in runs:
-            lines.append(f"| {r.method} | " + " | ".join(_fmt(r.values[k], d) for k, _, d in COLUMNS) + " |")
+            lines.append(f"| {r.method} | " + " | ".join(_fmt(r.values[k], d) for k, _, d in cols) + " |")
         return "\n".join(lines) + "\n"
     intro = (
         f"{len(seeds)} seeds (run.seed {', '.join(map(str, seeds))}): each cell is the mean ± the sample standard "
@@ -182,7 +210,7 @@ def table_md(runs: Sequence[RowRun], seeds: Sequence[int]) -> str:
     )
     for method in dict.fromkeys(r.method for r in runs):
         mine = [r for r in runs if r.method == method]
-        cells = [format_summary(summarize([r.values[k] for r in mine]), d) for k, _, d in COLUMNS]
+        cells = [format_summary(summarize([r.values[k] for r in mine]), d) for k, _, d in cols]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return intro + "\n\n" + "\n".join(lines) + "\n"
 

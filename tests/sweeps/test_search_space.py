@@ -353,7 +353,7 @@ def test_grid_and_random_samplers_cover_the_space(tmp_path):
     import optuna
 
     from wilson_ray.orchestration.compat import WilsonOptunaSearch
-    from wilson_ray.orchestration.tune_driver import _sampler
+    from wilson_ray.orchestration.tune_driver import optuna_sampler
 
     data = yaml.safe_load(yaml.safe_dump(BASE))
     data["search"] = {"sampler": "grid", "grid_points": 3}
@@ -372,7 +372,7 @@ def test_grid_and_random_samplers_cover_the_space(tmp_path):
         metric="miou_all",
         mode="max",
         study_name="g",
-        sampler=_sampler(space, None),
+        sampler=optuna_sampler(space, None),
         storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'g.db'}"),
     )
     seen = set()
@@ -391,7 +391,7 @@ def test_grid_and_random_samplers_cover_the_space(tmp_path):
             metric="miou_all",
             mode="max",
             study_name=name,
-            sampler=_sampler(space, None),
+            sampler=optuna_sampler(space, None),
             storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'r.db'}"),
         )
         draws.append(flatten(r.suggest("t0")))

@@ -328,3 +328,51 @@ def test_concurrent_sweep_killed_resumes_with_one_of_each(synth, storage, tmp_pa
     assert again.returncode == 0, out[-6000:]
     assert "up to 2 at a time" in out and "resuming" in out
     check_one_of_each(storage, name, 3, out)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.faults
+@pytest.mark.timeout(1200)
+def test_sweep_killed_during_its_seed_confirmation_resumes_with_one_run_per_config_and_seed(synth, storage, tmp_path):
+    """The confirmation stage (issue 26): the driver is killed when a confirmation trial starts after another one
+    ended; the rerun keeps the search as it was and finishes the stage with exactly one trial, one record and one
+    MLflow run per (configuration, seed), and writes the verdict."""
+    from mlflow.tracking import MlflowClient
+
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.read_text() + "\nconfirm: {top_k: 1, seeds: 2}\n")
+    name = "kill-confirm"
+    cmd = [
+        sys.executable, "-m", "wilson_ray", "sweep", "--space", str(space), "--data-root", str(synth),
+        "--storage", str(storage), "--name", name, "--num-samples", "3", "--cpus-per-worker", "1", *TINY,
+    ]  # fmt: skip
+    again = run_killed_then_again(cmd, "confirm_trial_start", tmp_path / "killed")
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-6000:]
+    check_one_of_each(storage, name, 3, out)  # the search itself: untouched by the stage's kill
+    sweep = storage / name
+    stage = json.loads((sweep / "confirm.json").read_text())
+    groups = stage["groups"]
+    assert "default" in groups and set(groups) <= {"default", "top1"}
+    assert all(g["seeds"] == [43, 44] for g in groups.values()), groups  # run.seed 42 + 1, + 2
+    expected = sorted((g, s) for g in groups for s in (43, 44))
+    newest = max(glob.glob(str(sweep / "confirm" / "experiment_state-*.json")))
+    assert len(json.loads(Path(newest).read_text())["trial_data"]) == len(expected)
+    records = [json.loads(p.read_text()) for p in (sweep / "confirm" / "trials").glob("*/trial.json")]
+    assert sorted((r["confirm"]["group"], r["confirm"]["seed"]) for r in records) == expected
+    assert all(r["config"]["run"]["seed"] == r["confirm"]["seed"] for r in records)
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    runs = [r for r in client.search_runs([exp.experiment_id], max_results=1000)]
+    confirm_runs = [r for r in runs if r.data.tags.get("wilson_ray.role") == "confirm"]
+    assert (
+        sorted((r.data.tags["wilson_ray.confirm_group"], int(r.data.tags["wilson_ray.seed"])) for r in confirm_runs)
+        == expected
+    )
+    assert all(r.info.status == "FINISHED" for r in confirm_runs)
+    parent = next(r for r in runs if r.data.tags.get("wilson_ray.role") == "sweep")
+    assert parent.data.metrics["confirm/default/miou_all_mean"] == pytest.approx(groups["default"]["miou_all"]["mean"])
+    if "top1" in groups:
+        assert "wilson_ray.verdict" in parent.data.tags and "Welch p" in stage["verdict"]
+    assert "seed confirmation" in out and "resuming it" in out

@@ -1,7 +1,7 @@
 """``wilson-ray data``: generate the synthetic dataset, validate a layout, show a task's image selection,
 convert COCO-Stuff labels.
 
-    wilson-ray data synth --out DIR [--seed S] [--train N] [--val M] [--size PX] [--force]
+    wilson-ray data synth --out DIR [--layout voc|coco] [--seed S] [--train N] [--val M] [--size PX] [--force]
     wilson-ray data check --root DIR [--dataset auto|voc|coco] [--quick] [--json]
     wilson-ray data splits --root DIR --task T [--overlap] [--json]
     wilson-ray data prepare-coco --stuffthingmaps DIR --out DIR
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from wilson_ray import protocol
-from wilson_ray.data import coco, synthetic, voc
+from wilson_ray.data import coco, synthetic, synthetic_coco, voc
 from wilson_ray.errors import UserError
 
 
@@ -25,8 +25,15 @@ def register(subparsers) -> None:
     data = subparsers.add_parser("data", help="datasets: synthetic generation, validation, task splits")
     sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
 
-    p = sub.add_parser("synth", help="write a synthetic dataset in the VOC layout")
+    p = sub.add_parser("synth", help="write a synthetic dataset in the VOC (default) or COCO layout")
     p.add_argument("--out", required=True, type=Path, help="folder to create")
+    p.add_argument(
+        "--layout",
+        choices=("voc", "coco"),
+        default="voc",
+        help="voc: the 20 VOC classes in the VOC layout; coco: 20 VOC + 20 non-VOC COCO classes in the COCO layout, "
+        "for coco-voc with a VOC-layout set as data.voc_root (docs/data.md §4; default %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=synthetic.DEFAULT_SEED, help="random seed (default %(default)s)")
     p.add_argument("--train", type=int, default=synthetic.DEFAULT_TRAIN, help="training images (default %(default)s)")
     p.add_argument("--val", type=int, default=synthetic.DEFAULT_VAL, help="validation images (default %(default)s)")
@@ -34,8 +41,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--replay",
         type=int,
-        default=synthetic.DEFAULT_REPLAY,
-        help="unlabelled replay images per class in replay/<class>/ for RECALL (default %(default)s)",
+        help=f"unlabelled replay images per class in replay/<class>/ for RECALL (voc layout only; default "
+        f"{synthetic.DEFAULT_REPLAY})",
     )
     p.add_argument("--force", action="store_true", help="replace an existing, different dataset at --out")
     p.set_defaults(func=cmd_synth)
@@ -91,9 +98,10 @@ def register(subparsers) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    result = synthetic.generate(
-        args.out, args.seed, args.train, args.val, args.size, force=args.force, replay=args.replay
-    )
+    if args.layout == "coco":
+        return synth_coco(args)
+    replay = synthetic.DEFAULT_REPLAY if args.replay is None else args.replay
+    result = synthetic.generate(args.out, args.seed, args.train, args.val, args.size, force=args.force, replay=replay)
     p = result.params
     verb = f"wrote in {result.seconds:.1f}s" if result.generated else "already present, kept"
     print(
@@ -103,6 +111,33 @@ def cmd_synth(args: argparse.Namespace) -> int:
     print("images per class (train / val):")
     for k, (tr, va) in enumerate(zip(result.train_class_counts, result.val_class_counts), 1):
         print(f"  {k:2d} {protocol.VOC_CLASSES[k]:<12} {tr:6d} {va:6d}")
+    return 0
+
+
+def synth_coco(args: argparse.Namespace) -> int:
+    """``data synth --layout coco``: the COCO-layout set and its per-class image counts, by coco-voc step."""
+    if args.replay is not None:
+        raise UserError(
+            f"--replay: got {args.replay} with --layout coco; expected no --replay (the COCO layout has no replay "
+            "folder; RECALL reads one of old-class images)"
+        )
+    result = synthetic_coco.generate(args.out, args.seed, args.train, args.val, args.size, force=args.force)
+    p = result.params
+    verb = f"wrote in {result.seconds:.1f}s" if result.generated else "already present, kept"
+    print(
+        f"synthetic COCO-layout dataset {verb}: {result.root} "
+        f"(seed {p.seed}, {p.train} train / {p.val} val, {p.size}px)"
+    )
+    print("images per class (train / val), by COCO id; coco-voc learns the non-VOC ones at step 0, VOC's at step 1:")
+    voc_of = {c: v for v, c in enumerate(protocol.VOC_TO_COCO) if v}
+    for coco_id in sorted(synthetic_coco.CLASS_IDS):
+        tr, va = result.train_class_counts[coco_id - 1], result.val_class_counts[coco_id - 1]
+        role = f"step 1 (VOC {protocol.VOC_CLASSES[voc_of[coco_id]]})" if coco_id in voc_of else "step 0"
+        print(f"  {coco_id:2d} {protocol.COCO_CLASSES[coco_id]:<14} {tr:6d} {va:6d}   {role}")
+    print(
+        "step 1 and the VOC evaluation read a VOC-layout set (data.voc_root): wilson-ray data synth --out "
+        "data/synthetic, the demo-coco-voc preset's"
+    )
     return 0
 
 

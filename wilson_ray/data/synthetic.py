@@ -78,20 +78,22 @@ class ClassStyle:
     hue: float
 
 
-def _class_styles() -> tuple[ClassStyle, ...]:
-    """Fixed (seed-independent) styles of VOC ids 1..20.
+def class_styles(n: int) -> tuple[ClassStyle, ...]:
+    """Fixed (seed-independent) styles of ``n`` classes; the first 20 are those of VOC ids 1..20.
 
-    Class i (0-based) gets shape i mod 8 and texture i mod 5: the 20 pairs are distinct (lcm(8, 5) = 40), each shape
-    is shared by 2-3 classes and each texture by 4. Hues step by the golden ratio so neighbours differ but some
-    classes end up with close hues.
+    Class i (0-based) gets shape i mod 8 and texture i mod 5: up to 40 classes the pairs are distinct
+    (lcm(8, 5) = 40), each shape is shared by 2-3 of VOC's classes and each texture by 4. Hues step by the golden
+    ratio so neighbours differ but some classes end up with close hues.
     """
     return tuple(
         ClassStyle(SHAPES[i % len(SHAPES)], TEXTURES[i % len(TEXTURES)], round((i * 0.6180339887) % 1.0, 4))
-        for i in range(NUM_FG)
+        for i in range(n)
     )
 
 
-CLASS_STYLES = _class_styles()
+CLASS_STYLES = class_styles(NUM_FG)
+# Mask value -> style of the VOC layout (the COCO layout maps COCO ids to styles, synthetic_coco.py).
+VOC_STYLES: dict[int, ClassStyle] = {k: CLASS_STYLES[k - 1] for k in range(1, NUM_FG + 1)}
 
 
 # VOC colour map (the standard bit-interleaved palette), so the PNGs look like VOC's.
@@ -122,15 +124,16 @@ class SynthParams:
     size: int = DEFAULT_SIZE
     replay: int = DEFAULT_REPLAY
 
-    def check(self) -> "SynthParams":
+    def check(self, num_classes: int = NUM_FG) -> "SynthParams":
+        """``self`` if every argument is valid for a dataset of ``num_classes`` classes, else a UserError."""
         if not isinstance(self.replay, int) or self.replay < 0:
             raise UserError(f"--replay: got {self.replay!r}, expected an integer >= 0")
-        min_images = -(-NUM_FG // MAX_OBJECTS)  # every class must fit in each split
+        min_images = -(-num_classes // MAX_OBJECTS)  # every class must fit in each split
         for name in ("train", "val"):
             n = getattr(self, name)
             if not isinstance(n, int) or n < min_images:
                 raise UserError(
-                    f"--{name}: got {n!r}, expected an integer >= {min_images} so that all {NUM_FG} classes "
+                    f"--{name}: got {n!r}, expected an integer >= {min_images} so that all {num_classes} classes "
                     f"(at most {MAX_OBJECTS} per image) can appear"
                 )
         if not isinstance(self.size, int) or self.size < MIN_SIZE:
@@ -148,28 +151,35 @@ class SceneModel:
     partners: np.ndarray  # int [20, P]: VOC ids that tend to appear with VOC id k+1
 
     @classmethod
-    def from_seed(cls, seed: int) -> "SceneModel":
-        rng = np.random.default_rng([seed, 0x5CE7E])
+    def from_seed(cls, seed: int, num_classes: int = NUM_FG, stream: tuple[int, ...] = ()) -> "SceneModel":
+        """The model of classes 1..``num_classes``; ``stream`` salts the random draws (another layout)."""
+        rng = np.random.default_rng([seed, 0x5CE7E, *stream])
         # Log-normal weights: a few frequent classes and some rare ones, as in real data.
-        w = np.exp(rng.normal(0.0, 0.6, NUM_FG))
+        w = np.exp(rng.normal(0.0, 0.6, num_classes))
         partners = np.stack(
             [
-                rng.choice(np.delete(np.arange(1, NUM_FG + 1), k), _PARTNERS_PER_CLASS, replace=False)
-                for k in range(NUM_FG)
+                rng.choice(np.delete(np.arange(1, num_classes + 1), k), _PARTNERS_PER_CLASS, replace=False)
+                for k in range(num_classes)
             ]
         )
         return cls(w / w.sum(), partners)
 
+    @property
+    def num_classes(self) -> int:
+        return len(self.weights)
+
     def sample_classes(self, rng: np.random.Generator) -> list[int]:
-        """VOC ids of one scene's objects (1..4, repeats allowed), following weights and co-occurrence."""
+        """Class numbers (1..K; VOC ids in the VOC layout) of one scene's objects (1..4, repeats allowed),
+        following weights and co-occurrence."""
         n = int(rng.choice(len(_N_OBJECTS_P), p=_N_OBJECTS_P)) + 1
-        classes = [int(rng.choice(NUM_FG, p=self.weights)) + 1]
+        k = self.num_classes
+        classes = [int(rng.choice(k, p=self.weights)) + 1]
         while len(classes) < n:
             if rng.random() < _PARTNER_P:
                 anchor = classes[int(rng.integers(len(classes)))]
                 classes.append(int(rng.choice(self.partners[anchor - 1])))
             else:
-                classes.append(int(rng.choice(NUM_FG, p=self.weights)) + 1)
+                classes.append(int(rng.choice(k, p=self.weights)) + 1)
         return classes
 
 
@@ -264,16 +274,16 @@ def _draw_object(
     inst: np.ndarray,
     index: int,
     cls: int,
+    style: ClassStyle,
     yy: np.ndarray,
     xx: np.ndarray,
 ) -> None:
-    """Draw instance ``index`` of VOC id ``cls`` on top of ``img``/``label``/``inst`` (in place).
+    """Draw instance ``index`` of mask value ``cls`` in ``style`` on top of ``img``/``label``/``inst`` (in place).
 
     The pose is redrawn (up to ``_PLACEMENT_TRIES`` times) while it would hide more than ``_MAX_COVERED`` of an
     earlier object's visible pixels: occlusion stays partial, so a class present in the labels is visible.
     """
     s = yy.shape[0]
-    style = CLASS_STYLES[cls - 1]
     visible = np.bincount(inst[inst >= 0], minlength=index)  # pixels each earlier instance still shows
     for _ in range(_PLACEMENT_TRIES):
         r = rng.uniform(0.11, 0.25) * s
@@ -322,15 +332,17 @@ def render_scene(rng: np.random.Generator, classes: list[int], size: int) -> tup
 
 
 def render_scene_layers(
-    rng: np.random.Generator, classes: list[int], size: int
+    rng: np.random.Generator, classes: list[int], size: int, styles: dict[int, ClassStyle] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``render_scene`` plus the object label map uint8 [S, S] without the void band."""
+    """``render_scene`` plus the object label map uint8 [S, S] without the void band. ``classes`` are mask values,
+    drawn in ``styles[value]`` (default: VOC ids in VOC's styles)."""
+    styles = VOC_STYLES if styles is None else styles
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     img = _background(rng, yy, xx)
     label = np.zeros((size, size), dtype=np.uint8)
     inst = np.full((size, size), -1, dtype=np.int64)  # which object owns each pixel (-1: background)
     for index, cls in enumerate(classes):
-        _draw_object(rng, img, label, inst, index, cls, yy, xx)
+        _draw_object(rng, img, label, inst, index, cls, styles[cls], yy, xx)
     img = img * rng.uniform(0.85, 1.15) + rng.normal(0, 0.025, img.shape)  # exposure and sensor noise
     img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
     mask = label.copy()
@@ -373,16 +385,20 @@ def saliency_map(rng: np.random.Generator, label: np.ndarray) -> np.ndarray:
 # Planning and writing
 
 
-def plan_split(model: SceneModel, seed: int, split: str, n: int) -> list[tuple[list[int], int]]:
-    """Per image: (VOC ids in drawing order, number of trailing *forced* ids that must stay visible).
+def plan_split(
+    model: SceneModel, seed: int, split: str, n: int, stream: tuple[int, ...] = ()
+) -> list[tuple[list[int], int]]:
+    """Per image: (class numbers of ``model`` in drawing order, number of trailing *forced* ones that must stay
+    visible).
 
     Scenes follow ``model``; classes missing from the split are then added as the top-most object of images with
-    room (or replace a duplicate class), so every class appears in the split.
+    room (or replace a duplicate class), so every class appears in the split. ``stream`` salts the random draws.
     """
-    rng = np.random.default_rng([seed, _split_code(split), 0xC1A55])
+    rng = np.random.default_rng([seed, split_code(split), 0xC1A55, *stream])
     scenes = [model.sample_classes(rng) for _ in range(n)]
     forced = [[] for _ in range(n)]
-    for cls in range(1, NUM_FG + 1):
+    num_classes = model.num_classes
+    for cls in range(1, num_classes + 1):
         if any(cls in s for s in scenes):
             continue
         room = [i for i in range(n) if len(scenes[i]) + len(forced[i]) < MAX_OBJECTS]
@@ -390,14 +406,15 @@ def plan_split(model: SceneModel, seed: int, split: str, n: int) -> list[tuple[l
             forced[room[int(rng.integers(len(room)))]].append(cls)
             continue
         # Every image is full: replace an object whose class also occurs in another slot of the split.
-        counts = np.bincount([c for s in scenes for c in s] + [c for f in forced for c in f], minlength=NUM_FG + 1)
+        counts = np.bincount([c for s in scenes for c in s] + [c for f in forced for c in f], minlength=num_classes + 1)
         i, j = next((i, j) for i in rng.permutation(n) for j, c in enumerate(scenes[i]) if counts[c] > 1)
         scenes[i].pop(j)
         forced[i].append(cls)
     return [(scenes[i] + forced[i], len(forced[i])) for i in range(n)]
 
 
-def _split_code(split: str) -> int:
+def split_code(split: str) -> int:
+    """The number of ``split`` in the random streams' seeds."""
     return {"train": 1, "val": 2}[split]
 
 
@@ -405,14 +422,22 @@ def image_id(split: str, i: int) -> str:
     return f"synth_{split}_{i:06d}"
 
 
-def _render_with_coverage(
-    seed: int, split: str, i: int, classes: list[int], n_forced: int, size: int
+def render_with_coverage(
+    seed: int,
+    split: str,
+    i: int,
+    classes: list[int],
+    n_forced: int,
+    size: int,
+    styles: dict[int, ClassStyle] | None = None,
+    stream: tuple[int, ...] = (),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Render image ``i``, redrawing (new attempt seed) until its forced classes keep enough visible pixels."""
+    """Render image ``i`` (``classes``: mask values, see ``render_scene_layers``), redrawing (new attempt seed)
+    until its forced classes keep enough visible pixels; ``stream`` salts the random draws."""
     forced = classes[len(classes) - n_forced :]
     for attempt in range(_MAX_ATTEMPTS):
-        rng = np.random.default_rng([seed, _split_code(split), i, attempt])
-        img, mask, label = render_scene_layers(rng, classes, size)
+        rng = np.random.default_rng([seed, split_code(split), i, attempt, *stream])
+        img, mask, label = render_scene_layers(rng, classes, size, styles)
         counts = np.bincount(mask.ravel(), minlength=256)
         if all(counts[c] >= _MIN_FORCED_PIXELS for c in forced):
             return img, mask, label
@@ -424,10 +449,10 @@ def _write_split(folder: Path, model: SceneModel, params: SynthParams, split: st
     n = getattr(params, split)
     lines, presence = [], np.zeros((n, NUM_FG), dtype=np.float64)
     for i, (classes, n_forced) in enumerate(plan_split(model, params.seed, split, n)):
-        img, mask, label = _render_with_coverage(params.seed, split, i, classes, n_forced, params.size)
+        img, mask, label = render_with_coverage(params.seed, split, i, classes, n_forced, params.size)
         name = image_id(split, i)
         # Its own random stream: the images and masks stay those of a dataset without saliency maps.
-        sal = saliency_map(np.random.default_rng([params.seed, _split_code(split), i, 0x5A1]), label)
+        sal = saliency_map(np.random.default_rng([params.seed, split_code(split), i, 0x5A1]), label)
         Image.fromarray(sal).save(folder / voc.SALIENCY_DIR / f"{name}.png", format="PNG")
         Image.fromarray(img).save(folder / voc.IMAGE_DIR / f"{name}.jpg", format="JPEG", quality=90)
         png = Image.fromarray(mask)
@@ -544,20 +569,12 @@ def generate(
     out = Path(out).expanduser()
     model = SceneModel.from_seed(seed)
     meta = _metadata(params, model)
-    if out.exists() and not force:
-        if not out.is_dir():
-            raise UserError(f"--out: {out} is a file; expected a folder to create")
-        existing = read_metadata(out)
-        if existing == meta:
-            presence = {s: voc.voc_manifest(out, s).presence().sum(0).tolist() for s in voc.SPLITS}
-            return SynthResult(out, params, False, 0.0, presence["train"], presence["val"])
-        if any(out.iterdir()):
-            what = "a synthetic dataset with other arguments" if existing else "other files"
-            raise UserError(f"--out: {out} already holds {what}; expected a new or empty folder (or pass --force)")
+    if already_generated(out, meta, force):
+        presence = {s: voc.voc_manifest(out, s).presence().sum(0).tolist() for s in voc.SPLITS}
+        return SynthResult(out, params, False, 0.0, presence["train"], presence["val"])
 
     start = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = make_staging(out)
     try:
         for folder in (voc.IMAGE_DIR, voc.MASK_DIR, voc.SALIENCY_DIR, "splits"):
             (tmp / folder).mkdir()
@@ -569,16 +586,39 @@ def generate(
             counts[split] = presence.sum(0).astype(int).tolist()
         _write_replay(tmp, params)
         atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=1) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
-        _swap_into_place(tmp, out)
+        swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return SynthResult(out, params, True, time.perf_counter() - start, counts["train"], counts["val"])
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
+def already_generated(out: Path, meta: dict, force: bool) -> bool:
+    """True if ``out`` holds a dataset generated with ``meta`` (keep it); False if ``out`` may be (re)written.
+
+    Any other non-empty ``out`` is a UserError unless ``force``."""
+    if not out.exists() or force:
+        return False
+    if not out.is_dir():
+        raise UserError(f"--out: {out} is a file; expected a folder to create")
+    existing = read_metadata(out)
+    if existing == meta:
+        return True
+    if any(out.iterdir()):
+        what = "a synthetic dataset with other arguments" if existing else "other files"
+        raise UserError(f"--out: {out} already holds {what}; expected a new or empty folder (or pass --force)")
+    return False
+
+
+def make_staging(out: Path) -> Path:
+    """A new temporary sibling folder of ``out`` to generate into (renamed onto ``out`` by ``swap_into_place``)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+
+
+def swap_into_place(tmp: Path, out: Path) -> None:
     """Rename the finished folder ``tmp`` onto ``out``; an existing ``out`` is moved aside first, then deleted."""
+    os.chmod(tmp, 0o755)  # mkdtemp creates 0700
     old = None
     if out.exists():
         if out.is_dir() and not any(out.iterdir()):

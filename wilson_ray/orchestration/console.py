@@ -63,7 +63,10 @@ def plan_line(
     storage: str,
     tracking_uri: str | None,
     reduction_factor: float = 2.0,
+    multi_objective: bool = False,
+    confirm: Any = None,
 ) -> str:
+    """The sweep's plan in three to five lines: trials, resources, objective, ASHA's rule, the confirmation stage."""
     how = (
         f"a {workers}-worker Ray Train TorchTrainer (DDP) each"
         if trainer == "torch"
@@ -80,8 +83,23 @@ def plan_line(
     )
     lines = [
         f"sweep {name}: {num_samples} trials of up to {epochs} epochs, {how}, up to {concurrency} at a time; "
-        f"objective {metric} (the scalar ASHA and Optuna's sampler use)",
+        + (
+            f"objective: Optuna's sampler on (miou_old, miou_new) jointly (multi-objective, a Pareto front); ASHA "
+            f"needs one number and stops on {metric}"
+            if multi_objective
+            else f"objective {metric} (the scalar ASHA and Optuna's sampler use)"
+        ),
         f"  {asha}",
+        *(
+            [
+                f"  then a seed confirmation: the {confirm.top_k} best "
+                + ("Pareto-front members" if confirm.pareto else "trials")
+                + (" and the paper default" if confirm.include_default else "")
+                + f" again with {confirm.seeds} new training seeds each, full length, no early stopping"
+            ]
+            if confirm is not None
+            else []
+        ),
         f"  results: {storage}" + (f"   MLflow: {tracking_uri}" if tracking_uri else ""),
     ]
     return "\n".join(lines)
@@ -176,8 +194,11 @@ class ConsoleReporter(tune.Callback):
         metric: str,
         write: Callable[[str], None] | None = None,
         trials_dir: str | Path | None = None,
+        values_of: Callable[[Any], dict[str, Any]] | None = None,
     ):
+        """``values_of(trial)``: what a trial's start line shows (default: its swept values)."""
         self.trials_dir = Path(trials_dir) if trials_dir is not None else None
+        self.values_of = values_of
         self.keys = list(keys)
         self.total, self.epochs, self.metric = total, epochs, metric
         self.eta = Eta(total, epochs, concurrency)
@@ -200,7 +221,7 @@ class ConsoleReporter(tune.Callback):
             return
         self.started[t] = len(self.started) + 1
         self.eta.start(t)
-        values = {k: trial.config.get(k) for k in self.keys}
+        values = self.values_of(trial) if self.values_of else {k: trial.config.get(k) for k in self.keys}
         self.write(started_line(self.started[t], self.total, t, values))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):

@@ -13,6 +13,7 @@ inherits the driver's environment, so trial processes see the same variables. Po
                     is not created yet
 ``next_trial_start`` a trial started after another one ended (completed or stopped by ASHA): its record exists,
                     it has not trained
+``confirm_trial_start`` the same for a trial of the seed confirmation stage (``confirm``)
 ``before_summary``  every trial finished (``Tuner.fit`` returned), the summary is not written
 """
 
@@ -24,7 +25,7 @@ from typing import Callable
 
 ENV_POINT = "WILSON_RAY_TEST_KILL_AT"
 ENV_MARKER = "WILSON_RAY_TEST_KILL_MARKER"
-POINTS = ("first_report", "mid_epoch", "trial_end", "next_trial_start", "before_summary")
+POINTS = ("first_report", "mid_epoch", "trial_end", "next_trial_start", "confirm_trial_start", "before_summary")
 
 
 def kill_point(name: str, when: Callable[[], bool] | None = None) -> None:

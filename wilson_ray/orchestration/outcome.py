@@ -6,7 +6,7 @@ from ray import tune
 
 from wilson_ray.orchestration.kill_points import kill_point
 from wilson_ray.orchestration.settings import SweepSettings
-from wilson_ray.orchestration.trial import sync_record, trial_config_dict
+from wilson_ray.orchestration.trial import sync_record, trial_config_dict, trial_values
 from wilson_ray.sweep_record import TrialRecord, explain_rung, record_id
 
 
@@ -101,9 +101,11 @@ class TrialOutcomeCallback(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         rec = self._record(trial)
         if rec.trial() is None:
-            values = {k: trial.config.get(k) for k in self.settings.space.keys}
+            values, confirm = trial_values(self.settings, trial.config)
             cfg = trial_config_dict(self.settings, values)
-            rec.write_trial(rec.dir.name, str(trial), values, cfg, self.settings.step, self.settings.name)
+            rec.write_trial(
+                rec.dir.name, str(trial), values, cfg, self.settings.step, self.settings.name, confirm=confirm
+            )
         reason = rec.failure()
         if reason is None:
             err = None

@@ -4,8 +4,8 @@ Reads the trial records and the Optuna study of ``<storage>/<name>`` (no Ray, no
 curves of old/new/all mIoU per trial with the ASHA stops, parallel coordinates of the swept values coloured by
 the objective and the parameter importances (both Optuna's own), the best objective so far against the
 trial-epochs spent, the best trial's per-class IoU (old and new classes apart) and its prediction overlays; with
-the trials table and the comparison of the best trial with the paper-default trial against the seed-to-seed
-spread of the default.
+the trials table, the seed confirmation (mean ± std, 95 % intervals and Welch's test of the best configurations
+against the default over fresh seeds) and, for a multi-objective sweep, the old/new Pareto front.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from wilson_ray.atomic import atomic_write_text
 from wilson_ray.errors import UserError
 from wilson_ray.orchestration import results as R
 from wilson_ray.orchestration.backends import check_optuna_storage, is_sqlite, redact, without_password
+from wilson_ray.orchestration.confirm import format_stored, read_stage
 from wilson_ray.sweep_record import rounded, short_names
 from wilson_ray.tracking import plots
 
@@ -39,8 +40,13 @@ def _optuna_figure(kind: str, study, path: Path, metric: str) -> Path | None:
         done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
         if len(done) < 2:
             return None
-        if kind == "param_importances":
-            ax = ovm.plot_param_importances(study, target_name=metric)
+        multi = len(study.directions) > 1
+        if kind == "pareto_front":
+            ax = ovm.plot_pareto_front(study, target_names=["old mIoU", "new mIoU"])
+        elif kind == "param_importances":
+            ax = ovm.plot_param_importances(
+                study, target=(lambda t: _hm(t.values)) if multi else None, target_name=metric
+            )
             if len(done) < MIN_TRIALS_FOR_IMPORTANCE:
                 ax.text(
                     0.98,
@@ -54,12 +60,40 @@ def _optuna_figure(kind: str, study, path: Path, metric: str) -> Path | None:
                     bbox={"facecolor": "white", "edgecolor": "darkred", "alpha": 0.9},
                 )
         else:
-            ax = ovm.plot_parallel_coordinate(study, target_name=metric)
+            ax = ovm.plot_parallel_coordinate(
+                study, target=(lambda t: _hm(t.values)) if multi else None, target_name=metric
+            )
             _visible_lines(ax)
         fig = ax.figure if hasattr(ax, "figure") else plt.gcf()
         fig.set_size_inches(10, 4.2)
         fig.tight_layout()
     return plots.save_figure(fig, path)
+
+
+def _hm(values: list[float]) -> float:
+    """The harmonic mean of a multi-objective trial's (old, new) mIoU: one number to colour its line by."""
+    a, b = values[0], values[1]
+    return 2 * a * b / (a + b) if a + b > 0 else 0.0
+
+
+def _stage_html(stage: dict[str, Any], fig: Path | None) -> str:
+    """The seed confirmation section: per configuration mean ± std and interval, the test and its verdict."""
+    metric = stage["metric"]
+    head = ["config", "trial", "seeds", f"{metric} mean ± std", "95 % interval", "old", "new", "p vs default"]
+    out = ["<h2>Seed confirmation</h2>", "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)]
+    for g, s in stage["groups"].items():
+        m = s[metric]
+        ci = f"[{m['low']:.2f}, {m['high']:.2f}]" if m.get("low") is not None else "-"
+        p = (s.get("vs_default") or {}).get("p")
+        cls = ' class="best"' if g == stage.get("best") else ""
+        cells = [g, s.get("source_trial") or "-", ", ".join(map(str, s["seeds"])), format_stored(m), ci]
+        cells += [format_stored(s["miou_old"]), format_stored(s["miou_new"]), "-" if p is None else f"{p:.3g}"]
+        out.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    out.append("</table>")
+    if stage.get("test"):
+        out.append(f"<p><small>{html.escape(stage['test'])}; seeds not used by the search.</small></p>")
+    out.append(_img(fig, "each seed's value, the mean and its 95 % Student-t interval per configuration"))
+    return "\n".join(out)
 
 
 def _visible_lines(ax) -> None:
@@ -136,96 +170,45 @@ def _epochs_with_time(rec) -> dict[int, dict]:
 
 
 def comparison(
-    rows: list[dict[str, Any]], metric: str, mode: str, defaults: dict[str, Any] | None, spread: dict[str, Any] | None
+    rows: list[dict[str, Any]],
+    metric: str,
+    mode: str,
+    defaults: dict[str, Any] | None,
+    stage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The best trial against the paper-default trial, and whether the margin exceeds the default's
-    seed-to-seed spread (max - min over seeds of ``spread['values']``, measured as ``spread['command']``)."""
+    """The best trial against the paper-default trial. With a seed confirmation stage (``confirm.summarize_stage``)
+    the verdict is its test over fresh seeds; without one, the single-seed margin and how to measure the spread."""
     best = R.best_row(rows, metric, mode)
     default = next((r for r in rows if defaults and _same(r["params"], defaults)), None)
     out: dict[str, Any] = {"best": best, "default": default, "metric": metric}
+    if stage and stage.get("verdict"):
+        out["text"] = stage["verdict"]
+        out["margin"] = (stage["groups"][stage["best"]].get("vs_default") or {}).get("diff")
+        return out
     if best is None or default is None or not isinstance(default.get(metric), (int, float)):
         out["text"] = "no paper-default trial with an evaluation to compare with"
         return out
-    margin = best[metric] - default[metric]
-    out["margin"] = margin
-    vals = [float(v) for v in (spread or {}).get("values") or []]
-    width = max(vals) - min(vals) if len(vals) >= 2 else None
-    out["spread"] = width
-    seeds = f"{len(vals)} seeds" if vals else ""
-    cut = default.get("outcome") == "stopped_early" and best.get("outcome") != "stopped_early"
-    if cut and best["trial"] != default["trial"]:
-        # The default's value is from the epoch ASHA stopped it at, the best's from the last epoch: comparing
-        # those would credit the sweep with the default's missing epochs. Its full-length seed runs are the
-        # honest reference, when measured.
-        stopped = (
-            f"the paper-default trial {default['trial']} was stopped by ASHA at epoch "
-            f"{default.get('epochs')} ({metric} {default[metric]:.2f} there)"
-        )
-        if not vals:
-            out.pop("margin")  # against the truncated value it would mislead
-            out["text"] = f"{stopped}; no full-length run of it to compare the best trial with"
-            return out
-        mean = sum(vals) / len(vals)
-        margin = out["margin"] = best[metric] - mean
-        verdict = (
-            (
-                "larger than"
-                if abs(margin) > width + 0.1
-                else "about equal to"
-                if abs(margin) >= width - 0.1
-                else "within"
-            )
-            if width is not None
-            else "against"
-        )
-        text = (
-            f"best trial {best['trial']} {metric} {best[metric]:.2f}; {stopped}, so it is compared with the "
-            f"default's full-length runs over {seeds} (mean {mean:.2f}: {', '.join(f'{v:.2f}' for v in vals)}): "
-            f"margin {margin:+.2f}, {verdict} their spread of {width:.2f}"
-            if width is not None
-            else f"best trial {best['trial']} {metric} {best[metric]:.2f}; {stopped}; its full-length run: "
-            f"{mean:.2f}, margin {margin:+.2f}"
-        )
-        if verdict not in ("larger than", "against"):
-            text += ": not clearly a real difference"
-        if spread and spread.get("command"):
-            out["spread_note"] = f"seed spread: {spread['command']}" + (
-                f"; {spread['measured']}" if spread.get("measured") else ""
-            )
-        out["text"] = text
-        return out
+    how = "one seed each, no seed spread measured: add 'confirm: {top_k: 2, seeds: 3}' to the search space to test it"
     if best["trial"] == default["trial"]:
-        text = (
+        out["text"] = (
             f"the paper-default trial is the best ({metric} {default[metric]:.2f}): on this data and budget the "
-            "sweep found nothing better than the paper's values"
+            f"sweep found nothing better than the paper's values ({how})"
         )
-        if width is not None:
-            text += f" (the default's seed-to-seed spread: {width:.2f} over {seeds})"
-    else:
-        text = (
-            f"best trial {best['trial']} {metric} {best[metric]:.2f} vs paper default {default[metric]:.2f}: "
-            f"margin {margin:+.2f}"
+        return out
+    if default.get("outcome") == "stopped_early" and best.get("outcome") != "stopped_early":
+        # its value is from the epoch ASHA stopped it at: a margin against it would credit the sweep with the
+        # default's missing epochs
+        out["text"] = (
+            f"best trial {best['trial']} {metric} {best[metric]:.2f}; the paper-default trial {default['trial']} "
+            f"was stopped by ASHA at epoch {default.get('epochs')} ({metric} {default[metric]:.2f} there), so "
+            f"there is no full-length run of it to compare with ({how})"
         )
-        if width is not None:
-            # equal to 0.1 is no evidence either way: the spread itself comes from a handful of seeds
-            verdict = (
-                "larger than"
-                if abs(margin) > width + 0.1
-                else "about equal to"
-                if abs(margin) >= width - 0.1
-                else "within"
-            )
-            text += (
-                f", {verdict} the default's seed-to-seed spread of {width:.2f} ({seeds}: "
-                f"{', '.join(f'{v:.2f}' for v in vals)})"
-            )
-            if verdict != "larger than":
-                text += ": not clearly a real difference"
-    if width is not None and spread and spread.get("command"):
-        out["spread_note"] = f"seed spread: {spread['command']}" + (
-            f"; {spread['measured']}" if spread.get("measured") else ""
-        )
-    out["text"] = text
+        return out
+    out["margin"] = best[metric] - default[metric]
+    out["text"] = (
+        f"best trial {best['trial']} {metric} {best[metric]:.2f} vs paper default {default[metric]:.2f}: margin "
+        f"{out['margin']:+.2f} ({how})"
+    )
     return out
 
 
@@ -355,7 +338,16 @@ def build_report(
                 if (src / sub / fname).is_file():
                     figs[key] = Path(shutil.copyfile(src / sub / fname, out / f"best_{fname}"))
                     break
-    cmp = comparison(rows, metric, mode, sweep.get("defaults"), sweep.get("seed_spread"))
+    stage = read_stage(folder)
+    if stage:
+        figs["confirm"] = plots.confirmation_png(stage, out / "confirm.png")
+    figs["pareto"] = None
+    if study is not None and sweep.get("multi_objective"):
+        try:
+            figs["pareto"] = _optuna_figure("pareto_front", study, out / "pareto_front.png", metric)
+        except Exception:  # noqa: BLE001
+            figs["pareto"] = None
+    cmp = comparison(rows, metric, mode, sweep.get("defaults"), stage)
     default_id = cmp["default"]["trial"] if cmp.get("default") else None
     n_done = sum(r["outcome"] == "completed" for r in rows)
     importance_note = (
@@ -373,7 +365,7 @@ def build_report(
         f"{sum(r['outcome'] == 'failed' for r in rows)} failed); objective <b>{html.escape(metric)}</b> ({mode}); "
         f"step {sweep.get('step')} of task {html.escape(str(task))}.</p>",
         f"<p class='verdict'>{html.escape(cmp['text'])}</p>",
-        f"<p><small>{html.escape(cmp.get('spread_note', ''))}</small></p>" if cmp.get("spread_note") else "",
+        _stage_html(stage, figs.get("confirm")) if stage else "",
         "<h2>Trials</h2>",
         _table(rows, keys, best, default_id),
         "<h2>Learning curves</h2>",
@@ -385,6 +377,9 @@ def build_report(
             f"parallel coordinates of the swept values, coloured by {metric} (completed trials; Optuna)",
         ),
         _img(figs["param_importances"], f"parameter importances for {metric} (Optuna, fANOVA){importance_note}"),
+        _img(figs["pareto"], "Pareto front of old vs new mIoU (Optuna; red: the non-dominated trials)")
+        if sweep.get("multi_objective")
+        else "",
         _img(figs["best_so_far"], "best final objective so far against trial-epochs spent (grey: every evaluation)"),
         f"<h2>Best trial {html.escape(str(best and best['trial']))}</h2>",
         _img(figs["best_iou"], "per-class IoU (old classes blue, new classes orange)"),

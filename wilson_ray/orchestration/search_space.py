@@ -21,6 +21,8 @@ Layout (see ``search_spaces/demo.yaml``)::
     resources: {workers_per_trial: 2, cpus_per_worker: 1, gpus_per_worker: 0, max_failures: 2,
                 trial_max_failures: 1, trainer: auto}   # trainer: auto | torch | direct
                                     # auto: a TorchTrainer when workers_per_trial > 1, else the trial's own process
+    confirm: {top_k: 2, seeds: 3, include_default: true, pareto: false}   # optional: the seed confirmation
+                                    # stage after the search (orchestration/confirm.py)
     parameters:
       method.alpha: {distribution: uniform, low: 0.0, high: 1.0}
       method.lambda_cls: {distribution: loguniform, low: 0.1, high: 10.0}
@@ -35,7 +37,9 @@ paper's defaults (the base config's values, or an explicit ``default:``) are the
 
 from __future__ import annotations
 
+import copy
 import difflib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,16 +126,16 @@ class Resources:
 
 
 @dataclass
-class SeedSpread:
-    """``seed_spread:`` the objective of the paper-default config over several training seeds, measured once
-    (``command`` says how), so the summary can say whether the best trial beats the default by more than
-    seed noise."""
+class Confirm:
+    """``confirm:`` after the search, re-run the ``top_k`` best trials' values and the paper-default point with
+    ``seeds`` fresh training seeds each (run.seed + 1 .. run.seed + seeds: the search's own seed is the one the
+    best trials were selected on), as ordinary Tune trials; the summary reports mean ± std and a 95 % interval
+    per configuration and Welch's t-test of the best against the default (``wilson_ray.stats``)."""
 
-    metric: str | None = None
-    seeds: list[int] | None = None
-    values: list[float] | None = None
-    command: str | None = None
-    measured: str | None = None  # when and where (CPU)
+    top_k: int = 2
+    seeds: int = 3
+    include_default: bool = True
+    pareto: bool = False  # multi-objective sweeps: confirm the members of the old/new Pareto front instead
 
 
 @dataclass
@@ -162,7 +166,7 @@ class SpaceFile:
     scheduler: Scheduler | None = field(default_factory=Scheduler)
     resources: Resources = field(default_factory=Resources)
     parameters: Any = None  # {dotted key: ParamSpec mapping or list}; checked below for its message
-    seed_spread: SeedSpread | None = None
+    confirm: Confirm | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -216,7 +220,11 @@ class SearchSpace:
     scheduler: Scheduler | None = field(default_factory=Scheduler)  # None: no early stopping
     resources: Resources = field(default_factory=Resources)
     params: list[Param] = field(default_factory=list)
-    seed_spread: SeedSpread | None = None
+    confirm: Confirm | None = None  # the seed confirmation stage after the search (None: none)
+    _resolved: dict[str, Config] = field(default_factory=dict, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:  # trials get the space without the driver's resolved configs
+        return {**self.__dict__, "_resolved": {}}
 
     # -- the sections' fields, read flat ----------------------------------------------------------------------
     metric = property(lambda self: self.objective.metric)
@@ -238,7 +246,15 @@ class SearchSpace:
     def resolve(self, values: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Config:
         """The full config of a trial: base + ``extra`` overrides (CLI) + swept ``values``."""
         overrides = {**self.overrides, **(extra or {}), **(values or {})}
-        return resolve_config(self.preset, self.config_file, self.method, overrides, source=f"search space {self.path}")
+        # The driver asks for the same few configs many times (the base, the corners checked at load, the
+        # probes of the previous step's cache key, the fingerprint): each distinct one is resolved once. A copy
+        # goes out because callers may adjust their config (Config is a plain dataclass).
+        key = json.dumps(overrides, sort_keys=True, default=str)
+        if key not in self._resolved:
+            self._resolved[key] = resolve_config(
+                self.preset, self.config_file, self.method, overrides, source=f"search space {self.path}"
+            )
+        return copy.deepcopy(self._resolved[key])
 
     def base_config(self, extra: dict[str, Any] | None = None) -> Config:
         """The config every trial starts from (no swept value applied)."""
@@ -421,6 +437,11 @@ def parse_space(data: Any, path: Path) -> SearchSpace:
         data = {
             k: ({} if v is None and k in ("base", "objective", "search", "resources") else v) for k, v in data.items()
         }
+    if isinstance(data, dict) and "seed_spread" in data:
+        raise UserError(
+            f"{src}: 'seed_spread' (hand-typed seed values) was removed, expected 'confirm: {{top_k: 2, seeds: 3}}' "
+            "so the sweep measures the seed spread itself"
+        )
     f: SpaceFile = from_dict(SpaceFile, data, src, "", FILE_STYLE)
     base = f.base
     if base.preset is not None and base.config is not None:
@@ -474,6 +495,11 @@ def parse_space(data: Any, path: Path) -> SearchSpace:
                 "a number > 1",
             ),
         ]
+    if f.confirm is not None:
+        checks += [
+            ("confirm.top_k", f.confirm.top_k, f.confirm.top_k >= 1, "a positive number"),
+            ("confirm.seeds", f.confirm.seeds, f.confirm.seeds >= 2, ">= 2 (a spread needs two seeds)"),
+        ]
     _ranges(src, checks)
     if not isinstance(f.parameters, dict) or not f.parameters:
         raise UserError(f"{src}: 'parameters' is {f.parameters!r}, expected a mapping of config key to distribution")
@@ -489,7 +515,7 @@ def parse_space(data: Any, path: Path) -> SearchSpace:
         search=f.search,
         scheduler=sched,
         resources=f.resources,
-        seed_spread=f.seed_spread,
+        confirm=f.confirm,
         params=[_parse_param(k, v, src) for k, v in f.parameters.items()],
     )
 

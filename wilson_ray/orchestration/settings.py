@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wilson_ray.config import Config
 from wilson_ray.orchestration.search_space import SearchSpace
 
 
@@ -35,3 +36,21 @@ class SweepSettings:
     def trials_dir(self) -> Path:
         """The folder of the trial records (``sweep_record``)."""
         return Path(self.sweep_dir) / "trials"
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """One trial's step, resolved once by the trial process and carried unchanged to the process(es) that train
+    it (``train_loop.run_direct`` or every Train worker): the validated ``Config`` with the swept values in it,
+    where the trial writes and what it starts from. Nothing downstream re-reads the search space or re-resolves
+    the config."""
+
+    trial_id: str
+    step: int
+    config: Config
+    trial_dir: str
+    init_checkpoint: str | None = None
+    tracking: dict[str, Any] | None = None  # TrackingInfo.to_dict(): rank 0 syncs the trial's MLflow run
+    cpus: float = 0.0  # direct trials: the torch threads of the trial's CPU reservation
+    use_gpu: bool = False
+    worker_logs: bool = False  # each process writes its output to the trial folder

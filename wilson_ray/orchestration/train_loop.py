@@ -19,6 +19,8 @@ group to every trial and a report round trip to every epoch, and buys nothing a 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import json
 import math
 import os
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from wilson_ray.orchestration.kill_points import kill_point
+from wilson_ray.orchestration.settings import TrialPlan
 
 STATE_META = "wilson_ray_state.json"
 MIOU_KEYS = ("miou_old", "miou_new", "miou_all", "miou_all_mib", "miou_hm", "iou_background")
@@ -222,51 +225,51 @@ def to_log_file(path: Path) -> None:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Entry point of every Train worker; ``config`` comes from ``build_trainer``'s ``train_loop_config``."""
+    """Entry point of every Train worker; ``config["plan"]`` is the trial's ``TrialPlan`` (``build_trainer``)."""
     import ray.train
 
-    if config.get("worker_logs"):
-        to_log_file(Path(config["trial_dir"]) / f"worker-{ray.train.get_context().get_world_rank()}.log")
+    plan: TrialPlan = config["plan"]
+    if plan.worker_logs:
+        to_log_file(Path(plan.trial_dir) / f"worker-{ray.train.get_context().get_world_rank()}.log")
     device = None
-    if config.get("use_gpu"):
+    if plan.use_gpu:
         import ray.train.torch
 
         device = str(ray.train.torch.get_device())
-    run_step(config, ray.train.get_context().get_world_rank(), ray.train.get_checkpoint(), _train_report, device)
+    run_step(plan, ray.train.get_context().get_world_rank(), ray.train.get_checkpoint(), _train_report, device)
 
 
-def run_direct(config: dict[str, Any]) -> None:
-    """One trial's step in the calling Tune function trainable's process (no TorchTrainer); same ``config``."""
+def run_direct(plan: TrialPlan) -> None:
+    """One trial's step in the calling Tune function trainable's process (no TorchTrainer)."""
     from ray import tune
 
-    cpus = int(config.get("cpus") or 0)
-    if cpus >= 1:
+    if plan.cpus >= 1:
         import torch
 
-        torch.set_num_threads(cpus)  # the trial's CPU reservation, as a Train worker would get it
-    run_step(config, 0, tune.get_checkpoint(), _tune_report, None)
+        torch.set_num_threads(int(plan.cpus))  # the trial's CPU reservation, as a Train worker would get it
+    run_step(plan, 0, tune.get_checkpoint(), _tune_report, None)
 
 
-def run_step(config: dict[str, Any], rank: int, checkpoint, report, device: str | None) -> None:
-    """Train ``config['step']`` with per-epoch ``report(metrics, checkpoint_dir)``, resuming from ``checkpoint``
+def run_step(plan: TrialPlan, rank: int, checkpoint, report, device: str | None) -> None:
+    """Train ``plan.step`` with per-epoch ``report(metrics, checkpoint_dir)``, resuming from ``checkpoint``
     (a Ray ``Checkpoint`` holding ``STATE_META``, or None); rank 0 keeps the trial record and MLflow in sync."""
-    from wilson_ray.config import config_from_dict
     from wilson_ray.sweep_record import TrialRecord
     from wilson_ray.tracking.mlflow_tracker import BackgroundSync, TrackingInfo, TrialTracker
 
-    record = TrialRecord(config["trial_dir"])
+    record = TrialRecord(plan.trial_dir)
     failed = record.failure()
     if failed is not None:
         # A deterministic failure (non-finite loss) of an earlier attempt: every rank returns at once; the trial
         # driver turns the marker into a failed trial instead of burning the retry budget.
         return
-    cfg = config_from_dict(config["cfg"], source=f"trial {config.get('trial_id', '')}")
-    step = int(config["step"])
-    if device is not None:
+    cfg = plan.config
+    step = plan.step
+    if device is not None:  # the plan is shared (frozen): this worker's device goes into its own copy
+        cfg = copy.deepcopy(cfg)
         cfg.run.device = device
     tracker = None
-    if rank == 0 and config.get("tracking"):
-        tracker = BackgroundSync(TrialTracker(TrackingInfo.from_dict(config["tracking"]), record))
+    if rank == 0 and plan.tracking:
+        tracker = BackgroundSync(TrialTracker(TrackingInfo.from_dict(plan.tracking), record))
         tracker.request()  # find or create the run while the model and data load
     callback = RayReportCallback(
         rank,
@@ -279,7 +282,7 @@ def run_step(config: dict[str, Any], rank: int, checkpoint, report, device: str 
     from wilson_ray import engine
 
     DETERMINISTIC_ERRORS = _deterministic_errors()
-    init = config.get("init_checkpoint")
+    init = plan.init_checkpoint
     with contextlib.ExitStack() as stack:
         resume = None
         if checkpoint is not None:
@@ -292,7 +295,7 @@ def run_step(config: dict[str, Any], rank: int, checkpoint, report, device: str 
             resume = folder / meta["state_file"]
             if rank == 0:
                 print(
-                    f"wilson-ray: resuming trial {config.get('trial_id')} after epoch {meta['epoch']}",
+                    f"wilson-ray: resuming trial {plan.trial_id} after epoch {meta['epoch']}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -303,7 +306,7 @@ def run_step(config: dict[str, Any], rank: int, checkpoint, report, device: str 
                 cfg,
                 step,
                 init_checkpoint=Path(init) if init else None,
-                out_dir=Path(config["trial_dir"]) / "model",
+                out_dir=Path(plan.trial_dir) / "model",
                 callbacks=[callback],
                 resume_from=resume,
             )
@@ -324,50 +327,18 @@ def run_step(config: dict[str, Any], rank: int, checkpoint, report, device: str 
         tracker.close()
 
 
-def loop_config(
-    *,
-    cfg_dict: dict[str, Any],
-    step: int,
-    trial_id: str,
-    trial_dir: str | Path,
-    init_checkpoint: str | Path | None,
-    tracking: dict[str, Any] | None,
-    use_gpu: bool = False,
-    cpus: float = 0,
-    worker_logs: bool = False,
-) -> dict[str, Any]:
-    """The ``config`` that ``train_loop_per_worker`` / ``run_direct`` receive."""
-    return {
-        "cfg": cfg_dict,
-        "step": step,
-        "trial_id": trial_id,
-        "trial_dir": str(trial_dir),
-        "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
-        "tracking": tracking,
-        "use_gpu": use_gpu,
-        "cpus": cpus,
-        "worker_logs": worker_logs,
-    }
-
-
 def build_trainer(
+    plan: TrialPlan,
     *,
-    cfg_dict: dict[str, Any],
-    step: int,
-    trial_id: str,
-    trial_dir: str | Path,
     storage_path: str | Path,
-    init_checkpoint: str | Path | None,
     workers: int,
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float = 0.0,
     max_failures: int = 2,
-    tracking: dict[str, Any] | None = None,
     callbacks: list | None = None,
-    worker_logs: bool = False,
 ):
-    """The ``TorchTrainer`` of one trial; its run is named after the trial so a restored trial finds its
-    checkpoints (Train V2 restores a run from ``storage_path/name``)."""
+    """The ``TorchTrainer`` of one trial's ``plan``; its run is named after the trial so a restored trial finds
+    its checkpoints (Train V2 restores a run from ``storage_path/name``)."""
     import ray.train
     from ray.train.torch import TorchConfig
 
@@ -380,20 +351,11 @@ def build_trainer(
         resources["GPU"] = gpus_per_worker
     return trainer_class()(
         train_loop_per_worker,
-        train_loop_config=loop_config(
-            cfg_dict=cfg_dict,
-            step=step,
-            trial_id=trial_id,
-            trial_dir=trial_dir,
-            init_checkpoint=init_checkpoint,
-            tracking=tracking,
-            use_gpu=use_gpu,
-            worker_logs=worker_logs,
-        ),
+        train_loop_config={"plan": dataclasses.replace(plan, use_gpu=use_gpu)},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=trial_id,
+            name=plan.trial_id,
             storage_path=str(storage_path),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),

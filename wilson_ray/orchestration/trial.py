@@ -16,9 +16,10 @@ from typing import Any
 from ray import tune
 
 from wilson_ray.config import config_from_dict, set_dotted
+from wilson_ray.orchestration.confirm import CONFIG_KEY
 from wilson_ray.orchestration.kill_points import kill_point
 from wilson_ray.orchestration.search_space import trial_overrides
-from wilson_ray.orchestration.settings import SweepSettings
+from wilson_ray.orchestration.settings import SweepSettings, TrialPlan
 from wilson_ray.orchestration.train_loop import to_log_file
 from wilson_ray.sweep_record import TrialRecord, any_trial_ended, record_id
 from wilson_ray.tracking.mlflow_tracker import TrackingInfo, TrialTracker
@@ -38,6 +39,16 @@ def trial_config_dict(settings: SweepSettings, values: dict[str, Any]) -> dict[s
     return d
 
 
+def trial_values(settings: SweepSettings, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A Tune config's swept values (dotted keys) and, for a confirmation trial (``confirm.CONFIG_KEY``), its
+    group, seed and source trial; the seed goes into the config as ``run.seed``."""
+    point = config.get(CONFIG_KEY)
+    if isinstance(point, dict):
+        meta = {k: point.get(k) for k in ("group", "seed", "source_trial")}
+        return dict(point["values"]), meta
+    return trial_overrides(settings.space, config), None
+
+
 def trial_config(settings: SweepSettings, values: dict[str, Any]):
     """The trial's validated ``Config``."""
     return config_from_dict(trial_config_dict(settings, values), source=f"sweep {settings.name}")
@@ -48,7 +59,7 @@ def trial(config: dict[str, Any], settings: SweepSettings) -> None:
     ``settings.trainer == 'direct'`` the step itself, in this process (see ``train_loop.run_direct``)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from wilson_ray.orchestration.train_loop import build_trainer, loop_config, run_direct
+    from wilson_ray.orchestration.train_loop import build_trainer, run_direct
 
     # A reused trial process (direct trials) waits this long for a stopped trial's thread to unwind before
     # starting the next trial in it (Tune's default, 2 s, turns a slow unwind into an errored trial). Read by
@@ -58,13 +69,17 @@ def trial(config: dict[str, Any], settings: SweepSettings) -> None:
     trials_dir = settings.trials_dir
     # A Tune trial re-created for one the driver lost continues that trial's record, MLflow run and Train run
     trial_id, trial_name = record_id(trials_dir, ctx.get_trial_id()), ctx.get_trial_name()
-    values = trial_overrides(settings.space, config)
-    cfg_dict = trial_config_dict(settings, values)
+    values, confirm = trial_values(settings, config)
+    cfg_dict = trial_config_dict(settings, values if confirm is None else {**values, "run.seed": confirm["seed"]})
+    if confirm is not None:  # the MLflow run's name says what it confirms
+        trial_name = f"confirm-{confirm['group']}-seed{confirm['seed']}"
     record = TrialRecord(trials_dir / trial_id)
     if settings.worker_logs:
         to_log_file(record.dir / "trial.log")
-    record.write_trial(trial_id, trial_name, values, cfg_dict, settings.step, settings.name)
-    kill_point("next_trial_start", when=lambda: any_trial_ended(trials_dir))
+    record.write_trial(trial_id, trial_name, values, cfg_dict, settings.step, settings.name, confirm=confirm)
+    kill_point(
+        "next_trial_start" if confirm is None else "confirm_trial_start", when=lambda: any_trial_ended(trials_dir)
+    )
     reason = record.failure()
     if reason is not None:
         sync_record(settings, record)
@@ -76,41 +91,36 @@ def trial(config: dict[str, Any], settings: SweepSettings) -> None:
         return
     if (record.outcome() or {}).get("outcome") not in (None, "running"):
         record.set_outcome("running")  # a resumed errored trial: its MLflow run is RUNNING again
+    cfg = config_from_dict(cfg_dict, source=f"sweep {settings.name}, trial {trial_id}")  # the one resolution
     init = settings.init_checkpoint
     if init is None and settings.step > 0:
         # The swept keys change the earlier steps (e.g. step >= 2): train/read them in the cache (file lock:
         # concurrent trials with the same key train it once).
         from wilson_ray.cache import previous_step_checkpoint
 
-        init = previous_step_checkpoint(trial_config(settings, values), settings.step, settings.cache_dir)
+        init = str(previous_step_checkpoint(cfg, settings.step, settings.cache_dir))
+    plan = TrialPlan(
+        trial_id=trial_id,
+        step=settings.step,
+        config=cfg,
+        trial_dir=str(record.dir),
+        init_checkpoint=init,
+        tracking=settings.tracking,
+        cpus=settings.cpus_per_worker,
+        worker_logs=settings.worker_logs,
+    )
     try:
         if settings.trainer == "direct":
-            run_direct(
-                loop_config(
-                    cfg_dict=cfg_dict,
-                    step=settings.step,
-                    trial_id=trial_id,
-                    trial_dir=record.dir,
-                    init_checkpoint=init,
-                    tracking=settings.tracking,
-                    cpus=settings.cpus_per_worker,
-                )
-            )
+            run_direct(plan)
         else:
             build_trainer(
-                cfg_dict=cfg_dict,
-                step=settings.step,
-                trial_id=trial_id,
-                trial_dir=record.dir,
+                plan,
                 storage_path=Path(settings.sweep_dir) / "train",
-                init_checkpoint=init,
                 workers=settings.workers,
                 cpus_per_worker=settings.cpus_per_worker,
                 gpus_per_worker=settings.gpus_per_worker,
                 max_failures=settings.max_failures,
-                tracking=settings.tracking,
                 callbacks=[TuneReportCallback()],
-                worker_logs=settings.worker_logs,
             ).fit()
     except Exception:  # Train's errors wrap the worker's; Tune retries or reports it (TrialOutcomeCallback)
         reason = record.failure()

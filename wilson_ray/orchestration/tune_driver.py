@@ -31,12 +31,14 @@ from wilson_ray.orchestration import results as R
 from wilson_ray.orchestration.backends import alive_nodes, check_shared_sqlite, optuna_storage_url, redact
 from wilson_ray.orchestration.cluster import check_cluster, init_ray, trainer_kind
 from wilson_ray.orchestration.compat import WilsonOptunaSearch
-from wilson_ray.orchestration.console import ConsoleReporter, asha_rungs, plan_line
+from wilson_ray.orchestration.confirm import FOLDER as CONFIRM_FOLDER
+from wilson_ray.orchestration.confirm import summarize_stage, table_lines
+from wilson_ray.orchestration.console import ConsoleReporter, asha_rungs, fmt_params, plan_line
 from wilson_ray.orchestration.kill_points import kill_point
 from wilson_ray.orchestration.outcome import TrialOutcomeCallback
 from wilson_ray.orchestration.search_space import SearchSpace
-from wilson_ray.orchestration.settings import SweepSettings
-from wilson_ray.orchestration.trial import TrialFailed, trial, trial_config, trial_config_dict
+from wilson_ray.orchestration.settings import SweepSettings, TrialPlan
+from wilson_ray.orchestration.trial import trial
 from wilson_ray.sweep_record import TrialRecord, record_id
 from wilson_ray.tracking.mlflow_tracker import (
     VIEW_KEY,
@@ -54,25 +56,6 @@ from wilson_ray.tracking.mlflow_tracker import (
 from wilson_ray.tracking.ui import dashboard_installed, install_hint
 
 DRIVER_RESOURCES = {"CPU": 0, "memory": 64 * 1024**2}  # the trial function only waits on its TorchTrainer
-
-# Names other modules and tests import from here (the driver's public surface before the split)
-__all__ = [
-    "SweepOptions",
-    "SweepOutcome",
-    "run_sweep",
-    "print_outcome",
-    "trial_dirname",
-    "DRIVER_RESOURCES",
-    "WilsonOptunaSearch",
-    "TrialFailed",
-    "TrialOutcomeCallback",
-    "check_cluster",
-    "init_ray",
-    "trainer_kind",
-    "trial",
-    "trial_config",
-    "trial_config_dict",
-]
 
 
 @dataclass
@@ -110,6 +93,7 @@ class SweepOutcome:
     interrupted: bool = False
     report: Path | None = None
     mlflow_view: str | None = None  # the experiment page with the trials' columns (MLflow's shared view)
+    confirmation: dict[str, Any] | None = None  # the seed confirmation stage's summary (``confirm.summarize_stage``)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -258,7 +242,7 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
                 "defaults": space.defaults() if space.evaluate_defaults else None,
                 "epochs": _settings(opts, name, sweep_path, base_cfg, None, workers, cpus, gpus, trainer).epochs,
                 "rungs": _rungs_of(space, base_cfg),
-                "seed_spread": dataclasses.asdict(space.seed_spread) if space.seed_spread else None,
+                "confirm": dataclasses.asdict(space.confirm) if space.confirm else None,
             },
         )
         if tracking is not None:
@@ -284,6 +268,8 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
                 str(sweep_path),
                 uri,
                 reduction_factor=space.scheduler.reduction_factor if space.scheduler else 2.0,
+                multi_objective=space.multi_objective,
+                confirm=space.confirm,
             )
         )
         # Earlier steps once, here (or on a TorchTrainer); trials then only read the cache.
@@ -306,6 +292,8 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
             tuner.fit()
         except KeyboardInterrupt:
             interrupted = True
+        if space.confirm is not None and not interrupted:
+            interrupted = _run_confirmation(space, settings, sweep_path, storage, name, opts, log)
         kill_point("before_summary")
         return _finish(space, settings, storage, name, tracking, restored, interrupted, log, optuna_url)
     finally:
@@ -326,18 +314,21 @@ def _ddp_step_trainer(settings: SweepSettings, workers: int, log):
         )
         t0 = time.time()
         cfg.run.val_interval = 5  # the sweep's every-epoch evaluation is for ASHA; evaluation changes no weight
-        build_trainer(
-            cfg_dict=cfg.to_dict(),
-            step=step,
+        plan = TrialPlan(
             trial_id=f"step{step}",
-            trial_dir=folder,
+            step=step,
+            config=cfg,
+            trial_dir=str(folder),
+            init_checkpoint=str(init) if init else None,
+            worker_logs=settings.worker_logs,
+        )
+        build_trainer(
+            plan,
             storage_path=Path(settings.sweep_dir) / "train",
-            init_checkpoint=init,
             workers=workers,
             cpus_per_worker=1.0,
             gpus_per_worker=settings.gpus_per_worker,
             max_failures=1,
-            worker_logs=settings.worker_logs,
         ).fit()
         epochs = TrialRecord(folder).epochs()
         last = epochs[max(epochs)] if epochs else {}
@@ -409,7 +400,7 @@ def _tuner(
         metric=metrics if space.multi_objective else metrics[0],
         mode=["max"] * len(metrics) if space.multi_objective else space.mode,
         points_to_evaluate=[space.defaults()] if space.evaluate_defaults and space.sampler != "grid" else None,
-        sampler=_sampler(space, opts.seed),
+        sampler=optuna_sampler(space, opts.seed),
         study_name=name,
         storage=storage_obj,
         record_dir=sweep_path / "trials",
@@ -456,6 +447,82 @@ def _tuner(
     return tuner, False
 
 
+def _run_confirmation(
+    space: SearchSpace, settings: SweepSettings, sweep_path: Path, storage: Path, name: str, opts: SweepOptions, log
+) -> bool:
+    """The seed confirmation stage (``confirm``): the chosen configurations x seeds as a second Tune experiment
+    ``<sweep>/confirm`` of ordinary trials (no searcher, no early stopping), restored like the search. Returns
+    True when interrupted."""
+    from wilson_ray.orchestration import confirm as C
+
+    folder = sweep_path / C.FOLDER
+    csettings = dataclasses.replace(settings, sweep_dir=str(folder))
+    restoring = tune.Tuner.can_restore(str(folder))
+    points = C.plan_points(R.trial_rows(storage, name), space, int(settings.base["run"]["seed"]))
+    if not points and not restoring:
+        log("seed confirmation: no completed trial to confirm")
+        return False
+    concurrency = check_cluster(settings.workers, settings.cpus_per_worker, settings.gpus_per_worker, len(points))
+    groups = list(dict.fromkeys(p["group"] for p in points))
+    log(
+        f"seed confirmation: {', '.join(groups)} x seeds {sorted({p['seed'] for p in points})} = {len(points)} "
+        f"trials of {settings.epochs} epochs, up to {concurrency} at a time" + ("; resuming it" if restoring else "")
+    )
+    for g in groups:
+        p = next(p for p in points if p["group"] == g)
+        src = f"trial {p['source_trial']}" if p["source_trial"] else "the paper defaults"
+        log(f"  {g}: {src}  {fmt_params(p['values'])}")
+    callbacks: list = [TrialOutcomeCallback(csettings)]
+    if opts.verbose >= 1:
+        callbacks.append(
+            ConsoleReporter(
+                space.keys,
+                len(points),
+                settings.epochs,
+                concurrency,
+                space.metric,
+                trials_dir=folder / "trials",
+                values_of=lambda t: {
+                    "config": t.config[C.CONFIG_KEY]["group"],
+                    "seed": t.config[C.CONFIG_KEY]["seed"],
+                },
+            )
+        )
+    resources = DRIVER_RESOURCES
+    if settings.trainer == "direct":
+        resources = {"CPU": settings.cpus_per_worker, "GPU": settings.gpus_per_worker}
+    trainable = tune.with_resources(tune.with_parameters(trial, settings=csettings), resources)
+    if restoring:
+        tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={C.CONFIG_KEY: tune.grid_search(points)},
+            tune_config=tune.TuneConfig(
+                num_samples=1,
+                max_concurrent_trials=concurrency,
+                reuse_actors=reuse_trial_processes(settings.trainer),
+                trial_dirname_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=C.FOLDER,
+                storage_path=str(sweep_path),
+                verbose=1 if opts.verbose >= 2 else 0,
+                failure_config=tune.FailureConfig(
+                    max_failures=space.trial_max_failures
+                    + (settings.max_failures if settings.trainer == "direct" else 0)
+                ),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                callbacks=callbacks,
+            ),
+        )
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        return True
+    return False
+
+
 def reuse_trial_processes(trainer: str) -> bool:
     """Whether Tune runs the next trial in a finished trial's process (``reuse_actors``): yes for direct trials,
     which then skip a process start and the imports of torch, the package and MLflow (seconds of CPU per trial
@@ -486,7 +553,7 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _sampler(space: SearchSpace, seed: int | None):
+def optuna_sampler(space: SearchSpace, seed: int | None):
     """Optuna sampler of ``search.sampler``: TPE (default), random, or the grid of ``SearchSpace.grid``."""
     import optuna
 
@@ -517,9 +584,10 @@ def _finish(
     if tracking is not None:
         if tracking.parent_run_id is None:  # MLflow was down when the sweep started
             tracking.parent_run_id = SweepRun(tracking).open()
-        for rec in R.records(storage, name):
+        for rec in R.records(storage, name) + R.records(sweep_path, CONFIRM_FOLDER):
             TrialTracker(tracking, rec).sync(force=True)
     rows = R.trial_rows(storage, name)
+    stage = summarize_stage(sweep_path, space.metric, space.mode) if space.confirm is not None else None
     best = R.best_row(rows, space.metric, space.mode)
     best_yaml = None
     files: list[Path] = []
@@ -585,6 +653,7 @@ def _finish(
         metrics.update(
             {k: best[k] for k in ("miou_old", "miou_new", "miou_all", "miou_hm") if best and _finite(best.get(k))}
         )
+        metrics.update(_stage_metrics(stage))
         metrics["trials"] = len(rows)
         metrics["trials_failed"] = sum(r["outcome"] == "failed" for r in rows)
         metrics["trials_stopped"] = sum(r["outcome"] == "stopped_early" for r in rows)
@@ -599,7 +668,7 @@ def _finish(
             metrics,
             files,
             status="KILLED" if interrupted else "FINISHED",
-            tags=_parent_tags(rows, best, space.metric),
+            tags=_parent_tags(rows, best, space.metric, stage),
             params=best_params,
             folders={"report": report.parent} if report else None,
         )
@@ -633,6 +702,7 @@ def _finish(
         interrupted=interrupted,
         report=report,
         mlflow_view=mlflow_view,
+        confirmation=stage,
     )
 
 
@@ -640,8 +710,26 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _parent_tags(rows: list[dict[str, Any]], best: dict[str, Any] | None, metric: str) -> dict[str, str]:
-    """The sweep run's tags: its best trial, a short outcome column and a description for its page."""
+def _stage_metrics(stage: dict[str, Any] | None) -> dict[str, float]:
+    """The confirmation stage on the sweep's run: ``confirm/<group>/<column>_{mean,std,low,high}`` and the
+    one-sided p-value of each candidate against the default."""
+    out: dict[str, float] = {}
+    for g, s in ((stage or {}).get("groups") or {}).items():
+        for col in dict.fromkeys([stage["metric"], "miou_old", "miou_new", "miou_all"]):
+            for k in ("mean", "std", "low", "high"):
+                if _finite(s[col].get(k)):
+                    out[f"confirm/{g}/{col}_{k}"] = s[col][k]
+        p = (s.get("vs_default") or {}).get("p")
+        if _finite(p):
+            out[f"confirm/{g}/p_vs_default"] = p
+    return out
+
+
+def _parent_tags(
+    rows: list[dict[str, Any]], best: dict[str, Any] | None, metric: str, stage: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """The sweep run's tags: its best trial, a short outcome column, the confirmation's verdict and a description
+    for its page."""
     n = {o: sum(r["outcome"] == o for r in rows) for o in ("completed", "stopped_early", "failed")}
     note = (
         f"Sweep of {len(rows)} trials: {n['completed']} completed, {n['stopped_early']} stopped early by ASHA, "
@@ -651,6 +739,11 @@ def _parent_tags(rows: list[dict[str, Any]], best: dict[str, Any] | None, metric
     if best:
         tags["wilson_ray.best_trial"] = best["trial"]
         tags["mlflow.note.content"] += f" Best trial {best['trial']}: {metric} {best[metric]:.2f}."
+    if stage and stage.get("verdict"):
+        tags["wilson_ray.verdict"] = stage["verdict"][:5000]
+        tags["mlflow.note.content"] += (
+            "\n\nSeed confirmation: " + stage["verdict"] + "\n\n" + "\n".join(["```", *table_lines(stage), "```"])
+        )
     return tags
 
 
@@ -708,11 +801,14 @@ def print_outcome(out: SweepOutcome, log=print) -> None:
     if out.best is not None:
         from wilson_ray.orchestration.report import comparison
 
-        cmp = comparison(out.rows, out.metric, out.mode, sweep.get("defaults"), sweep.get("seed_spread"))
+        cmp = comparison(out.rows, out.metric, out.mode, sweep.get("defaults"), out.confirmation)
         log("")
+        if out.confirmation:
+            log("seed confirmation (mean ± std over the seeds, 95 % interval of the mean; p: one-sided Welch t-test")
+            log("against the default):")
+            for line in table_lines(out.confirmation):
+                log(f"  {line}")
         log(cmp["text"])
-        if cmp.get("spread_note"):
-            log(f"  ({cmp['spread_note']})")
         log("")
         log(
             f"best trial {out.best['trial']} ({out.metric} = {out.best[out.metric]:.2f}; "

@@ -39,6 +39,9 @@ TAG_OUTCOME = "wilson_ray.outcome"
 TAG_REASON = "wilson_ray.failure_reason"
 TAG_STOP = "wilson_ray.stop_reason"  # why ASHA stopped a trial, and at which rung (epoch)
 TAG_RUNG = "wilson_ray.asha_rung"
+TAG_GROUP = "wilson_ray.confirm_group"  # a confirmation trial: default, top1, ...
+TAG_SEED = "wilson_ray.seed"
+TAG_SOURCE = "wilson_ray.confirms_trial"  # the search trial whose values it re-runs
 TAG_SUMMARY = "wilson_ray.summary_logged"
 # MLflow 3 opens an experiment in its GenAI view unless tagged as model training (the UI's experiment kinds)
 TAG_KIND = "mlflow.experimentKind"
@@ -515,6 +518,13 @@ class TrialTracker:
                 }
                 if self.info.parent_run_id:
                     tags[TAG_PARENT] = self.info.parent_run_id
+                confirm = trial.get("confirm")
+                if confirm:  # a seed-confirmation trial: filterable by its configuration and seed
+                    tags[TAG_ROLE] = "confirm"
+                    tags[TAG_GROUP] = str(confirm.get("group"))
+                    tags[TAG_SEED] = str(confirm.get("seed"))
+                    if confirm.get("source_trial"):
+                        tags[TAG_SOURCE] = str(confirm["source_trial"])
                 started = trial.get("started")
                 run_id = client.create_run(
                     self.conn.experiment_id,

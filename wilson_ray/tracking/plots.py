@@ -388,3 +388,35 @@ def learning_curves_png(
         )
     fig.tight_layout()
     return save_figure(fig, Path(path))
+
+
+def confirmation_png(stage: dict[str, Any], path: str | Path) -> Path:
+    """The seed confirmation stage: per configuration (x) each seed's value (dots), the mean (bar) and its 95 %
+    Student-t interval (whisker), one panel per column (the objective, old mIoU, new mIoU)."""
+    plt = pyplot()
+    groups = list(stage["groups"])
+    cols = list(dict.fromkeys([stage["metric"], "miou_old", "miou_new"]))
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols), 3.4), squeeze=False)
+    for ax, col in zip(axes[0], cols):
+        for i, g in enumerate(groups):
+            s = stage["groups"][g]
+            vals = [v for v in s["values"].get(col, []) if v is not None]
+            colour = "tab:gray" if g == "default" else ("tab:orange" if g == stage.get("best") else "tab:blue")
+            ax.scatter([i] * len(vals), vals, s=18, color=colour, alpha=0.7, zorder=3)
+            m = s[col]
+            if m.get("mean") is not None:
+                lo, hi = m.get("low"), m.get("high")
+                yerr = [[m["mean"] - lo], [hi - m["mean"]]] if lo is not None and hi is not None else None
+                ax.errorbar([i + 0.18], [m["mean"]], yerr=yerr, fmt="_", ms=14, color=colour, capsize=4, zorder=4)
+        ax.set_xticks(range(len(groups)), groups)
+        ax.set_xlim(-0.5, len(groups) - 0.3)
+        title = {"miou_hm": "harmonic mean of old and new mIoU", "miou_old": "old mIoU", "miou_new": "new mIoU"}
+        ax.set_title(title.get(col, col), fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("mIoU (%)")
+    fig.suptitle(
+        "seed confirmation: dots = seeds, bar = mean, whisker = 95 % interval (orange: best, grey: default)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return save_figure(fig, Path(path))
