@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+import torch
+
 from tests.methods.test_methods import TINY
 from wilson_ray.cli import main
 
@@ -22,7 +25,16 @@ COCO_VOC_TINY = {
 }
 
 
-def test_table_coco_voc_runs_both_evaluations(synth_root, tmp_path, capsys):
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared CPU, spinning worker threads would cost more than they compute."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_table_coco_voc_runs_both_evaluations(synth_root, tmp_path, capsys, one_thread):
     coco_root = tmp_path / "coco"
     synth = ["data", "synth", "--layout", "coco", "--out", str(coco_root), "--train", "40", "--val", "40"]
     assert main([*synth, "--size", "64"]) == 0

@@ -1,4 +1,5 @@
-"""Procedural segmentation scenes written in the VOC layout (method.md §1.4), for demos and tests.
+"""Procedural segmentation scenes written in the VOC layout (method.md §1.4), for demos and tests (the COCO layout:
+``synthetic_coco.py``, which draws with the functions here).
 
 The generated folder is read by the real VOC reader: ``JPEGImages/``, ``SegmentationClassAug/`` (palette PNGs,
 values 0..20 and 255), ``splits/train_aug.txt``, ``splits/val.txt``, ``voc_1h_labels_{train,val}.npy`` and
