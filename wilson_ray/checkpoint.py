@@ -91,7 +91,7 @@ def save_checkpoint(
     }
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
-    if method_state and "memory" in method_state:  # the memory beside its step, readable (docs/method.md §10)
+    if method_state and "memory" in method_state:  # the memory beside its step, readable (docs/method.md §9)
         from wilson_ray.data.memory import memory_json_path, write_memory_json
 
         write_memory_json(

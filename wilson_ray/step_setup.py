@@ -184,7 +184,7 @@ def train_dataset(cfg: Config, task: Task, step: int, method: Method, check_only
 
 
 def attach_memory(cfg: Config, task: Task, step: int, method: Method) -> list[dict]:
-    """Choose the step's memory of earlier images and hand it to the method (docs/method.md §10); returns its
+    """Choose the step's memory of earlier images and hand it to the method (docs/method.md §9); returns its
     entries ([] when the method keeps none).
 
     Pool: the memory the step t-1 checkpoint carries plus step t-1's training images; ``select_memory`` keeps at

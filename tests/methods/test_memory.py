@@ -1,9 +1,10 @@
-"""The memory of earlier steps' images (docs/method.md §10): the class-balanced selection rule (budget, balance,
+"""The memory of earlier steps' images (docs/method.md §9): the class-balanced selection rule (budget, balance,
 seeding), the memory chosen for a step from the carried memory and the previous step's images, stored with the
 step's checkpoint and reloaded, memory images joining WILSON's batches with the old model's targets, and
 memory_size 0 leaving WILSON's losses bit-identical."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -217,3 +218,17 @@ def test_memory_size_zero_is_bit_identical_to_wilson_without_memory(epoch):
     for (name, a), b in zip(module.named_parameters(), ref_module.parameters()):
         assert (a.grad is None) == (b.grad is None), name
         assert a.grad is None or torch.equal(a.grad, b.grad), name
+
+
+def test_a_search_space_can_sweep_the_memory_budget(tmp_path):
+    from wilson_ray.orchestration.search_space import load_search_space
+
+    space_file = tmp_path / "memory.yaml"
+    text = (Path(__file__).resolve().parents[2] / "search_spaces" / "demo-short.yaml").read_text()
+    text = text.split("parameters:")[0].split("# The paper-default")[0]
+    text += "parameters:\n  method.memory_size: {distribution: int, low: 0, high: 32}\n"
+    text += "  method.memory_ratio: {distribution: uniform, low: 0.25, high: 1.0}\n"
+    space_file.write_text(text.replace("task: 15-5", "task: 15-1"))
+    space = load_search_space(space_file)
+    assert [p.key for p in space.params] == ["method.memory_size", "method.memory_ratio"]
+    assert space.params[0].default == 0  # the default trial runs WILSON without a memory

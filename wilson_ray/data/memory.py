@@ -1,4 +1,4 @@
-"""A fixed-budget memory of earlier steps' training images for the incremental steps (docs/method.md §10).
+"""A fixed-budget memory of earlier steps' training images for the incremental steps (docs/method.md §9).
 
 A memory is a list of entries ``{"step": s, "image_id": id, "classes": [internal indices]}``: an image of step s's
 training set and the classes its step-s labels show (step 0: the base classes of its mask; step s >= 1: its
@@ -174,7 +174,7 @@ class MemoryReplay:
 
 @dataclass
 class MemoryParams:
-    """The memory knobs of a method's ``Params`` (docs/method.md §10); ``memory_size`` 0 (the default) is off."""
+    """The memory knobs of a method's ``Params`` (docs/method.md §9); ``memory_size`` 0 (the default) is off."""
 
     memory_size: int = 0  # budget B: at most B earlier-step images, over all old classes
     memory_rule: str = "class_balanced"  # how the B images are chosen: class_balanced | random

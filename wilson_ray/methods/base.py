@@ -19,7 +19,7 @@ where the methods of the literature differ, so the engine never branches on a me
 - ``figure_panels``  extra per-image panels of the prediction overlays (WILSON: localizer map, pseudo-label);
 - ``label_quality``  the quality of the labels the method made itself for a step (offline pseudo-masks' mIoU);
 - ``memory_budget`` / ``use_memory``  a memory of earlier steps' images (budget and rule; ``step_setup.attach_memory``
-                     chooses the images and hands them over, docs/method.md §10).
+                     chooses the images and hands them over, docs/method.md §9).
 
 A method never branches on task names: the protocol (``wilson_ray.protocol.Task``) tells it how many classes are
 old and new.
@@ -201,7 +201,7 @@ class Method(abc.ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what the previous step's ``state_dict`` returned (empty for a method that carries nothing)."""
 
-    # --- a memory of earlier steps' images (docs/method.md §10) ------------------------------------------------
+    # --- a memory of earlier steps' images (docs/method.md §9) ------------------------------------------------
     def memory_budget(self) -> tuple[int, str] | None:
         """(budget, selection rule) of the memory this step trains with; None (the default): no memory."""
         return None
@@ -279,7 +279,7 @@ def cross_entropy_new_step(logits: torch.Tensor, masks: torch.Tensor) -> torch.T
 
 
 def memory_replay_loss(logits: torch.Tensor, s_old: torch.Tensor) -> torch.Tensor:
-    """ℓ_MEM on memory images (docs/method.md §10): CE of the new model's logits [B,C,h,w] against the frozen old
+    """ℓ_MEM on memory images (docs/method.md §9): CE of the new model's logits [B,C,h,w] against the frozen old
     model's argmax over its classes (background and the old classes; the new classes are never a target), logits
     resized to the old logits' size when they differ."""
     target = s_old.detach().argmax(1)

@@ -55,7 +55,7 @@ class Wilson(Method):
     def build_localizer(self, in_channels: int, norm: str):
         return Localizer(in_channels, self.num_classes, norm=norm)
 
-    # The memory of earlier steps' images (docs/method.md §10) -------------------------------------------------
+    # The memory of earlier steps' images (docs/method.md §9) -------------------------------------------------
     def memory_budget(self):
         size = getattr(self.p, "memory_size", 0)
         return (size, self.p.memory_rule) if size > 0 else None
