@@ -91,6 +91,16 @@ def save_checkpoint(
     }
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
+    if method_state and "memory" in method_state:  # the memory beside its step, readable (docs/method.md §9)
+        from wilson_ray.data.memory import memory_json_path, write_memory_json
+
+        write_memory_json(
+            memory_json_path(path),
+            method_state["memory"],
+            step,
+            method_state.get("memory_budget", len(method_state["memory"])),
+            method_state.get("memory_rule", "?"),
+        )
     return Path(path)
 
 

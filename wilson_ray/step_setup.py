@@ -173,12 +173,39 @@ def train_dataset(cfg: Config, task: Task, step: int, method: Method, check_only
             f"data.root {cfg.data.root}: no training image of task '{task.name}' step {step} "
             f"({'overlap' if cfg.data.overlap else 'disjoint'}), expected at least one"
         )
+    if not check_only:
+        attach_memory(cfg, task, step, method)
     if method.extra_inputs:
         if callable(getattr(dataset, "with_extras", None)):
             dataset = dataset.with_extras(extra_inputs(cfg, task, step, method, check_only))
         else:
             dataset = WithExtraInputs(dataset, tuple(method.extra_inputs), method.name)
     return dataset
+
+
+def attach_memory(cfg: Config, task: Task, step: int, method: Method) -> list[dict]:
+    """Choose the step's memory of earlier images and hand it to the method (docs/method.md §9); returns its
+    entries ([] when the method keeps none).
+
+    Pool: the memory the step t-1 checkpoint carries plus step t-1's training images; ``select_memory`` keeps at
+    most the budget of them by the method's rule, seeded by ``run.seed`` and the step. Each image is read by the
+    training set of the step it came from (that step's crop and flip)."""
+    from wilson_ray.data import memory
+
+    spec = method.memory_budget()
+    if step == 0 or spec is None:
+        return []
+    budget, rule = spec
+    carried = method.carried_memory()
+    previous = build_step_dataset(cfg, task, step - 1, "train")
+    pool = list(carried) + memory.step_candidates(previous, step - 1)
+    entries = memory.select_memory(pool, budget, rule, seed=cfg.run.seed * 1000 + step)
+    if not entries:
+        return []
+    steps = sorted({e["step"] for e in entries})
+    datasets = {s: previous if s == step - 1 else build_step_dataset(cfg, task, s, "train") for s in steps}
+    method.use_memory(memory.MemoryReplay(memory.MemoryImages(entries, datasets), seed=cfg.run.seed + step))
+    return entries
 
 
 def check_step_inputs(cfg: Config, step: int) -> None:

@@ -17,7 +17,9 @@ where the methods of the literature differ, so the engine never branches on a me
 - ``param_groups``   which parameters train and at which learning rate (e.g. a frozen encoder);
 - ``state_dict`` / ``load_state_dict``  state carried to the next step in the checkpoint (e.g. prototypes);
 - ``figure_panels``  extra per-image panels of the prediction overlays (WILSON: localizer map, pseudo-label);
-- ``label_quality``  the quality of the labels the method made itself for a step (offline pseudo-masks' mIoU).
+- ``label_quality``  the quality of the labels the method made itself for a step (offline pseudo-masks' mIoU);
+- ``memory_budget`` / ``use_memory``  a memory of earlier steps' images (budget and rule; ``step_setup.attach_memory``
+                     chooses the images and hands them over, docs/method.md §9).
 
 A method never branches on task names: the protocol (``wilson_ray.protocol.Task``) tells it how many classes are
 old and new.
@@ -40,6 +42,7 @@ from wilson_ray.protocol import Task
 if TYPE_CHECKING:
     from wilson_ray.config import Config, OptimConfig
     from wilson_ray.data.extras import ExtraInput
+    from wilson_ray.data.memory import MemoryReplay
 
 
 @dataclass
@@ -198,6 +201,18 @@ class Method(abc.ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what the previous step's ``state_dict`` returned (empty for a method that carries nothing)."""
 
+    # --- a memory of earlier steps' images (docs/method.md §9) ------------------------------------------------
+    def memory_budget(self) -> tuple[int, str] | None:
+        """(budget, selection rule) of the memory this step trains with; None (the default): no memory."""
+        return None
+
+    def carried_memory(self) -> list[dict]:
+        """The memory the previous step stored (its entries), the pool's first part; [] by default."""
+        return []
+
+    def use_memory(self, replay: MemoryReplay) -> None:
+        """Receive the step's memory once ``step_setup.attach_memory`` has chosen its images."""
+
     # --- the schedule -----------------------------------------------------------------------------------------
     def constant_lr_epochs(self) -> int:
         """Epochs of constant LR before poly decay under the ``warmup`` policy (method.md §4)."""
@@ -261,3 +276,13 @@ def default_param_groups(module: Trainable, o: OptimConfig) -> list[dict]:
 def cross_entropy_new_step(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Plain CE on a pixel-labelled step (old classes are background in the step's masks, method.md §1.1)."""
     return F.cross_entropy(logits, masks, ignore_index=255)
+
+
+def memory_replay_loss(logits: torch.Tensor, s_old: torch.Tensor) -> torch.Tensor:
+    """ℓ_MEM on memory images (docs/method.md §9): CE of the new model's logits [B,C,h,w] against the frozen old
+    model's argmax over its classes (background and the old classes; the new classes are never a target), logits
+    resized to the old logits' size when they differ."""
+    target = s_old.detach().argmax(1)
+    if logits.shape[-2:] != target.shape[-2:]:
+        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    return F.cross_entropy(logits.float(), target)

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 import torch
 
 from wilson_ray import losses, pseudo_labels
+from wilson_ray.data.memory import MemoryParams
 from wilson_ray.methods.base import Batch
 from wilson_ray.methods.wilson import Wilson
 
 
 @dataclass
-class CamOnlineParams:
+class CamOnlineParams(MemoryParams):
     bkg_beta: float | None = None
     pseudo_epochs: int = 5
     lambda_cls: float = 1.0
