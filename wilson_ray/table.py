@@ -39,6 +39,27 @@ COLUMNS = (
 )
 EXTRA_KEYS = ("miou_old", "miou_new", "miou_all")  # per further validation set (coco-voc: VOC val as COCO ids)
 ROW_FILE = "row.json"  # beside results.json: the row's table numbers, with its training time
+# Row variants: ``--methods wilson+memory`` is the WILSON row with a memory of earlier steps' images (method.md §9).
+VARIANTS = ("memory",)
+DEFAULT_MEMORY_SIZE = 32  # images; the budget of the measured 15-1 / 10-2 rows (docs/results.md)
+
+
+def parse_row(spec: str, memory_size: int | None = None) -> tuple[str, str, dict]:
+    """A ``--methods`` entry -> (row name, method name, the row's own config overrides): ``wilson`` is the method
+    as configured; ``wilson+memory`` the same method with ``method.memory_size`` = ``memory_size`` (default
+    ``DEFAULT_MEMORY_SIZE``)."""
+    memory_size = DEFAULT_MEMORY_SIZE if memory_size is None else memory_size
+    method, _, variant = spec.partition("+")
+    cls = get_method(method)  # an unknown method: its own did-you-mean error
+    if not variant:
+        return spec, method, {}
+    if variant not in VARIANTS:
+        raise UserError(f"--methods: row {spec!r} has the variant {variant!r}, expected one of {', '.join(VARIANTS)}")
+    if "memory_size" not in {f.name for f in dataclasses.fields(cls.Params)}:
+        raise UserError(f"--methods: row {spec!r}: method {method!r} has no memory option (method.memory_size)")
+    if memory_size < 1:
+        raise UserError(f"--memory-size: got {memory_size}, expected a budget of at least 1 image")
+    return spec, method, {"method.memory_size": memory_size}
 
 
 def columns(extra_sources: Sequence[str] = ()) -> tuple[tuple[str, str, int], ...]:
@@ -110,13 +131,15 @@ def reusable(cfg: Config, folder: Path) -> bool:
     return (folder / "results.json").is_file() and saved.is_file() and saved.read_text() == dump_config(cfg)
 
 
-def run_row(cfg: Config, folder: Path, cache_dir: Path) -> RowRun:
-    """Train one row with one seed into ``folder`` (step 0 from the cache), or reuse the finished run there."""
+def run_row(cfg: Config, folder: Path, cache_dir: Path, name: str | None = None) -> RowRun:
+    """Train one row with one seed into ``folder`` (step 0 from the cache), or reuse the finished run there;
+    ``name``: the row's name in the table (default: the method's)."""
+    name = name or cfg.method.name
     if reusable(cfg, folder):
         results = json.loads((folder / "results.json").read_text())
         row_file = folder / ROW_FILE
         seconds = json.loads(row_file.read_text()).get("seconds") if row_file.is_file() else None
-        return RowRun(cfg.method.name, cfg.run.seed, row_values(cfg, results, seconds), True, folder)
+        return RowRun(name, cfg.run.seed, row_values(cfg, results, seconds), True, folder)
     replaced = (folder / "results.json").is_file()
     start = time.perf_counter()
     rows = run_task(cfg, folder, cache_dir)
@@ -124,7 +147,7 @@ def run_row(cfg: Config, folder: Path, cache_dir: Path) -> RowRun:
     results = json.loads((folder / "results.json").read_text())
     values = row_values(cfg, results, seconds)
     atomic_write_text(folder / ROW_FILE, json.dumps({"seed": cfg.run.seed, **values}, indent=2))
-    return RowRun(cfg.method.name, cfg.run.seed, values, False, folder, format_table(cfg, rows), replaced)
+    return RowRun(name, cfg.run.seed, values, False, folder, format_table(cfg, rows), replaced)
 
 
 def _fmt(v: float | None, digits: int) -> str:
@@ -138,7 +161,7 @@ def describe(run: RowRun) -> str:
     what = f"reused {run.folder / 'results.json'}" if run.reused else f"trained in {_fmt(v['seconds'], 0)} s"
     if run.replaced:
         what += f", replacing the run of another config in {run.folder}"
-    return f"seed {run.seed}  {run.method:<10} {cols}  ({what})"
+    return f"seed {run.seed}  {run.method:<13} {cols}  ({what})"
 
 
 def run_table(
@@ -159,7 +182,7 @@ def run_table(
         for cfg in shared.values():
             cached_step(cfg, 0, cache_dir)
         for method, cfg in seeded.items():
-            runs.append(run_row(cfg, folders[method], cache_dir))
+            runs.append(run_row(cfg, folders[method], cache_dir, method))
             if runs[-1].steps:
                 log(runs[-1].steps)
             log(describe(runs[-1]))

@@ -56,8 +56,10 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args: argparse.Namespace, method: str | None = None) -> Config:
-    overrides = parse_overrides(args.set)
+def config_from_args(args: argparse.Namespace, method: str | None = None, extra: dict | None = None) -> Config:
+    """The resolved config of a command: preset and config file, then ``--set``, then the flags; ``extra`` (a
+    table row's own settings) wins over all of them."""
+    overrides = {**parse_overrides(args.set), **(extra or {})}
     for flag, key in (
         ("task", "data.task"),
         ("overlap", "data.overlap"),
@@ -132,11 +134,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_table(args: argparse.Namespace) -> int:
     """Every method of the paper's table on one task, each row once per seed, one shared cached step 0 per seed."""
     from wilson_ray.step_setup import check_step_inputs, task_of
-    from wilson_ray.table import run_table, seed_list, write_table
+    from wilson_ray.table import parse_row, run_table, seed_list, write_table
 
-    methods = args.methods.split(",") if args.methods else list(PAPER_TABLE_METHODS)
+    specs = args.methods.split(",") if args.methods else list(PAPER_TABLE_METHODS)
     out = Path(args.out)
-    configs = {method: config_from_args(args, method=method) for method in methods}  # bad name: error first
+    configs = {}
+    for spec in specs:  # a bad name or variant: its error before anything trains
+        name, method, extra = parse_row(spec, args.memory_size)
+        configs[name] = config_from_args(args, method=method, extra=extra)
     seeds = seed_list(next(iter(configs.values())).run.seed, args.seeds)
     for cfg in configs.values():  # every row's inputs (saliency maps) checked before anything trains
         view = task_of(cfg)
@@ -149,6 +154,12 @@ def cmd_table(args: argparse.Namespace) -> int:
     runs = run_table(configs, seeds, out, _cache_dir(args), log=lambda line: print(line, flush=True))
     print(write_table(runs, seeds, out), end="")
     print(f"wrote {out / 'table.md'} and {out / 'table.json'}")
+    if task_of(next(iter(configs.values()))).train.num_steps > 2:  # a many-step task: how each row got there
+        from wilson_ray.tracking.step_curves import step_curves_png
+
+        rows = {name: [r.folder for r in runs if r.method == name] for name in configs}
+        title = f"{next(iter(configs.values())).data.task}, {len(seeds)} seed(s): mean" + (" ± std" if len(seeds) > 1 else "")
+        print(f"wrote {step_curves_png(rows, out / 'steps.png', title)}")
     return 0
 
 
@@ -176,8 +187,19 @@ def register(sub) -> None:
 
     p = sub.add_parser("table", help="the paper's table: every method on one task, one shared step 0")
     add_config_arguments(p)
-    p.add_argument("--methods", help=f"comma-separated (default: {','.join(PAPER_TABLE_METHODS)})")
+    p.add_argument(
+        "--methods",
+        help=f"comma-separated rows (default: {','.join(PAPER_TABLE_METHODS)}); METHOD+memory: the method with a "
+        "memory of earlier steps' images (--memory-size)",
+    )
     p.add_argument("--replay-root", help="RECALL's replay folder: one sub-folder of images per old class name")
+    p.add_argument(
+        "--memory-size",
+        type=int,
+        metavar="B",
+        help="the memory budget of a METHOD+memory row (e.g. wilson+memory), in images (default: 32, the budget of "
+        "the measured 15-1 and 10-2 rows)",
+    )
     p.add_argument("--out", required=True, help="folder for per-method results and table.md / table.json")
     p.add_argument(
         "--seeds",

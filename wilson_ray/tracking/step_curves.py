@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from wilson_ray.errors import UserError
@@ -37,17 +38,44 @@ def read_curves(results: str | Path) -> dict[str, list[float]]:
     return curves
 
 
-def step_curves_png(rows: dict[str, str | Path], path: str | Path, title: str = "") -> Path:
+def mean_curves(results: Sequence[str | Path]) -> dict[str, tuple[list[float], list[float]]]:
+    """Per curve (``read_curves``) and step, the mean and the sample std (ddof=1; 0 for one run) over the runs of
+    one row, e.g. its seeds; NaN entries are left out of a step's mean (NaN when every run has none)."""
+    runs = [read_curves(r) for r in results]
+    steps = {len(c["old"]) for c in runs}
+    if len(steps) != 1:
+        raise UserError(f"results {', '.join(map(str, results))}: runs with {sorted(steps)} steps, expected one task")
+    n = steps.pop()
+    out = {}
+    for key in ("base", "old", "new"):
+        means, stds = [], []
+        for i in range(n):
+            values = [c[key][i] for c in runs if not math.isnan(c[key][i])]
+            mean = sum(values) / len(values) if values else math.nan
+            var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+            means.append(mean)
+            stds.append(math.sqrt(var) if values else math.nan)
+        out[key] = (means, stds)
+    return out
+
+
+def step_curves_png(rows: dict[str, str | Path | Sequence[str | Path]], path: str | Path, title: str = "") -> Path:
     """Three panels over the steps, one line per row: mIoU of the step-0 classes, of the step's old classes and of
-    the step's new classes."""
+    the step's new classes. A row given several runs (its seeds) is drawn as their mean with a ± std band."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
     panels = [("base", "step-0 classes"), ("old", "old classes of the step"), ("new", "new classes of the step")]
     for label, results in rows.items():
-        curves = read_curves(results)
-        steps = list(range(len(curves["old"])))
+        runs = [results] if isinstance(results, (str, Path)) else list(results)
+        curves = mean_curves(runs)
         for ax, (key, _) in zip(axes, panels):
-            ax.plot(steps, curves[key], marker="o", label=label)
+            mean, std = curves[key]
+            steps = list(range(len(mean)))
+            (line,) = ax.plot(steps, mean, marker="o", label=label if len(runs) == 1 else f"{label} (n={len(runs)})")
+            if len(runs) > 1:
+                low = [m - s for m, s in zip(mean, std)]
+                high = [m + s for m, s in zip(mean, std)]
+                ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
     for ax, (_, name) in zip(axes, panels):
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step")
