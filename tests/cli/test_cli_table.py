@@ -118,3 +118,42 @@ def test_table_with_zero_seeds_is_one_line_exit_2_and_nothing_written(synth_root
     err = capsys.readouterr().err.strip()
     assert err == "wilson-ray: error: --seeds: got 0, expected the number of seeds, an integer >= 1"
     assert not cache.exists() and not out.exists()
+
+
+def test_a_memory_row_on_a_many_step_task_is_named_budgeted_and_drawn_per_step(synth_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = _table(synth_root, tmp_path / "cache", out, "--task", "10-5", "--memory-size", "3")
+    args[args.index("finetune,lwf")] = "finetune,wilson+memory"
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    rows = {r["method"]: r for r in json.loads((out / "table.json").read_text())}
+    assert list(rows) == ["finetune", "wilson+memory"]
+    assert "| wilson+memory |" in (out / "table.md").read_text()
+    run = out / "wilson+memory"
+    assert "memory_size: 3" in (run / "config.yaml").read_text()
+    assert "memory_size: 0" not in (out / "finetune" / "config.yaml").read_text()  # the variant is the row's own
+    for step in (1, 2):  # 10-5: steps 1 and 2 train with a memory of the earlier steps' images, never above B
+        memory = json.loads((run / f"step{step}.memory.json").read_text())
+        assert 1 <= len(memory["images"]) == memory["size"] <= 3 and memory["budget"] == 3
+    results = json.loads((run / "results.json").read_text())
+    assert len(results["steps"]) == 3 and f"wrote {out / 'steps.png'}" in printed
+    assert (out / "steps.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("methods", "extra", "message"),
+    [
+        ("wilson+mem", (), "row 'wilson+mem' has the variant 'mem', expected one of memory"),
+        ("mib+memory", (), "method 'mib' has no memory option"),
+        ("wilson+memory", ("--memory-size", "0"), "--memory-size: got 0, expected a budget of at least 1 image"),
+    ],
+)
+def test_a_bad_row_variant_is_one_line_exit_2_before_anything_trains(
+    synth_root, tmp_path, capsys, methods, extra, message
+):
+    args = _table(synth_root, tmp_path / "cache", tmp_path / "out", *extra)
+    args[args.index("finetune,lwf")] = f"finetune,{methods}"
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()

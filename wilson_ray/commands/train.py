@@ -158,7 +158,9 @@ def cmd_table(args: argparse.Namespace) -> int:
         from wilson_ray.tracking.step_curves import step_curves_png
 
         rows = {name: [r.folder for r in runs if r.method == name] for name in configs}
-        title = f"{next(iter(configs.values())).data.task}, {len(seeds)} seed(s): mean" + (" ± std" if len(seeds) > 1 else "")
+        title = f"{next(iter(configs.values())).data.task}, {len(seeds)} seed(s): mean" + (
+            " ± std" if len(seeds) > 1 else ""
+        )
         print(f"wrote {step_curves_png(rows, out / 'steps.png', title)}")
     return 0
 
