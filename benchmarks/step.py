@@ -95,7 +95,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     p.add_argument("--profile", action="store_true", help="also time the phases of the iteration (eager)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="device peak for the MFU figure (GPU)")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the rate MFU is measured against (TFLOP/s; e.g. from benchmarks.matmul_rate)",
+    )
     p.add_argument(
         "--paired",
         action="store_true",
@@ -343,14 +348,14 @@ def run(a: argparse.Namespace) -> dict:
         flops = count_flops(s)
         out["flops_per_iter"] = flops
         out["achieved_tflops"] = flops / stats["median_s"] / 1e12
-        if s.device.type == "cuda":
-            peak = a.peak_tflops
-            if peak is None:
-                name = torch.cuda.get_device_name(s.device)
-                peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), None)
-            if peak:
-                out["peak_tflops"] = peak
-                out["mfu"] = out["achieved_tflops"] / peak
+        # --peak-tflops (e.g. benchmarks.matmul_rate's measured rate) on any device; else a GPU's datasheet peak
+        peak = a.peak_tflops
+        if peak is None and s.device.type == "cuda":
+            name = torch.cuda.get_device_name(s.device)
+            peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), None)
+        if peak:
+            out["peak_tflops"] = peak
+            out["mfu"] = out["achieved_tflops"] / peak
     out["notes"] = s.notes
     out.update(info)
     return out

@@ -236,7 +236,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         import ray.train.torch
 
         device = str(ray.train.torch.get_device())
-    run_step(plan, ray.train.get_context().get_world_rank(), ray.train.get_checkpoint(), _train_report, device)
+    ctx = ray.train.get_context()
+    # One line a user (and benchmarks/gpu_check.sh) can check: which collective backend this worker really got.
+    print(
+        f"train worker {ctx.get_world_rank()}/{ctx.get_world_size()}: process group {_process_group_backend()}, "
+        f"device {device or 'cpu'}",
+        flush=True,
+    )
+    run_step(plan, ctx.get_world_rank(), ray.train.get_checkpoint(), _train_report, device)
+
+
+def _process_group_backend() -> str:
+    """The initialised torch.distributed backend ('nccl', 'gloo'), or 'none' when no process group exists."""
+    import torch.distributed as dist
+
+    return str(dist.get_backend()) if dist.is_available() and dist.is_initialized() else "none"
 
 
 def run_direct(plan: TrialPlan) -> None:
