@@ -44,7 +44,8 @@ def step_lines(out: Path) -> list[str]:
             continue
         lines.append(
             f"| {path.stem} | {r['step']} | {r['batch']} × {r['size']}² | {r.get('amp', '–')} | "
-            f"{'on' if r.get('compile') else 'off'} | {_fmt(r['median_s'], '.4f')} | {_fmt(r['images_per_s'], '.1f')} | "
+            f"{'on' if r.get('compile') else 'off'} | {_fmt(r['median_s'], '.4f')} | "
+            f"{_fmt(r['images_per_s'], '.1f')} | "
             f"{_fmt(r.get('achieved_tflops'), '.2f')} | {_fmt(r.get('mfu'), '.1%')} | "
             f"{_fmt(r.get('cuda_max_memory_allocated_mb'), '.0f')} |"
         )
