@@ -344,13 +344,13 @@ def losses(s: StepSetup, ctx: Context | None = None) -> dict[str, torch.Tensor]:
 
 
 def iteration(s: StepSetup, ctx: Context | None = None, timer: Callable[[str], None] | None = None) -> torch.Tensor:
-    """One training iteration exactly as the loop body of ``engine.train_step`` (losses, zero_grad, backward,
+    """One training iteration exactly as the loop body of ``engine.train_step`` (zero_grad, losses, backward,
     zero gradients for unused parameters, optimiser and scheduler step). ``timer(name)`` marks phase ends."""
+    s.optimizer.zero_grad(set_to_none=True)  # before the forward, as engine.train_one_epoch (peak memory)
     terms = losses(s, ctx)
     total = sum(terms.values())
     if timer:
         timer("losses")
-    s.optimizer.zero_grad(set_to_none=True)
     s.scaler.scale(total).backward()
     if timer:
         timer("backward")

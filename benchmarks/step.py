@@ -3,7 +3,7 @@
     python -m benchmarks.step --backbone resnet101 --size 512 --batch 2 --step 1 --method wilson [--fp32-eager] --json
 
 Random init, random data in memory (one fixed batch), ``--threads`` intra-op threads (2 by default). One iteration
-is the loop body of ``engine.train_step`` (losses under the engine's autocast, zero_grad, backward, zero
+is the loop body of ``engine.train_step`` (zero_grad, losses under the engine's autocast, backward, zero
 gradients for unused parameters, SGD Nesterov with the engine's 3 parameter groups, scheduler step); a WILSON
 step-1 iteration runs at epoch = pseudo_epochs, so ℓ_SEG, ℓ_CLS, ℓ_LOC, ℓ_SSS (PAMR on) and ℓ_ENC are all active.
 
