@@ -211,6 +211,7 @@ def train_learner(
             batch = Batch(
                 images.to(device), torch.empty(0), labels.to(device), {k: v.to(device) for k, v in extras.items()}
             )
+            optimizer.zero_grad(set_to_none=True)  # before the forward: last step's gradients freed for its peak
             terms = learner.losses(net, batch, epoch)
             loss = sum(terms.values())
             if not torch.isfinite(loss):
@@ -218,7 +219,6 @@ def train_learner(
                 raise RuntimeError(
                     f"{learner.name} learner: non-finite loss at epoch {epoch + 1} iteration {it + 1}: {bad}"
                 )
-            optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()

@@ -369,6 +369,7 @@ class SeamLearner(WeakLearner):
             for it, (images, seeds) in enumerate(loader):
                 if it >= iters:
                     break
+                optimizer.zero_grad(set_to_none=True)  # before the forward, so its peak holds no old gradients
                 feats = net(images.to(device))
                 h, w = feats.shape[-2:]
                 if (h, w) not in pairs:
@@ -377,7 +378,6 @@ class SeamLearner(WeakLearner):
                 small = F.interpolate(seeds[:, None].float(), (h, w), mode="nearest")[:, 0].long().to(device)
                 terms = aff.affinity_loss(aff.pair_affinities(feats, src, dst), *aff.affinity_labels(small, src, dst))
                 loss = sum(terms.values())
-                optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
