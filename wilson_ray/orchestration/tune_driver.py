@@ -386,6 +386,9 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
             tuner.fit()
         except KeyboardInterrupt:
             interrupted = True
+        # again after fit: a restored Tuner copies the experiment folder (this sweep's folder) to its staging
+        # folder at the start and back at the end, over the startup.json its own callback wrote meanwhile
+        write_startup(phases, startup_path)
         if space.confirm is not None and not interrupted:
             interrupted = _run_confirmation(space, settings, sweep_path, storage, name, opts, log)
         kill_point("before_summary")
