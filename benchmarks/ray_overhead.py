@@ -2,8 +2,10 @@
 
     python -m benchmarks.ray_overhead --space search_spaces/demo.yaml --data-root data/synthetic --trials 3 --json
 
-1. A copy of the space with no early stopping (every trial runs all its epochs), ``--trials`` samples, and one
-   worker per trial holding all ``--cpus`` CPUs, so trials run one after another as plain processes would.
+1. A copy of the space with no early stopping (every trial runs all its epochs), no seed confirmation stage (a
+   ``confirm:`` section is dropped: the sweep runs exactly the ``--trials`` trials the plain runs repeat),
+   ``--trials`` samples, and one worker per trial holding all ``--cpus`` CPUs, so trials run one after another as
+   plain processes would.
    ``--trainer direct`` (the sweep's default for one worker) trains in the Tune trial process; ``--trainer torch``
    runs every trial as a one-worker Ray Train ``TorchTrainer``, the path multi-worker trials take.
 2. The earlier steps are put in the sweep's step cache first (not timed: both sides reuse it).
@@ -11,12 +13,14 @@
    MLflow tracking on) is timed as one process.
 4. Each finished trial's resolved config is written to YAML and trained again with ``python -m wilson_ray train
    --config trial.yaml --steps <step>`` (same cache), one process after another; the sum is timed.
-5. With ``--bracket``, the same sweep runs once more after the plain runs (a new folder, the same seeded trials):
-   sweep, plain, sweep. A VM whose speed drifts by 10-30 % within minutes biases a sweep-then-plain ratio either
-   way; the mean of the two sweeps against the plain runs in between cancels a steady drift.
+5. With ``--bracket``, the sweep and the plain runs each run once more (a new folder, the same seeded trials):
+   sweep, plain, sweep, plain, all in one invocation. A VM whose speed drifts by 10-30 % within minutes biases a
+   sweep-then-plain ratio either way; interleaving two of each and comparing their means cancels a steady drift
+   (to first order) and shows the spread between repeats of the same side.
 
 Prints one JSON object: both wall times, the per-trial times of the plain runs, and ``ratio`` = sweep / plain
-(with ``--bracket`` also ``sweep_after_s`` and ``ratio_bracketed`` = mean of both sweeps / plain).
+(with ``--bracket`` also ``sweep_after_s``, ``plain_after_s``, ``runs`` (each of the four runs: kind, seconds,
+per-trial seconds of a plain run) and ``ratio_bracketed`` = mean of the two sweeps / mean of the two plain runs).
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--bracket",
         action="store_true",
-        help="run the sweep again after the plain runs (sweep, plain, sweep) and report the mean ratio",
+        help="sweep, plain, sweep, plain in one run; report mean sweep / mean plain (ratio_bracketed)",
     )
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
@@ -79,6 +83,7 @@ def _space_copy(src: Path, dst: Path, trials: int, cpus: int) -> Path:
     if base.get("config"):  # relative to the original file
         base["config"] = str((src.parent / base["config"]).resolve())
     data["scheduler"] = {"type": "none"}
+    data.pop("confirm", None)  # no seed confirmation stage: the plain runs repeat exactly the search's trials
     data["search"] = {**(data.get("search") or {}), "num_samples": trials}
     data["resources"] = {
         **(data.get("resources") or {}),
@@ -183,35 +188,27 @@ def run(a: argparse.Namespace) -> dict:
     if len(rows) != a.trials:
         raise SystemExit(f"{len(rows)} of {a.trials} trials completed; see {storage / 'sweep.log'}")
     sweep = read_sweep(storage, space.name)
-    plain = []
     for r in rows:
-        cfg_path = storage / f"plain_{r['trial']}.yaml"
-        cfg_path.write_text(best_config_text(r, sweep), encoding="utf-8")
-        # A cache holding only the earlier step: `train --cache-dir` also caches the step it trains, so a shared
-        # cache that already has this trial's step (the same seeded configs from an earlier run of this
-        # benchmark) would make the plain run a checkpoint load instead of training.
-        plain_cache = storage / f"plain_cache_{r['trial']}"
-        shutil.rmtree(plain_cache, ignore_errors=True)
-        prev = step_key(resolve_config(config_file=cfg_path), space.step - 1)
-        shutil.copytree(cache / prev, plain_cache / prev)
-        plain.append(
-            _timed(
-                [
-                    py,
-                    "-m",
-                    "wilson_ray",
-                    "train",
-                    "--config",
-                    str(cfg_path),
-                    "--steps",
-                    str(space.step),
-                    "--cache-dir",
-                    str(plain_cache),
-                ],
-                storage / f"plain_{r['trial']}.log",
-            )
-        )
-        shutil.rmtree(plain_cache, ignore_errors=True)
+        (storage / f"plain_{r['trial']}.yaml").write_text(best_config_text(r, sweep), encoding="utf-8")
+
+    def plain_runs(tag: str = "") -> list[float]:
+        """Each trial's config as one ``wilson-ray train`` process after another; seconds per trial."""
+        out = []
+        for r in rows:
+            cfg_path = storage / f"plain_{r['trial']}.yaml"
+            # A cache holding only the earlier step: `train --cache-dir` also caches the step it trains, so a
+            # shared cache that already has this trial's step (the same seeded configs from an earlier run of this
+            # benchmark, or the plain run before) would make the plain run a checkpoint load instead of training.
+            plain_cache = storage / f"plain_cache_{r['trial']}"
+            shutil.rmtree(plain_cache, ignore_errors=True)
+            prev = step_key(resolve_config(config_file=cfg_path), space.step - 1)
+            shutil.copytree(cache / prev, plain_cache / prev)
+            cmd = [py, "-m", "wilson_ray", "train", "--config", str(cfg_path), "--steps", str(space.step)]
+            out.append(_timed([*cmd, "--cache-dir", str(plain_cache)], storage / f"plain{tag}_{r['trial']}.log"))
+            shutil.rmtree(plain_cache, ignore_errors=True)
+        return out
+
+    plain = plain_runs()
     plain_s = sum(plain)
     trials_dir = storage / space.name / "trials"
     timeline = [_timeline(trials_dir / r["trial"]) for r in rows]
@@ -232,10 +229,27 @@ def run(a: argparse.Namespace) -> dict:
         shutil.copytree(cache, again / "step_cache")
         after_s = _timed(sweep_cmd(again), again / "sweep.log")
         after = sorted(_sweep_miou(again / space.name / "trials" / r["trial"]) for r in completed(again))
+        plain_after = plain_runs("_after")
+        plain_after_s = sum(plain_after)
+        plain_after_miou = sorted(_plain_miou(storage / f"plain_after_{r['trial']}.log") for r in rows)
+        runs = [
+            {"kind": "sweep", "s": round(sweep_s, 2)},
+            {"kind": "plain", "s": round(plain_s, 2), "trial_s": [round(x, 2) for x in plain]},
+            {"kind": "sweep", "s": round(after_s, 2)},
+            {"kind": "plain", "s": round(plain_after_s, 2), "trial_s": [round(x, 2) for x in plain_after]},
+        ]
         bracket = {
+            "order": "sweep, plain, sweep, plain",
+            "runs": runs,
             "sweep_after_s": round(after_s, 2),
-            "ratio_bracketed": round((sweep_s + after_s) / 2 / plain_s, 4),
-            "same_results_after": after == sorted(x["plain"] for x in results),
+            "plain_after_s": round(plain_after_s, 2),
+            "sweep_mean_s": round((sweep_s + after_s) / 2, 2),
+            "plain_mean_s": round((plain_s + plain_after_s) / 2, 2),
+            "ratio_bracketed": round((sweep_s + after_s) / (plain_s + plain_after_s), 4),
+            # the same side twice: how far repeats of one command drift on this machine during the benchmark
+            "sweep_repeat_ratio": round(after_s / sweep_s, 4),
+            "plain_repeat_ratio": round(plain_after_s / plain_s, 4),
+            "same_results_after": after == sorted(x["plain"] for x in results) == plain_after_miou,
         }
     return {
         "benchmark": "ray_overhead",
@@ -273,8 +287,9 @@ def main(argv=None) -> int:
             f"same mIoU as the plain runs: {r['same_results']}"
         )
         if "sweep_after_s" in r:
+            runs = ", ".join(f"{x['kind']} {x['s']:.1f} s" for x in r["runs"])
             print(
-                f"the sweep again after the plain runs: {r['sweep_after_s']:.1f} s; mean of both sweeps / plain "
+                f"bracketed (sweep, plain, sweep, plain): {runs}; mean sweep / mean plain "
                 f"{r['ratio_bracketed']:.3f}; same mIoU: {r['same_results_after']}"
             )
     return 0

@@ -294,6 +294,13 @@ def test_sweep_killed_at_point_resumes_with_one_of_each(synth, storage, tmp_path
     assert again.returncode == 0, out[-6000:]
     assert "resuming" in out
     check_one_of_each(storage, name, 3, out)
+    # the rerun's own start phases (a restored Tuner runs the first run's pickled callbacks, and copies the
+    # sweep folder back over startup.json at its end: the driver writes it again after fit)
+    start = json.loads((storage / name / "startup.json").read_text())
+    assert start["notes"]["restored"] is True
+    names = [p["name"] for p in start["phases"]]
+    runs_a_trial = point != "before_summary"  # killed after every trial finished: the rerun starts none
+    assert names[-2:] == (["first_trial_start", "first_epoch"] if runs_a_trial else ["previous_step", "tuner"]), names
 
 
 @pytest.mark.ray

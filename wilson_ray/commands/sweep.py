@@ -143,6 +143,10 @@ def _extra(args: argparse.Namespace) -> dict:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from wilson_ray.phases import PhaseRecorder
+
+    phases = PhaseRecorder()  # the driver's start phases -> <sweep folder>/startup.json (tune_driver.STARTUP_PHASES)
+    phases.mark("cli")
     from wilson_ray.orchestration.search_space import load_search_space
     from wilson_ray.tracking.mlflow_tracker import check_tracking_uri
 
@@ -164,11 +168,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         check_optuna_storage(args.optuna_storage)
     extra = _extra(args)
     space = load_search_space(args.space, extra)
+    phases.mark("space")
     if args.name is not None and not args.name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise UserError(f"--name: {args.name!r} has characters other than letters, digits, '-', '_', '.'")
 
     from wilson_ray.orchestration.tune_driver import SweepOptions, print_outcome, run_sweep
 
+    phases.mark("driver_imports")
     opts = SweepOptions(
         space=space,
         storage=Path(args.storage),
@@ -186,6 +192,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         extra=extra,
         verbose=2 if args.verbose else 0 if args.quiet else 1,
         seed=args.seed,
+        phases=phases,
     )
     if not args.verbose:
         quiet_python_warnings()

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,13 @@ from wilson_ray.config import flatten
 from wilson_ray.errors import UserError
 from wilson_ray.orchestration import cluster
 from wilson_ray.orchestration import results as R
-from wilson_ray.orchestration.backends import alive_nodes, check_shared_sqlite, optuna_storage_url, redact
+from wilson_ray.orchestration.backends import (
+    alive_nodes,
+    check_shared_sqlite,
+    optuna_storage_url,
+    redact,
+    storage_sharing,
+)
 from wilson_ray.orchestration.cluster import check_cluster, init_ray, trainer_kind
 from wilson_ray.orchestration.compat import WilsonOptunaSearch
 from wilson_ray.orchestration.confirm import FOLDER as CONFIRM_FOLDER
@@ -39,6 +46,7 @@ from wilson_ray.orchestration.outcome import TrialOutcomeCallback
 from wilson_ray.orchestration.search_space import SearchSpace
 from wilson_ray.orchestration.settings import SweepSettings, TrialPlan
 from wilson_ray.orchestration.trial import trial
+from wilson_ray.phases import PhaseRecorder
 from wilson_ray.sweep_record import TrialRecord, record_id
 from wilson_ray.tracking.mlflow_tracker import (
     VIEW_KEY,
@@ -49,6 +57,7 @@ from wilson_ray.tracking.mlflow_tracker import (
     default_artifact_location,
     default_tracking_uri,
     is_local_store,
+    prepare_store,
     share_view,
     ui_command,
     venv_command,
@@ -76,6 +85,65 @@ class SweepOptions:
     extra: dict[str, Any] = field(default_factory=dict)  # --set / --data-root overrides
     verbose: int = 1
     seed: int | None = None
+    # the driver's start phases (``wilson_ray.phases``): ``cmd_sweep`` passes the one it marked its own phases
+    # in; run_sweep marks the rest and writes them to <sweep folder>/startup.json
+    phases: PhaseRecorder | None = None
+
+
+STARTUP_FILE = "startup.json"
+# The phases of ``startup.json`` in order (the first three are marked by ``wilson-ray sweep``, ``cmd_sweep``):
+STARTUP_PHASES = (
+    "cli",  # process start -> the sweep command runs: interpreter, wilson_ray.cli, argument parsing
+    "space",  # the search space read and validated: its base config resolved (imports torch and the methods)
+    "driver_imports",  # the driver module: ray, ray.tune, Optuna's Tune searcher
+    "ray_init",  # the local Ray cluster started (or joined); MLflow is prepared on a thread meanwhile
+    "mlflow_store",  # the sweep record written, MLflow's store ready (waiting for the thread) and the parent run
+    "previous_step",  # step t-1's checkpoint found in the cache (or trained)
+    "tuner",  # the Optuna study, searcher, scheduler and Tuner built (or restored)
+    "first_trial_start",  # Tune started the first trial (driver callback)
+    # the first trial's first epoch result reached the driver (driver callback); a trial's last epoch is reported
+    # after its final figures, so with 1-epoch trials this phase holds them too
+    "first_epoch",
+)
+
+
+# startup.json path -> this driver process's recorder. Tune pickles a Tuner's callbacks into its experiment
+# folder and a restored Tuner runs the unpickled ones, so the callback holds only the path and finds the recorder
+# of the process that runs it here (a restored sweep records its own start, not the first run's).
+_ACTIVE_PHASES: dict[str, PhaseRecorder] = {}
+
+
+class StartupCallback(tune.Callback):
+    """Marks the first trial's start and its first reported epoch in the driver's ``PhaseRecorder`` and
+    rewrites ``startup.json`` after each. The time is the driver's when Tune hands it the event (what a user
+    waits for), not the trial process's: no clock of another process is compared."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def _mark(self, name: str) -> None:
+        phases = _ACTIVE_PHASES.get(self.path)
+        if phases is not None and not phases.has(name):
+            phases.mark(name)
+            write_startup(phases, Path(self.path))
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._mark("first_trial_start")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if int(result.get("epoch", 0) or 0) >= 1:
+            self._mark("first_trial_start")  # a no-op after its start event
+            self._mark("first_epoch")
+
+
+def write_startup(phases: PhaseRecorder, path: Path) -> None:
+    """``startup.json`` of the sweep (atomic); a failed write warns once on stderr, it never fails the sweep."""
+    try:
+        phases.write(path)
+    except OSError as err:
+        if not phases.notes.get("write_failed"):
+            phases.note("write_failed", True)
+            print(f"wilson-ray: warning: could not write {path}: {err}", file=sys.stderr)
 
 
 @dataclass
@@ -165,6 +233,7 @@ def _absolute_paths(extra: dict[str, Any], base_cfg) -> dict[str, Any]:
 
 
 def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
+    phases = opts.phases if opts.phases is not None else PhaseRecorder()
     space = opts.space
     storage = R.check_storage(opts.storage)
     opts.storage = storage
@@ -211,7 +280,13 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
     if opts.verbose < 2:  # Tune's new console output prints its experiment banner even when silent
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     cluster.VERBOSE = opts.verbose >= 2
+    # MLflow's import and a new SQLite store's migrations (seconds) on a thread while ray.init starts the
+    # cluster; its errors are raised here by store.wait(), before the parent run is opened
+    # (the SQLite file only for a local cluster on local storage: check_shared_sqlite refuses it otherwise)
+    local = not (opts.address or os.environ.get("RAY_ADDRESS")) and storage_sharing(storage, 1) is None
+    store = prepare_store(tracking, open_store=local) if tracking is not None else None
     started = init_ray(opts.address, opts.num_cpus)
+    phases.mark("ray_init")
     try:
         concurrency = check_cluster(workers, cpus, gpus, num_samples)
         optuna_url = optuna_storage_url(opts.optuna_storage, sweep_path)
@@ -246,6 +321,7 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
             },
         )
         if tracking is not None:
+            phases.note("mlflow_thread_s", round(store.wait(), 3))
             parent = SweepRun(tracking)
             parent.open(
                 params=_parent_params(space, base_cfg, num_samples, workers),
@@ -253,6 +329,7 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
                 files=[space.path],
             )
             tracking.parent_run_id = parent.run_id
+        phases.mark("mlflow_store")
         settings = _settings(opts, name, sweep_path, base_cfg, tracking, workers, cpus, gpus, trainer)
 
         log(
@@ -283,8 +360,25 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
             log(f"step {space.step - 1} checkpoint: {ckpt} ({time.time() - t0:.0f} s)")
             if _shared_previous_step(space, extra, base_cfg):
                 settings = dataclasses.replace(settings, init_checkpoint=str(ckpt))
+        phases.mark("previous_step")
 
-        tuner, restored = _tuner(space, settings, sweep_path, storage, name, num_samples, concurrency, opts)
+        startup_path = sweep_path / STARTUP_FILE
+        _ACTIVE_PHASES[str(startup_path)] = phases
+        tuner, restored = _tuner(
+            space,
+            settings,
+            sweep_path,
+            storage,
+            name,
+            num_samples,
+            concurrency,
+            opts,
+            extra_callbacks=[StartupCallback(startup_path)],
+        )
+        phases.mark("tuner")
+        phases.note("restored", restored)
+        phases.note("tracking", tracking is not None)
+        write_startup(phases, startup_path)
         if restored:
             log(f"sweep {name}: resuming it (finished trials are kept, unfinished ones continue)")
         interrupted = False
@@ -292,11 +386,15 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
             tuner.fit()
         except KeyboardInterrupt:
             interrupted = True
+        # again after fit: a restored Tuner copies the experiment folder (this sweep's folder) to its staging
+        # folder at the start and back at the end, over the startup.json its own callback wrote meanwhile
+        write_startup(phases, startup_path)
         if space.confirm is not None and not interrupted:
             interrupted = _run_confirmation(space, settings, sweep_path, storage, name, opts, log)
         kill_point("before_summary")
         return _finish(space, settings, storage, name, tracking, restored, interrupted, log, optuna_url)
     finally:
+        _ACTIVE_PHASES.pop(str(sweep_path / STARTUP_FILE), None)
         if started:
             ray.shutdown()
 
@@ -368,9 +466,10 @@ def _tuner(
     num_samples: int,
     concurrency: int,
     opts: SweepOptions,
+    extra_callbacks: list | None = None,
 ):
     resources = DRIVER_RESOURCES
-    callbacks = [TrialOutcomeCallback(settings)]
+    callbacks = [TrialOutcomeCallback(settings), *(extra_callbacks or [])]
     if opts.verbose >= 1:
         callbacks.append(
             ConsoleReporter(

@@ -355,6 +355,72 @@ class SweepRun:
             return False
 
 
+class StorePreparation:
+    """MLflow made ready on a daemon thread while the caller does something else (the sweep driver: a local
+    ``ray.init``): ``import mlflow`` for every store, and with ``open_store`` for a SQLite store also creating or
+    migrating the file and finding or creating the experiment (MLflow keeps one store object per URI in the
+    process, so the driver's own client later reuses it). ``wait()`` joins the thread and raises what failed
+    there, in the caller's thread, as a one-line ``UserError``; nothing is swallowed."""
+
+    def __init__(
+        self, info: TrackingInfo, open_store: bool = True, work: Callable[[TrackingInfo, bool], None] | None = None
+    ):
+        self.info = info
+        self.open_store = open_store
+        self._work = work or _prepare
+        self._error: BaseException | None = None
+        self.seconds: float | None = None  # the thread's own time, once it ended
+        configure_http_client()  # environment changes stay in the caller's thread
+        self._thread = threading.Thread(target=self._run, name="wilson-ray-mlflow-store", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._work(self.info, self.open_store)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread by wait()
+            self._error = err
+        finally:
+            self.seconds = time.perf_counter() - t0
+
+    def wait(self, timeout: float | None = None) -> float:
+        """Wait for the thread (up to ``timeout`` s); returns its seconds, or raises ``UserError`` naming the
+        store and the thread's error (type and first line)."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise UserError(
+                f"MLflow store {self.info.uri}: still not ready after {timeout:g} s, expected it to open in seconds "
+                "(a locked or very slow SQLite file?); or run with --no-mlflow"
+            )
+        err = self._error
+        if err is not None:
+            self._error = None
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            raise UserError(
+                f"MLflow store {self.info.uri}: could not be prepared ({type(err).__name__}: {reason}), expected "
+                "a writable MLflow store (a SQLite file in a writable folder) or --no-mlflow"
+            ) from err
+        return self.seconds or 0.0
+
+
+def _prepare(info: TrackingInfo, open_store: bool) -> None:
+    import mlflow  # noqa: F401 - the import itself is most of the work for a server store
+
+    if open_store and urlparse(info.uri).scheme.split("+")[0].lower() == "sqlite":
+        # a local file: creating it and running MLflow's migrations takes seconds, and its failure is not a
+        # server that may come back (server and database stores keep the one-warning offline path)
+        _Connection(info, lambda msg: None).ensure()
+
+
+def prepare_store(
+    info: TrackingInfo, open_store: bool = True, work: Callable[[TrackingInfo, bool], None] | None = None
+) -> StorePreparation:
+    """Start preparing the MLflow store of ``info`` on a daemon thread (``StorePreparation``). ``open_store``
+    False: only import mlflow (the caller has not yet checked that this process may write the SQLite file);
+    ``work(info, open_store)`` replaces the preparation (tests)."""
+    return StorePreparation(info, open_store, work)
+
+
 VIEW_KEY = "wilson-ray"  # the experiment page's shared view: ?viewStateShareKey=wilson-ray
 
 
