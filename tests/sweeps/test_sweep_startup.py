@@ -83,6 +83,37 @@ def test_a_prepared_store_has_the_experiment_and_the_driver_reuses_it(tmp_path):
     assert not (other / "mlflow.db").exists()
 
 
+def test_a_refused_sweep_discards_only_what_the_store_thread_created(tmp_path):
+    """A sweep refused after the thread started (a SQLite store on a cluster found to have 2 nodes) removes the
+    SQLite file and artifact folder the thread made, and keeps a store that was there before."""
+    import time
+
+    def slow_create(info, open_store):  # the thread is still working when the refusal comes
+        time.sleep(0.5)
+        Path(info.uri[len("sqlite:///") :]).write_bytes(b"SQLite format 3\x00")
+        art = Path(info.artifact_location[len("file://") :])
+        art.mkdir(parents=True)
+        (art / "x").write_text("1", encoding="utf-8")
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    info = TrackingInfo(
+        uri=default_tracking_uri(fresh),
+        experiment="exp",
+        sweep="exp",
+        artifact_location=(fresh / "mlartifacts" / "exp").as_uri(),
+    )
+    prepare_store(info, work=slow_create).discard()
+    assert not any(fresh.iterdir())
+    # a store the user already had is never removed, even when the thread touched it
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "mlflow.db").write_bytes(b"theirs")
+    info = TrackingInfo(uri=default_tracking_uri(kept), experiment="exp", sweep="exp")
+    prepare_store(info, work=lambda i, o: None).discard()
+    assert (kept / "mlflow.db").read_bytes() == b"theirs"
+
+
 def test_the_driver_raises_the_store_error_before_opening_the_parent_run(tmp_path, monkeypatch):
     """``run_sweep`` without a cluster (``init_ray`` and the cluster checks stubbed): the thread's failure ends
     the sweep with the one-line UserError, before any MLflow run or trial."""

@@ -290,7 +290,12 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
     try:
         concurrency = check_cluster(workers, cpus, gpus, num_samples)
         optuna_url = optuna_storage_url(opts.optuna_storage, sweep_path)
-        check_shared_sqlite(storage, alive_nodes(), uri, optuna_url, log)  # no SQLite written from many nodes
+        try:  # no SQLite written from many nodes
+            check_shared_sqlite(storage, alive_nodes(), uri, optuna_url, log)
+        except UserError:
+            if store is not None:  # what its thread created is removed again: a refused sweep leaves nothing
+                store.discard()
+            raise
         sweep_path.mkdir(parents=True, exist_ok=True)
         R.write_sweep(
             storage,

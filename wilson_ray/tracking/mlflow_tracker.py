@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -104,8 +105,11 @@ def default_tracking_uri(storage: str | Path) -> str:
     return f"sqlite:///{Path(storage).expanduser().resolve() / 'mlflow.db'}"
 
 
+ARTIFACT_ROOT = "mlartifacts"
+
+
 def default_artifact_location(storage: str | Path, experiment: str) -> str:
-    return (Path(storage).expanduser().resolve() / "mlartifacts" / experiment).as_uri()
+    return (Path(storage).expanduser().resolve() / ARTIFACT_ROOT / experiment).as_uri()
 
 
 def is_local_store(uri: str) -> bool:
@@ -370,6 +374,8 @@ class StorePreparation:
         self._work = work or _prepare
         self._error: BaseException | None = None
         self.seconds: float | None = None  # the thread's own time, once it ended
+        # what the thread may create, noted before it starts, so that discard() removes only that
+        self._new_paths = [p for p in _local_store_paths(info) if not p.exists()] if open_store else []
         configure_http_client()  # environment changes stay in the caller's thread
         self._thread = threading.Thread(target=self._run, name="wilson-ray-mlflow-store", daemon=True)
         self._thread.start()
@@ -401,6 +407,31 @@ class StorePreparation:
                 "a writable MLflow store (a SQLite file in a writable folder) or --no-mlflow"
             ) from err
         return self.seconds or 0.0
+
+    def discard(self) -> None:
+        """The sweep was refused after the thread started (e.g. a SQLite store on a cluster that turned out to
+        have several nodes): wait for the thread, ignore its error, and remove the SQLite file and artifact
+        folder it created (only those that did not exist before)."""
+        self._thread.join()
+        self._error = None
+        for path in self._new_paths:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+                if path.parent.name == ARTIFACT_ROOT and path.parent.is_dir() and not any(path.parent.iterdir()):
+                    path.parent.rmdir()
+            else:
+                for extra in ("", "-journal", "-wal", "-shm"):
+                    Path(f"{path}{extra}").unlink(missing_ok=True)
+
+
+def _local_store_paths(info: TrackingInfo) -> list[Path]:
+    """The SQLite file and the local artifact folder of ``info``'s store (those that are local paths)."""
+    out = []
+    if info.uri.startswith("sqlite:///") and info.uri[len("sqlite:///") :] not in ("", ":memory:"):
+        out.append(Path(info.uri[len("sqlite:///") :]))  # SQLAlchemy's form: sqlite:////abs or sqlite:///rel
+    if info.artifact_location and urlparse(info.artifact_location).scheme == "file":
+        out.append(Path(urlparse(info.artifact_location).path))
+    return out
 
 
 def _prepare(info: TrackingInfo, open_store: bool) -> None:
