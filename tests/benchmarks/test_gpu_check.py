@@ -76,6 +76,7 @@ def test_summary_refuses_a_missing_folder(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # two sweeps and eight benchmark processes: above pytest's 600-s default on 2 cores
 def test_the_whole_script_at_toy_sizes_on_the_cpu(tmp_path):
     out = tmp_path / "out"
     env = {
