@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
 from wilson_ray.errors import UserError
+from wilson_ray.tracking.mlflow_tracker import sqlite_file
 
 OPTUNA_SCHEMES = ("sqlite", "postgresql", "mysql")
 # File systems whose files other machines see (st_dev of a local disk or tmpfs is not among them)
@@ -84,7 +85,7 @@ def check_optuna_storage(url: str, flag: str = "--optuna-storage") -> str:
             f"{', '.join(s + '://' for s in OPTUNA_SCHEMES)} (e.g. "
             "postgresql://user@db-host:5432/optuna)"
         )
-    if scheme == "sqlite" and (not url.startswith("sqlite:///") or url[len("sqlite:///") :] in ("", ":memory:")):
+    if scheme == "sqlite" and sqlite_file(url) is None:
         raise UserError(f"{flag}: {url!r} is not a sqlite file URL, expected sqlite:////absolute/path/optuna.db")
     if scheme != "sqlite" and not urlparse(url).hostname:
         raise UserError(f"{flag}: {redact(url)!r} has no host, expected e.g. postgresql://user@db-host:5432/optuna")
@@ -141,7 +142,7 @@ def check_shared_sqlite(storage: str | Path, nodes: int, tracking_uri: str | Non
         )
     if is_sqlite(optuna_url):
         log(
-            f"wilson-ray: warning: the Optuna study is a SQLite file ({optuna_url[len('sqlite:///') :]}) and the "
+            f"wilson-ray: warning: the Optuna study is a SQLite file ({sqlite_file(optuna_url)}) and the "
             f"sweep is not local ({why}); only this driver writes it, but use --optuna-storage "
             "postgresql://user@db-host:5432/optuna to share the study safely"
         )

@@ -288,12 +288,12 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
     started = init_ray(opts.address, opts.num_cpus)
     phases.mark("ray_init")
     try:
-        concurrency = check_cluster(workers, cpus, gpus, num_samples)
-        optuna_url = optuna_storage_url(opts.optuna_storage, sweep_path)
-        try:  # no SQLite written from many nodes
-            check_shared_sqlite(storage, alive_nodes(), uri, optuna_url, log)
+        try:  # the checks that can refuse the sweep; a refused sweep leaves nothing, the store thread's file too
+            concurrency = check_cluster(workers, cpus, gpus, num_samples)
+            optuna_url = optuna_storage_url(opts.optuna_storage, sweep_path)
+            check_shared_sqlite(storage, alive_nodes(), uri, optuna_url, log)  # no SQLite written from many nodes
         except UserError:
-            if store is not None:  # what its thread created is removed again: a refused sweep leaves nothing
+            if store is not None:
                 store.discard()
             raise
         sweep_path.mkdir(parents=True, exist_ok=True)

@@ -94,8 +94,7 @@ def check_tracking_uri(uri: str, flag: str = "--tracking-uri") -> str:
     if scheme in ("http", "https") and not urlparse(uri).netloc:
         raise UserError(f"{flag}: {uri!r} has no host, expected e.g. http://127.0.0.1:5000")
     if scheme == "sqlite":
-        path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else None
-        if not path or path == ":memory:":
+        if sqlite_file(uri) is None:
             raise UserError(f"{flag}: {uri!r} is not a sqlite file URI, expected sqlite:////absolute/path/mlflow.db")
     return uri
 
@@ -103,6 +102,13 @@ def check_tracking_uri(uri: str, flag: str = "--tracking-uri") -> str:
 def default_tracking_uri(storage: str | Path) -> str:
     """``sqlite:///<storage>/mlflow.db`` (absolute)."""
     return f"sqlite:///{Path(storage).expanduser().resolve() / 'mlflow.db'}"
+
+
+def sqlite_file(uri: str) -> str | None:
+    """The file of a ``sqlite:///`` URI in SQLAlchemy's form (``sqlite:////abs`` or ``sqlite:///rel``); None for
+    any other URI, an empty path or ``:memory:``."""
+    path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
+    return path if path and path != ":memory:" else None
 
 
 ARTIFACT_ROOT = "mlartifacts"
@@ -426,9 +432,7 @@ class StorePreparation:
 
 def _local_store_paths(info: TrackingInfo) -> list[Path]:
     """The SQLite file and the local artifact folder of ``info``'s store (those that are local paths)."""
-    out = []
-    if info.uri.startswith("sqlite:///") and info.uri[len("sqlite:///") :] not in ("", ":memory:"):
-        out.append(Path(info.uri[len("sqlite:///") :]))  # SQLAlchemy's form: sqlite:////abs or sqlite:///rel
+    out = [Path(f)] if (f := sqlite_file(info.uri)) else []
     if info.artifact_location and urlparse(info.artifact_location).scheme == "file":
         out.append(Path(urlparse(info.artifact_location).path))
     return out
