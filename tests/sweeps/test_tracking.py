@@ -200,6 +200,39 @@ def test_same_tracker_recovers_when_store_is_back(tmp_path):
     assert len(warnings) == 1 and sorted(rec.epochs()) == [1, 2]
 
 
+@pytest.mark.timeout(120)
+def test_outcome_half_uploaded_or_overwritten_is_repaired_by_the_next_sync(tmp_path, monkeypatch):
+    """A sync that fails between the outcome's tag and the run's status (a locked SQLite store), or a RUNNING set
+    on the run since, must not leave a completed trial's run RUNNING: the next sync (the sweep's end) ends it."""
+    from mlflow.tracking import MlflowClient
+
+    info = info_for(tmp_path)
+    rec = make_record(tmp_path, epochs=2)
+    assert TrialTracker(info, rec).sync()  # the run exists, RUNNING
+    finish_record(rec)
+    real = MlflowClient.set_terminated
+    calls = []
+
+    def locked_once(self, run_id, *args, **kwargs):
+        calls.append(run_id)
+        if len(calls) == 1:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return real(self, run_id, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "set_terminated", locked_once)
+    assert TrialTracker(info, rec, warn=lambda _: None).sync() is False
+    assert TrialTracker(info, rec).sync()
+    client = MlflowClient(info.uri)
+    run = client.get_run(rec.run_id())
+    assert (run.info.status, run.data.tags["wilson_ray.outcome"]) == ("FINISHED", "completed")
+    assert run.info.end_time == int(rec.outcome()["time"] * 1000)
+    assert len(calls) == 2
+
+    client.update_run(rec.run_id(), status="RUNNING")  # e.g. a restored trial's process that read an old outcome
+    assert TrialTracker(info, rec).sync()
+    assert client.get_run(rec.run_id()).info.status == "FINISHED"
+
+
 def test_failed_outcome_sets_reason(tmp_path):
     info = info_for(tmp_path)
     rec = make_record(tmp_path, epochs=1)

@@ -670,7 +670,11 @@ class TrialTracker:
                         client.update_run(run_id, status="RUNNING")  # a restored trial continues its run
                 self._logged_epochs = {int(m.step) for m in client.get_metric_history(run_id, "epoch")}
                 self._final_done = run.data.tags.get(TAG_FINAL) == "1"
-                self._outcome_done = run.data.tags.get(TAG_OUTCOME)
+                # The outcome counts as uploaded only while the run's status agrees with its tag: a sync that
+                # failed between the two, or a status set RUNNING since, is repaired by the next sync.
+                done = run.data.tags.get(TAG_OUTCOME)
+                agrees = done is not None and run.info.status == OUTCOME_STATUS.get(done, "FINISHED")
+                self._outcome_done = done if agrees else None
                 self._sync_epochs(client, run_id)
                 self._sync_final(client, run_id)
                 self._sync_outcome(client, run_id)
@@ -722,6 +726,12 @@ class TrialTracker:
         outcome = data.get("outcome")
         if outcome == self._outcome_done:
             return
+        status = OUTCOME_STATUS.get(outcome, "FINISHED")
+        if status == "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        else:
+            ended = data.get("time")
+            client.set_terminated(run_id, status=status, end_time=int(ended * 1000) if ended else None)
         if outcome == "stopped_early":
             client.set_tag(run_id, TAG_STOP, str(data.get("reason") or "stopped early by ASHA")[:5000])
             if data.get("rung") is not None:
@@ -730,14 +740,8 @@ class TrialTracker:
         elif data.get("reason"):
             client.set_tag(run_id, TAG_REASON, str(data["reason"])[:5000])
             client.set_tag(run_id, "mlflow.note.content", f"failed: {data['reason']}"[:5000])
-        client.set_tag(run_id, TAG_OUTCOME, outcome)
         client.set_tag(run_id, TAG_SHOWN_OUTCOME, shown_outcome(data))
-        status = OUTCOME_STATUS.get(outcome, "FINISHED")
-        if status == "RUNNING":
-            client.update_run(run_id, status="RUNNING")
-        else:
-            ended = data.get("time")
-            client.set_terminated(run_id, status=status, end_time=int(ended * 1000) if ended else None)
+        client.set_tag(run_id, TAG_OUTCOME, outcome)  # last: it marks the outcome as uploaded (see sync)
         self._outcome_done = outcome
 
     def _sync_summary(self, client, run_id: str, tags: dict[str, str]) -> None:
