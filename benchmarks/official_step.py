@@ -64,6 +64,8 @@ import types
 import warnings
 from pathlib import Path
 
+from benchmarks.op_profile import OpProfile
+
 OFFICIAL_URL = "https://github.com/fcdl94/WILSON"
 # What this harness was written against: the index copy of fcdl94/WILSON, train.py / argparser.py / run.py /
 # run.sh at this commit (the other files it imports at c3a2b899a71445f5673c77f897afdf0c0fc816e5).
@@ -409,8 +411,8 @@ class TimedLoader:
         def set_epoch(self, epoch):
             pass
 
-    def __init__(self, batch, n: int, sync=None):
-        self.batch, self.n, self.sync = batch, n, sync
+    def __init__(self, batch, n: int, sync=None, on_mark=None):
+        self.batch, self.n, self.sync, self.on_mark = batch, n, sync, on_mark
         self.sampler = self._Sampler()
         self.marks: list[float] = []
         self.cpu_marks: list[float] = []
@@ -421,6 +423,8 @@ class TimedLoader:
     def _mark(self):
         if self.sync is not None:
             self.sync()
+        if self.on_mark is not None:  # before the timestamp: a profiler's start/stop is not timed
+            self.on_mark(len(self.marks))
         self.marks.append(time.perf_counter())
         self.cpu_marks.append(time.process_time())
 
@@ -475,6 +479,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="auto",
         choices=["auto", "real", "standin"],
         help="the inplace_abn package, or the pure-PyTorch stand-in (auto: the package when installed)",
+    )
+    p.add_argument(
+        "--op-profile",
+        dest="op_profile",
+        default=None,
+        help="write the timed iterations' self CPU time per operator to this JSON (benchmarks.op_profile)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args(argv)
@@ -577,7 +587,15 @@ def run(a: argparse.Namespace) -> dict:
     build_s = time.perf_counter() - t0
 
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-    loader = TimedLoader(batch, n, sync)
+    ops = OpProfile(a.op_profile)  # the timed iterations: marks a.warmup .. n
+
+    def on_mark(k: int) -> None:
+        if k == a.warmup:
+            ops.start()
+        elif k == n:
+            ops.stop(a.iters)
+
+    loader = TimedLoader(batch, n, sync, on_mark=on_mark)
     epoch = opts.pseudo_ep if a.step > 0 else 0
     gc.collect()
     if device.type == "cuda":

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from benchmarks import common
+from benchmarks.op_profile import OpProfile
 from wilson_ray import pseudo_labels, runtime
 
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s) for the MFU column on a GPU; --peak-tflops overrides.
@@ -95,6 +96,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     p.add_argument("--profile", action="store_true", help="also time the phases of the iteration (eager)")
+    p.add_argument(
+        "--op-profile",
+        dest="op_profile",
+        default=None,
+        help="write the timed iterations' self CPU time per operator to this JSON (benchmarks.op_profile)",
+    )
     p.add_argument(
         "--peak-tflops",
         type=float,
@@ -302,6 +309,8 @@ def run(a: argparse.Namespace) -> dict:
     times, cpu = [], []
     loss = None
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    ops = OpProfile(a.op_profile)
+    ops.start()
     for _ in range(iters):
         common.sync(s.device)
         t, c = time.perf_counter(), time.process_time()
@@ -309,6 +318,7 @@ def run(a: argparse.Namespace) -> dict:
         common.sync(s.device)
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
+    ops.stop(iters)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / iters
     stats = common.summarise(times)
     out = {

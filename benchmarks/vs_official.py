@@ -9,7 +9,10 @@ init, random data) it runs three variants, each in a fresh Python process:
 - ``official``: ``python -m benchmarks.official_step --official PATH`` (the official ``Trainer.train`` loop body;
   fp32 on a CPU, see that module);
 - ``fast``: ``python -m benchmarks.step --backbone resnet101 --method wilson`` (our fast path on this hardware);
-- ``fp32_eager``: the same with ``--fp32-eager`` (the engine's defaults).
+- ``fp32_eager``: the same with ``--fp32-eager`` (the engine's defaults);
+- ``fast_fp32`` (only with ``--variants``): the fast path's switches without its reduced precision (``--amp none``:
+  channels_last, the frozen old model, valid-tap ASPP, fused SGD, in fp32), the figure for a CPU whose bf16 is not
+  the one to use.
 
 ``--passes`` passes (2 by default) run every configuration; the variant order is reversed on every other pass
 (official, fast, fp32_eager; then fp32_eager, fast, official), so drift of a shared machine does not favour one
@@ -38,8 +41,10 @@ CONFIGS = (
     {"step": 1, "batch": 2, "size": 512},
     {"step": 0, "batch": 2, "size": 512},
 )
-VARIANTS = ("official", "fast", "fp32_eager")
-OURS = ("fast", "fp32_eager")
+VARIANTS = ("official", "fast", "fp32_eager")  # the default run
+ALL_VARIANTS = ("official", "fast", "fast_fp32", "fp32_eager")
+OURS = ("fast", "fast_fp32", "fp32_eager")
+LABELS = {"official": "official", "fast": "ours fast", "fast_fp32": "ours fast fp32", "fp32_eager": "ours fp32 eager"}
 
 
 def config_key(cfg: dict) -> str:
@@ -78,6 +83,8 @@ def command(
     cmd = [python, "-m", "benchmarks.step", "--backbone", "resnet101", "--method", "wilson", *common, "--no-flops"]
     if variant == "fp32_eager":
         cmd.append("--fp32-eager")
+    elif variant == "fast_fp32":
+        cmd += ["--amp", "none"]
     elif variant != "fast":
         raise ValueError(f"unknown variant {variant!r}")
     return cmd
@@ -140,7 +147,7 @@ def summarise(runs: list[dict], configs=CONFIGS) -> list[dict]:
         key = config_key(cfg)
         mine = [r for r in runs if r["config"] == key]
         pooled = {}
-        for v in VARIANTS:
+        for v in ALL_VARIANTS:
             results = [r["result"] for r in sorted(mine, key=lambda r: r["pass"]) if r["variant"] == v]
             if results:
                 pooled[v] = pool(results)
@@ -169,32 +176,34 @@ def _cell(p: dict | None) -> str:
 
 
 def markdown(doc: dict) -> str:
-    """The table for BENCHMARKS.md from a ``vs_official`` JSON document."""
+    """The table for BENCHMARKS.md from a ``vs_official`` JSON document (a column per variant it holds)."""
     m = doc["machine"]
     commit = (m.get("official_commit") or "")[:12] or "commit unknown"
     flags = ", ".join(m.get("cpu_flags") or []) or "none of avx2/avx512/amx"
     abn = {"standin": "pure-PyTorch in-place-ABN stand-in", "real": "inplace_abn"}.get(m.get("abn"), m.get("abn"))
+    present = [v for v in ALL_VARIANTS if any(v in c["variants"] for c in doc["configs"])]
+    ours = [v for v in present if v != "official"]
     lines = [
         f"{doc['date']}, {m.get('cpu_model')} (flags: {flags}), torch {m.get('torch')}, {m.get('threads')} threads. "
-        f"Official: fcdl94/WILSON @ {commit}, norm layers {abn}, amp {m.get('amp')}; ours: fast path "
-        f"(amp {m.get('fast_amp')}) and fp32 eager. {doc['passes']} passes, each run a fresh process "
-        f"({doc['warmup']} warm-up + {doc['iters']} timed iterations), variant order reversed every other pass; "
-        "median over the pooled timed iterations (each pass's median in brackets); ratio official / ours "
-        "(> 1: ours faster); peak RSS = largest ru_maxrss over the passes.",
+        f"Official: fcdl94/WILSON @ {commit}, norm layers {abn}, amp {m.get('amp')}; ours: "
+        f"{', '.join(LABELS[v][5:] for v in ours)} (fast: amp {m.get('fast_amp')}). {doc['passes']} passes, each "
+        f"run a fresh process ({doc['warmup']} warm-up + {doc['iters']} timed iterations), variant order reversed "
+        "every other pass; median over the pooled timed iterations (each pass's median in brackets); ratio "
+        "official / ours (> 1: ours faster); peak RSS = largest ru_maxrss over the passes.",
         "",
-        "| configuration | official s | ours fast s | ours fp32 eager s | official / fast | official / fp32 eager "
-        "| peak RSS MB: official, fast, fp32 eager |",
-        "|---|---|---|---|---|---|---|",
+        "| configuration | "
+        + " | ".join(f"{LABELS[v]} s" for v in present)
+        + " | "
+        + " | ".join(f"official / {LABELS[v][5:]}" for v in ours)
+        + f" | peak RSS MB: {', '.join(LABELS[v].removeprefix('ours ') for v in present)} |",
+        "|---|" + "---|" * (len(present) + len(ours) + 1),
     ]
     for c in doc["configs"]:
         v = c["variants"]
-        rss = ", ".join(f"{v[k]['peak_rss_mb']:.0f}" if k in v else "—" for k in VARIANTS)
-        r_fast = f"{c['official_over_fast']:.2f}×" if "official_over_fast" in c else "—"
-        r_eager = f"{c['official_over_fp32_eager']:.2f}×" if "official_over_fp32_eager" in c else "—"
-        lines.append(
-            f"| {c['label']} | {_cell(v.get('official'))} | {_cell(v.get('fast'))} | {_cell(v.get('fp32_eager'))} "
-            f"| {r_fast} | {r_eager} | {rss} |"
-        )
+        rss = ", ".join(f"{v[k]['peak_rss_mb']:.0f}" if k in v else "—" for k in present)
+        times = " | ".join(_cell(v.get(k)) for k in present)
+        rats = " | ".join(f"{c[f'official_over_{k}']:.2f}×" if f"official_over_{k}" in c else "—" for k in ours)
+        lines.append(f"| {c['label']} | {times} | {rats} | {rss} |")
     return "\n".join(lines) + "\n"
 
 
@@ -222,6 +231,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--configs", type=parse_configs, default=CONFIGS, help="step:batch:size,... (default the three)")
+    p.add_argument(
+        "--variants",
+        type=lambda t: tuple(v.strip() for v in t.split(",")),
+        default=VARIANTS,
+        help=f"comma-separated, of {','.join(ALL_VARIANTS)} (default {','.join(VARIANTS)})",
+    )
     p.add_argument("--abn", default="auto", choices=["auto", "real", "standin"], help="passed to official_step")
     p.add_argument("--dry-run", action="store_true", help="print the commands in run order and exit")
     p.add_argument("--markdown-from", dest="markdown_from", default=None, help="print the table of a written JSON")
@@ -238,7 +253,12 @@ def main(argv=None) -> int:
     except official_step.OfficialCodeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    order = run_order(a.configs, VARIANTS, a.passes)
+    unknown = [v for v in a.variants if v not in ALL_VARIANTS]
+    if unknown:
+        expected = ", ".join(ALL_VARIANTS)
+        print(f"error: --variants: unknown {', '.join(unknown)} (expected some of {expected})", file=sys.stderr)
+        return 2
+    order = run_order(a.configs, a.variants, a.passes)
     cmds = [command(v, c, str(root), a.warmup, a.iters, a.threads, abn=a.abn) for _, c, v in order]
     if a.dry_run:
         for cmd in cmds:

@@ -275,8 +275,8 @@ FIXED = {
 def test_markdown_table_from_a_fixed_json():
     assert vs_official.markdown(FIXED) == (
         "2026-12-04, AMD EPYC (flags: avx2, avx512f, avx512_bf16), torch 2.14.1, 2 threads. Official: fcdl94/WILSON "
-        "@ 8c6c59598d76, norm layers pure-PyTorch in-place-ABN stand-in, amp none; ours: fast path (amp bf16) and "
-        "fp32 eager. 2 passes, each run a fresh process (2 warm-up + 5 timed iterations), variant order reversed "
+        "@ 8c6c59598d76, norm layers pure-PyTorch in-place-ABN stand-in, amp none; ours: fast, fp32 eager (fast: amp "
+        "bf16). 2 passes, each run a fresh process (2 warm-up + 5 timed iterations), variant order reversed "
         "every other pass; median over the pooled timed iterations (each pass's median in brackets); ratio "
         "official / ours (> 1: ours faster); peak RSS = largest ru_maxrss over the passes.\n"
         "\n"
@@ -287,6 +287,55 @@ def test_markdown_table_from_a_fixed_json():
         "| 3001, 2800, 3101 |\n"
         "| step 0 (BCE), 2 × 512² | 7.000 (7.00) | — | — | — | — | 3600, —, — |\n"
     )
+
+
+def test_fast_fp32_variant_is_the_fast_path_without_bf16_and_gets_its_own_columns():
+    cfg = {"step": 1, "batch": 4, "size": 256}
+    cmd = vs_official.command("fast_fp32", cfg, "/w", 2, 5, 2, python="py")
+    assert cmd[-2:] == ["--amp", "none"] and "--fp32-eager" not in cmd
+    from benchmarks import step
+
+    o = step.options(step.parse_args(cmd[3:]))
+    assert o.amp == "none" and o.channels_last and o.valid_taps  # the fast switches stay on (every CPU plan)
+    doc = json.loads(json.dumps(FIXED))
+    first = doc["configs"][0]
+    first["variants"]["fast_fp32"] = {"median_s": 3.0, "pass_medians_s": [2.9, 3.1], "peak_rss_mb": 2500.0}
+    first.update(vs_official.ratios(first["variants"]))
+    lines = vs_official.markdown(doc).splitlines()
+    assert lines[2] == (
+        "| configuration | official s | ours fast s | ours fast fp32 s | ours fp32 eager s | official / fast "
+        "| official / fast fp32 | official / fp32 eager | peak RSS MB: official, fast, fast fp32, fp32 eager |"
+    )
+    assert lines[3] == "|---|" + "---|" * 8
+    assert lines[4] == (
+        "| WILSON step 1, 4 × 256² | 4.930 (4.90, 5.01) | 2.500 (2.45, 2.55) | 3.000 (2.90, 3.10) "
+        "| 5.000 (5.00, 5.00) | 1.97× | 1.64× | 0.99× | 3001, 2800, 2500, 3101 |"
+    )
+
+
+def test_unknown_variant_is_refused_before_anything_runs(tmp_path, capsys):
+    official = _fake_tree(tmp_path / "WILSON")
+    assert vs_official.main(["--official", str(official), "--variants", "official,fastest", "--dry-run"]) == 2
+    assert "unknown fastest" in capsys.readouterr().err
+
+
+def test_op_profile_compare_lists_the_larger_operators_of_either_side(tmp_path, capsys):
+    from benchmarks import op_profile
+
+    conv = {"ms": 100.0, "calls": 4}
+    a = {"iters": 2, "self_cpu_ms_per_iter": {"aten::conv": conv, "aten::add": {"ms": 5, "calls": 8}}}
+    b = {"iters": 2, "self_cpu_ms_per_iter": {"aten::conv": {**conv, "ms": 90.0}, "aten::pamr": {"ms": 30, "calls": 1}}}
+    lines = op_profile.compare(a, b, top=2)
+    assert lines[2:] == [
+        "| `aten::conv` | 100 (4) | 90 (4) | -10 |",
+        "| `aten::pamr` | 0 (0) | 30 (1) | +30 |",
+        "| all operators | 105 | 120 | +15 |",
+    ]
+    pa, pb = tmp_path / "a.json", tmp_path / "b.json"
+    pa.write_text(json.dumps(a))
+    pb.write_text("{not json")
+    assert op_profile.main([str(pa), str(pb)]) == 2
+    assert str(pb) in capsys.readouterr().err
 
 
 def test_markdown_from_a_written_json(tmp_path, capsys):
@@ -469,7 +518,7 @@ def test_official_step_drives_a_fake_official_tree(tmp_path, step):
     calls = tmp_path / "calls.json"
     cmd = [sys.executable, "-m", "benchmarks.official_step", "--official", str(official)]
     cmd += ["--size", "16", "--batch", "2", "--step", str(step), "--warmup", "1", "--iters", "3", "--abn", "standin"]
-    cmd += ["--threads", "1", "--json"]
+    cmd += ["--threads", "1", "--json", "--op-profile", str(tmp_path / "ops.json")]
     proc = subprocess.run(
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**_env(), "FAKE_CALLS": str(calls)}
     )
@@ -484,6 +533,8 @@ def test_official_step_drives_a_fake_official_tree(tmp_path, step):
     assert r["official_argv"] == official_step.official_argv(step, 16, 2, "iabn")
     seen = json.loads(calls.read_text())
     assert seen["iterations"] == 4  # warm-up + timed, one train() call
+    ops = json.loads((tmp_path / "ops.json").read_text())  # the 3 timed iterations' operators, per iteration
+    assert ops["iters"] == 3 and ops["self_cpu_ms_per_iter"]["aten::mean"]["calls"] == (2 if step else 1)
     assert seen["epoch"] == (5 if step else 0)  # step 1 at cur_epoch = pseudo_ep: every term on
     assert seen["images"] == [2, 3, 16, 16] and seen["labels"] == [2, 16, 16]
     assert seen["max_iters"] == (40 if step else 30) * 4  # run.py: epochs x len(train_loader)
