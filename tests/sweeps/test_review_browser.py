@@ -57,6 +57,24 @@ def tracked_sweep(tmp_path):
     return storage, name
 
 
+def stop_ui(proc: subprocess.Popen, storage: Path, timeout: float = 30) -> None:
+    """Ctrl-C the ``wilson-ray ui`` process; it must stop its servers and exit within ``timeout`` s. When it does
+    not, the failure says what it printed and what the MLflow server logged last (did it get its SIGTERM?)."""
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout)
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out = proc.communicate(timeout=30)[0] or ""
+        log = storage / "ui-logs" / "mlflow.log"
+        tail = log.read_text(errors="replace").splitlines()[-5:] if log.is_file() else []
+        pytest.fail(
+            f"wilson-ray ui did not exit within {timeout:.0f} s of Ctrl-C; it printed {out[-1500:]!r}; "
+            f"mlflow.log ends {tail!r}"
+        )
+
+
 def test_mlflow_ui_shows_trials_and_the_stopped_marker(tracked_sweep, tmp_path):
     storage, name = tracked_sweep
     port = free_port()
@@ -87,8 +105,7 @@ def test_mlflow_ui_shows_trials_and_the_stopped_marker(tracked_sweep, tmp_path):
         done = dom(f"{base}/#/experiments/1/runs/{by_trial['t2'].info.run_id}", screenshot=tmp_path / "trial.png")
         assert "trial_t2" in done and "Finished" in done and "completed" in done and "Killed" not in done
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(30)
+        stop_ui(proc, storage)
     assert proc.returncode == 0  # Ctrl-C stops the servers cleanly
 
 

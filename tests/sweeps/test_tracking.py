@@ -3,6 +3,7 @@ its own run, and an unreachable store that warns once while the record keeps eve
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -281,3 +282,27 @@ def test_plots_write_pngs(tmp_path):
     assert np.array_equal(np.load(paths[0]), cm)
     assert paths[1].read_text().splitlines()[0].endswith("a,b,c")
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_ui_interrupted_while_starting_stops_the_server_it_already_started(tmp_path, monkeypatch):
+    """Ctrl-C between the MLflow server's start and the end of ``open_ui`` (printing its URL, starting
+    optuna-dashboard) must not leave that server running in its own session."""
+    import subprocess
+
+    from wilson_ray.tracking import ui
+
+    started = []
+
+    def fake_start(argv, url, health, name, log, timeout=120.0):
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+        started.append(proc)
+        return ui.Server(name, url, proc)
+
+    def interrupted(line):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ui, "start", fake_start)
+    with pytest.raises(KeyboardInterrupt):
+        ui.open_ui(tmp_path, None, port=free_port(), log=interrupted)
+    assert len(started) == 1
+    assert started[0].wait(15) is not None  # stopped (SIGTERM), not left behind

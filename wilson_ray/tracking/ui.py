@@ -141,8 +141,20 @@ def open_ui(
         uri = default_tracking_uri(storage)
     if uri.startswith(("http://", "https://")):
         raise UserError(f"--tracking-uri: {uri} is already an MLflow server; open it in a browser")
+    servers: list[Server] = []
+    try:
+        _start_servers(servers, storage, name, sweep, uri, host, port, dashboard_port, dashboard, log)
+    except BaseException:  # Ctrl-C or an error while the second one starts: the first one must not outlive us
+        stop(servers)
+        raise
+    return servers
+
+
+def _start_servers(servers, storage, name, sweep, uri, host, port, dashboard_port, dashboard, log) -> None:
+    """MLflow's server, then optuna-dashboard's where it applies, each appended to ``servers`` once it answers."""
+    from wilson_ray.orchestration import results as R
+
     logs = storage / "ui-logs"
-    servers = []
     base = f"http://{host}:{port}"
     servers.append(start(mlflow_command(uri, port, host), base, f"{base}/health", "MLflow", logs / "mlflow.log"))
     log(f"MLflow:  {experiment_url(base, uri, name) if name else base}   (store {uri}; log {logs / 'mlflow.log'})")
@@ -161,7 +173,6 @@ def open_ui(
                 log(f"Optuna:  not started ({err})")
         else:
             log(f"Optuna:  optuna-dashboard is not installed; to add it: {install_hint()}")
-    return servers
 
 
 def serve_until_interrupted(servers: list[Server], log=print) -> int:
