@@ -3,6 +3,7 @@ its own run, and an unreachable store that warns once while the record keeps eve
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -306,3 +307,36 @@ def test_ui_interrupted_while_starting_stops_the_server_it_already_started(tmp_p
         ui.open_ui(tmp_path, None, port=free_port(), log=interrupted)
     assert len(started) == 1
     assert started[0].wait(15) is not None  # stopped (SIGTERM), not left behind
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("how", ["ctrl-c with SIGINT inherited as ignored", "SIGTERM"])
+def test_ui_stops_its_servers_on_ctrl_c_even_if_started_ignoring_it_and_on_sigterm(tmp_path, how):
+    """A ui started by a process that ignores SIGINT (the full test suite did: CI at 4245fdc and 9428a83) still
+    stops on Ctrl-C; a SIGTERM stops the servers too instead of leaving them in their own sessions."""
+    import signal
+    import subprocess
+
+    cmd = [sys.executable, "-m", "wilson_ray", "ui", "--storage", str(tmp_path), "--port", str(free_port())]
+    ignore = how.startswith("ctrl-c")
+    proc = subprocess.Popen(
+        [*cmd, "--no-dashboard"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore else None,
+    )
+    try:
+        lines = []
+        while not lines or "Ctrl-C stops the servers" not in lines[-1]:
+            lines.append(proc.stdout.readline())
+            assert lines[-1] or proc.poll() is None, "".join(lines)
+        os.killpg(proc.pid, signal.SIGINT if ignore else signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-f", f"backend-store-uri sqlite:///{tmp_path}"], check=False)
+    assert "Shutting down" in (tmp_path / "ui-logs" / "mlflow.log").read_text()  # the server got its SIGTERM

@@ -175,8 +175,16 @@ def _start_servers(servers, storage, name, sweep, uri, host, port, dashboard_por
             log(f"Optuna:  optuna-dashboard is not installed; to add it: {install_hint()}")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def serve_until_interrupted(servers: list[Server], log=print) -> int:
-    """Block until Ctrl-C (or a server exits), then stop every server."""
+    """Block until Ctrl-C or SIGTERM (or a server exits), then stop every server."""
+    # Both signals are taken explicitly: a process started with SIGINT ignored (a background job of a script, a
+    # child of a process that ignores it) would otherwise never see Ctrl-C, and a SIGTERM would leave the servers
+    # running in their own sessions.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     log("Ctrl-C stops the servers.")
     try:
         while all(s.process.poll() is None for s in servers):
@@ -188,3 +196,5 @@ def serve_until_interrupted(servers: list[Server], log=print) -> int:
         return 0
     finally:
         stop(servers)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
