@@ -66,6 +66,7 @@ def stop_ui(proc: subprocess.Popen, storage: Path, timeout: float = 30) -> None:
         return
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-f", f"backend-store-uri sqlite:///{storage}"], check=False)  # its own session
         out = proc.communicate(timeout=30)[0] or ""
         log = storage / "ui-logs" / "mlflow.log"
         tail = log.read_text(errors="replace").splitlines()[-5:] if log.is_file() else []
