@@ -237,6 +237,12 @@ CASES: list[tuple[str, Callable[[Ctx], list[str]], list[str]]] = [
     ),
     ("unknown-task", lambda c: c.train("--task", "15-6"), ["task: unknown task '15-6'", "expected one of 15-5, 10-10"]),
     (
+        # table checks every row's external inputs before the shared step 0 trains (it used to train step 0 first)
+        "table-recall-without-replay-folder",
+        lambda c: ["table", *c.train("--methods", "recall", "--set", "method.replay_root=null")[1:]],
+        ["method.replay_root: not set", "expected a replay folder with one sub-folder of images per old class"],
+    ),
+    (
         "step-out-of-range",
         lambda c: c.train("--steps", "7"),
         ["step: got 7 for task '15-5'", "expected an integer in 0..1"],

@@ -133,6 +133,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_table(args: argparse.Namespace) -> int:
     """Every method of the paper's table on one task, each row once per seed, one shared cached step 0 per seed."""
+    from wilson_ray.methods import get_method
     from wilson_ray.step_setup import check_step_inputs, task_of
     from wilson_ray.table import parse_row, run_table, seed_list, write_table
 
@@ -143,10 +144,11 @@ def cmd_table(args: argparse.Namespace) -> int:
         name, method, extra = parse_row(spec, args.memory_size)
         configs[name] = config_from_args(args, method=method, extra=extra)
     seeds = seed_list(next(iter(configs.values())).run.seed, args.seeds)
-    for cfg in configs.values():  # every row's inputs (saliency maps) checked before anything trains
+    for cfg in configs.values():  # every row's inputs (saliency maps, replay folders) checked before anything trains
         view = task_of(cfg)
         for step in range(1, view.train.num_steps):
             check_step_inputs(cfg, step)
+            get_method(cfg.method.name).preflight(cfg.method.args, view.train, step)
     print(
         f"table: {len(configs)} rows x {len(seeds)} seed(s) (run.seed {', '.join(map(str, seeds))}) into {out}",
         flush=True,
