@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process umask, read without changing it where Linux allows (``os.umask`` is process-wide)."""
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
@@ -41,7 +41,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         try:
             mode = path.stat().st_mode & 0o7777
         except FileNotFoundError:
-            mode = 0o666 & ~_umask()
+            mode = 0o666 & ~current_umask()
         os.chmod(tmp_path, mode)
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())

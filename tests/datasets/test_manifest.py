@@ -141,12 +141,12 @@ def test_presence_from_masks_pool_matches_serial(synth_copy):
     m = voc.voc_manifest(synth_copy, "train")
     paths = [synth_copy / p for p in m.masks]
     serial = mf.presence_from_masks(paths, 20, voc.VOC_SPEC.valid_values, workers=1)
-    old = mf._POOL_MIN_MASKS
-    mf._POOL_MIN_MASKS = 1
+    old = mf.POOL_MIN_MASKS
+    mf.POOL_MIN_MASKS = 1
     try:
         pooled = mf.presence_from_masks(paths, 20, voc.VOC_SPEC.valid_values, workers=2)
     finally:
-        mf._POOL_MIN_MASKS = old
+        mf.POOL_MIN_MASKS = old
     assert np.array_equal(serial, pooled)
     assert np.array_equal(serial, m.presence())
 
@@ -159,4 +159,4 @@ def test_missing_mask_without_label_file_names_list_line(synth_copy):
 
 
 def test_describe_values():
-    assert mf._describe_values(mf.valid_value_table(20)) == "0..20 and 255"
+    assert mf.describe_values(mf.valid_value_table(20)) == "0..20 and 255"

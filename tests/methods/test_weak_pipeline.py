@@ -123,7 +123,8 @@ def test_pseudo_mask_input_gets_the_image_crop_and_flip(synth_copy):
 def test_shipped_weak_spaces_load_with_the_paper_point_inside(name, keys):
     from pathlib import Path
 
-    from wilson_ray.orchestration.search_space import flatten, load_search_space
+    from wilson_ray.config import flatten
+    from wilson_ray.orchestration.search_space import load_search_space
 
     space = load_search_space(Path(__file__).resolve().parents[2] / "search_spaces" / f"{name}.yaml")
     assert keys <= set(space.keys) and space.base_config().method.name == name

@@ -55,10 +55,10 @@ atomic_write(sys.argv[1], lambda tmp: slow_write(open(tmp, "wb"), b"n" * (8 << 2
 
 
 def test_atomic_write_gives_usual_permissions(tmp_path):
-    from wilson_ray.atomic import _umask, atomic_write_text
+    from wilson_ray.atomic import atomic_write_text, current_umask
 
     fresh = atomic_write_text(tmp_path / "fresh.txt", "x")
-    assert fresh.stat().st_mode & 0o777 == 0o666 & ~_umask()  # not mkstemp's 0600
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # not mkstemp's 0600
     kept = tmp_path / "kept.txt"
     kept.write_text("old")
     kept.chmod(0o640)
@@ -107,7 +107,7 @@ save_checkpoint(Path(sys.argv[1]), model, cfg, task, 0, {"miou_all": 2.0})   # k
 def _fake_sweep(storage: Path, name: str, alpha: float, miou: float) -> None:
     from wilson_ray.config import resolve_config
     from wilson_ray.orchestration.results import write_sweep
-    from wilson_ray.tracking.mlflow_tracker import TrialRecord
+    from wilson_ray.sweep_record import TrialRecord
 
     write_sweep(storage, name, {"name": name, "metric": "miou_all", "mode": "max", "step": 1})
     cfg = resolve_config("demo", overrides={"method.alpha": alpha}).to_dict()

@@ -9,7 +9,7 @@ from ports import free_port
 
 from wilson_ray.config import resolve_config
 from wilson_ray.orchestration.settings import TrialPlan
-from wilson_ray.orchestration.train_loop import _process_group_backend, build_trainer
+from wilson_ray.orchestration.train_loop import build_trainer, process_group_backend
 
 
 def _trainer(tmp_path, gpus: float, workers: int = 1):
@@ -36,12 +36,12 @@ def test_a_cpu_trial_asks_for_gloo_and_no_gpu(tmp_path):
 
 
 def test_the_workers_process_group_line_reads_the_real_backend(monkeypatch):
-    assert _process_group_backend() == "none"
+    assert process_group_backend() == "none"
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
     dist.init_process_group("gloo", rank=0, world_size=1)
     try:
-        assert _process_group_backend() == "gloo"
+        assert process_group_backend() == "gloo"
     finally:
         dist.destroy_process_group()
-    assert _process_group_backend() == "none"
+    assert process_group_backend() == "none"

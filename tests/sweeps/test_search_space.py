@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from wilson_ray.config import flatten
 from wilson_ray.errors import UserError
-from wilson_ray.orchestration.search_space import flatten, load_search_space, trial_overrides
+from wilson_ray.orchestration.search_space import load_search_space, trial_overrides
 
 SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 

@@ -12,11 +12,11 @@ import pytest
 from ports import free_port
 
 from wilson_ray.errors import UserError
+from wilson_ray.sweep_record import TrialRecord
 from wilson_ray.tracking import plots
 from wilson_ray.tracking.mlflow_tracker import (
     SweepRun,
     TrackingInfo,
-    TrialRecord,
     TrialTracker,
     check_tracking_uri,
     default_artifact_location,

@@ -40,7 +40,7 @@ _META_SOURCE = b"wilson_ray.source"
 _META_NUM_IDS = b"wilson_ray.num_ids"
 
 # Below this many masks a process pool costs more to start than it saves.
-_POOL_MIN_MASKS = 512
+POOL_MIN_MASKS = 512
 
 
 @dataclass(frozen=True)
@@ -175,14 +175,14 @@ def check_mask_values(mask: np.ndarray, valid_values: np.ndarray, path: Path, wh
     counts = np.bincount(mask.ravel(), minlength=256)
     bad = np.flatnonzero((counts > 0) & ~valid_values)
     if bad.size:
-        ok = _describe_values(valid_values)
+        ok = describe_values(valid_values)
         raise UserError(
             f"{where or path}: mask {path} contains value(s) {', '.join(map(str, bad[:8].tolist()))}; "
             f"expected only {ok}"
         )
 
 
-def _describe_values(valid: np.ndarray) -> str:
+def describe_values(valid: np.ndarray) -> str:
     """Human form of a bool [256] value set, e.g. ``0..20 and 255``."""
     vals = np.flatnonzero(valid)
     runs, start = [], vals[0]
@@ -251,7 +251,7 @@ def check_pairs(manifest: "Manifest", workers: int | None = None) -> np.ndarray:
 def _run_jobs(fn, jobs: list, num_ids: int, workers: int | None) -> np.ndarray:
     """Map ``fn`` over ``jobs`` (serially when few), stacking the bool rows into [N, K]."""
     workers = workers if workers is not None else (os.cpu_count() or 1)
-    if len(jobs) < _POOL_MIN_MASKS or workers <= 1:
+    if len(jobs) < POOL_MIN_MASKS or workers <= 1:
         rows = [fn(j) for j in jobs]
     else:
         # spawn: the parent may hold torch/OpenMP threads, which fork would copy in a locked state.

@@ -41,7 +41,7 @@ def write_summary(rec: TrialRecord) -> None:
             (rec.final() or {}).get("per_class_iou") or {}
         )
         if per_class:
-            new = new_classes(trial.get("config") or {}, int(trial.get("step") or 0), list(per_class))
+            new = new_classes(rec, trial, list(per_class))
             plots.iou_bar_png(
                 per_class,
                 folder / "iou_bar.png",
@@ -53,14 +53,21 @@ def write_summary(rec: TrialRecord) -> None:
         print("wilson-ray: warning: trial summary figures failed:\n" + traceback.format_exc(), file=sys.stderr)
 
 
-def new_classes(cfg: dict, step: int, names: list[str]) -> list[str]:
-    """The classes ``names`` that step ``step`` of the config's task adds (empty at step 0)."""
+def new_classes(rec: TrialRecord, trial: dict, names: list[str]) -> list[str]:
+    """The classes among ``names`` that the trial's step adds (none at step 0): as its worker wrote them in
+    ``final.json``, else (a trial ASHA stopped before its end, or a record older than that field) from the
+    recorded config."""
+    step = int(trial.get("step") or 0)
     if step <= 0:
         return []
+    recorded = (rec.final() or {}).get("new_classes")
+    if recorded is not None:
+        added = set(recorded)
+        return [n for n in names if n in added]
     from wilson_ray.config import config_from_dict
     from wilson_ray.step_setup import new_class_names
 
-    return new_class_names(config_from_dict(cfg, "trial config"), step, names)
+    return new_class_names(config_from_dict(trial.get("config") or {}, "trial config"), step, names)
 
 
 def stop_reason(rec: TrialRecord, epoch: int, settings: SweepSettings) -> str:

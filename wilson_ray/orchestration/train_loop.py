@@ -149,7 +149,12 @@ def write_final_artifacts(record, result, cfg, step: int) -> None:
 
     final = record.dir / "final"
     final.mkdir(parents=True, exist_ok=True)
-    new = _new_classes(cfg, step, result.class_names)
+    try:
+        from wilson_ray.step_setup import new_class_names
+
+        new = new_class_names(cfg, step, result.class_names)
+    except Exception:  # noqa: BLE001 - a figure's labels must not fail the trial
+        new = []
     plots.write_per_class(result.per_class_iou, final)
     plots.iou_bar_png(
         result.per_class_iou,
@@ -170,6 +175,8 @@ def write_final_artifacts(record, result, cfg, step: int) -> None:
         "epochs": result.epochs,
         "step": result.step,
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        # the driver colours its summary bar chart with these instead of rebuilding the config (outcome.py)
+        "new_classes": new,
     }
     atomic_write_text(final / "final.json", json.dumps(data, indent=1, default=lambda v: None))
     if (record.outcome() or {}).get("outcome") != "stopped_early":  # ASHA's stop raced the last epoch
@@ -182,15 +189,6 @@ def _figure_panels(result):
         return None
     method, ctx = result.live
     return method.figure_panels(ctx)
-
-
-def _new_classes(cfg, step: int, names: list[str]) -> list[str]:
-    try:
-        from wilson_ray.step_setup import new_class_names
-
-        return new_class_names(cfg, step, names)
-    except Exception:  # noqa: BLE001 - a figure's labels must not fail the trial
-        return []
 
 
 def _deterministic_errors() -> tuple[type[BaseException], ...]:
@@ -239,14 +237,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     # One line a user (and benchmarks/gpu_check.sh) can check: which collective backend this worker really got.
     print(
-        f"train worker {ctx.get_world_rank()}/{ctx.get_world_size()}: process group {_process_group_backend()}, "
+        f"train worker {ctx.get_world_rank()}/{ctx.get_world_size()}: process group {process_group_backend()}, "
         f"device {device or 'cpu'}",
         flush=True,
     )
     run_step(plan, ctx.get_world_rank(), ray.train.get_checkpoint(), _train_report, device)
 
 
-def _process_group_backend() -> str:
+def process_group_backend() -> str:
     """The initialised torch.distributed backend ('nccl', 'gloo'), or 'none' when no process group exists."""
     import torch.distributed as dist
 

@@ -49,11 +49,6 @@ def trial_values(settings: SweepSettings, config: dict[str, Any]) -> tuple[dict[
     return trial_overrides(settings.space, config), None
 
 
-def trial_config(settings: SweepSettings, values: dict[str, Any]):
-    """The trial's validated ``Config``."""
-    return config_from_dict(trial_config_dict(settings, values), source=f"sweep {settings.name}")
-
-
 def trial(config: dict[str, Any], settings: SweepSettings) -> None:
     """Tune function trainable: one trial = one TorchTrainer run of ``settings.step``, or with
     ``settings.trainer == 'direct'`` the step itself, in this process (see ``train_loop.run_direct``)."""
