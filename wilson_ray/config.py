@@ -426,6 +426,41 @@ def load_preset_dict(name: str) -> dict[str, Any]:
         return read_yaml(p, "preset")
 
 
+def _laid_over(base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` over ``base``: mappings merged key by key (recursively), any other value replaced; a ``method:``
+    block of another method replaces the base's (its parameters are not this method's)."""
+    out = dict(base)
+    for key, value in data.items():
+        old = out.get(key)
+        if not (isinstance(value, dict) and isinstance(old, dict)):
+            out[key] = value
+        elif key == "method" and value.get("name", old.get("name")) != old.get("name"):
+            out[key] = value
+        else:
+            out[key] = _laid_over(old, value)
+    return out
+
+
+def extend_preset(data: dict[str, Any], source: str, chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A preset or config file laid over the preset its ``extends:`` names (which may extend another), before
+    validation. The base's ``methods:`` blocks are not inherited: they hold one setting's per-method arguments
+    (the file's own are). ``chain``: the presets already on the way here (a preset's own name first)."""
+    name = data.get("extends")
+    if name is None:
+        return data
+    data = {k: v for k, v in data.items() if k != "extends"}
+    if not isinstance(name, str) or name not in preset_names():
+        raise UserError(f"{source}: extends {name!r}, expected a preset: one of {', '.join(preset_names())}")
+    if name in chain:
+        raise UserError(f"{source}: extends {name!r}, a cycle ({' -> '.join((*chain, name))}), expected a base preset")
+    base = load_preset_dict(name)
+    if not isinstance(base, dict):
+        raise UserError(f"preset {name}: expected a YAML mapping at the top level, found {type(base).__name__}")
+    base = extend_preset(base, f"preset {name}", (*chain, name))
+    base.pop("methods", None)
+    return _laid_over(base, data)
+
+
 def set_dotted(data: dict[str, Any], key: str, value: Any, source: str = "--set") -> None:
     """Set ``a.b.c = value`` in a nested dict, creating sections; the key is validated later."""
     parts = key.split(".")
@@ -471,7 +506,7 @@ def resolve_config(
 
     A preset may hold ``methods: {name: {params}}`` with per-method best arguments (as Mammoth's best-args YAML);
     the selected method takes its block from there. ``method`` switches the method and drops another method's
-    parameters.
+    parameters. ``extends: <preset>`` lays the file over that preset first (``extend_preset``).
     """
     if preset and config_file:
         raise UserError("--preset and --config: got both, expected one of them")
@@ -481,7 +516,7 @@ def resolve_config(
         data, src = load_preset_dict(preset or "demo"), f"preset {preset or 'demo'}"
     if not isinstance(data, dict):
         raise UserError(f"{src}: expected a YAML mapping at the top level, found {type(data).__name__}")
-    data = copy.deepcopy(data)
+    data = copy.deepcopy(extend_preset(data, src, () if config_file else (preset or "demo",)))
     per_method = data.pop("methods", {}) or {}
     if not isinstance(per_method, dict):
         raise UserError(f"{src}: field 'methods' is {per_method!r}, expected a mapping of method name to params")

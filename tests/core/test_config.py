@@ -281,3 +281,83 @@ def test_a_methods_recipe_is_checked_like_a_file_section(monkeypatch):
     monkeypatch.setattr(MiB, "recipe", {"step1": {"lr": 0.1}})
     with pytest.raises(UserError, match="method mib: recipe section 'step1', expected one of step0, incremental"):
         resolve_config("demo", method="mib")
+
+
+def _leaves(data: dict, prefix: tuple = ()) -> list[tuple]:
+    out = []
+    for key, value in data.items():
+        path = (*prefix, key)
+        out += _leaves(value, path) if isinstance(value, dict) and value else [path]
+    return out
+
+
+def _without(data: dict, path: tuple) -> dict:
+    import copy
+
+    data = copy.deepcopy(data)
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    del node[path[-1]]
+    return data
+
+
+def test_no_preset_sets_a_value_it_would_get_without_it(tmp_path):
+    """Issue 25: a preset holds only what differs from the defaults, each method's recipe and the preset it extends:
+    leaving out any one of its values changes the resolved config of some method (a ``step0``/``incremental``
+    value can matter to one method only, the one whose recipe it overrides; a ``methods.<name>`` value to <name>)."""
+    from importlib import resources
+
+    from wilson_ray.config import METHOD_OPTIM_SECTIONS
+    from wilson_ray.methods import METHODS
+
+    redundant = []
+    for name in preset_names():
+        with resources.as_file(resources.files("wilson_ray.presets") / f"{name}.yaml") as path:
+            own = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for leaf in _leaves(own):
+            if leaf == ("extends",):
+                continue
+            if leaf[0] == "methods":
+                methods = [leaf[1]]
+            elif leaf[0] in METHOD_OPTIM_SECTIONS:
+                methods = [None, *METHODS]
+            else:  # data/model/run/method: no recipe touches them
+                methods = [None]
+            variant = tmp_path / f"{name}.yaml"
+            variant.write_text(yaml.safe_dump(_without(own, leaf)), encoding="utf-8")
+            if all(resolve_config(name, method=m) == resolve_config(config_file=variant, method=m) for m in methods):
+                redundant.append(f"{name}: {'.'.join(map(str, leaf))}")
+    assert not redundant, "preset values equal to what the preset resolves to without them:\n" + "\n".join(redundant)
+
+
+def test_a_preset_extends_another(tmp_path, monkeypatch):
+    """``extends: <preset>`` lays a preset or config file over that preset (recursively) before validation; the
+    base's ``methods:`` blocks stay its own; an unknown base or a cycle is a one-line error naming the file."""
+    import wilson_ray.config as config
+
+    coco = resolve_config("demo-coco-voc")
+    demo = resolve_config("demo")
+    assert (coco.data.task, coco.data.root, coco.data.crop_size) == ("coco-voc", "data/synthetic-coco", 96)
+    assert (coco.model, coco.step0, coco.incremental, coco.run) == (demo.model, demo.step0, demo.incremental, demo.run)
+    assert resolve_config("demo-coco-voc", method="cam").method.params == config_from_dict({"method": "cam"}).method.params
+    assert resolve_config("demo", method="cam").method.params["epochs"] == 12  # demo's own block
+    ten = resolve_config("voc-10-10")
+    assert ten.data.task == "10-10" and ten.run.amp == "auto" and ten.model.pretrained == "torchvision"
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: voc-10-10\ndata: {batch_size: 8}\nmethod: {name: mib, kd_weight: 3}\n")
+    cfg = resolve_config(config_file=mine)
+    assert (cfg.data.task, cfg.data.batch_size, cfg.data.num_workers, cfg.method.name) == ("10-10", 8, 4, "mib")
+    assert cfg.method.params["kd_weight"] == 3.0
+    mine.write_text("extends: voc-15-6\n")
+    with pytest.raises(UserError) as err:
+        resolve_config(config_file=mine)
+    assert str(err.value).startswith(f"{mine}: extends 'voc-15-6', expected a preset: one of ")
+    assert "\n" not in str(err.value)
+    loops = {"demo": {"extends": "voc-15-5"}, "voc-15-5": {"extends": "voc-10-10"}, "voc-10-10": {"extends": "demo"}}
+    monkeypatch.setattr(config, "load_preset_dict", lambda name: dict(loops[name]))
+    with pytest.raises(UserError) as err:
+        resolve_config("demo")
+    assert str(err.value) == (
+        "preset voc-10-10: extends 'demo', a cycle (demo -> voc-15-5 -> voc-10-10 -> demo), expected a base preset"
+    )
