@@ -523,3 +523,27 @@ def test_fingerprint_follows_what_defines_the_trials(tmp_path):
         data = yaml.safe_load(yaml.safe_dump(BASE))
         change(data)
         assert load_search_space(write(tmp_path, data)).fingerprint() != first
+
+
+def test_pareto_confirmation_needs_a_multi_objective_sweep(tmp_path):
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    data["confirm"] = {"top_k": 2, "seeds": 2, "pareto": True}
+    expect_error(tmp_path, data, "confirm.pareto is true, expected objective.multi_objective: true")
+    data["objective"] = {"multi_objective": True}
+    assert load_search_space(write(tmp_path, data)).confirm.pareto
+
+
+def test_a_parameter_is_one_typed_class_from_its_entry(tmp_path):
+    """The entry as written and the validated parameter are one ``Param``; its key is the entry's name in
+    ``parameters:``, not a field an entry may set."""
+    from wilson_ray.orchestration.search_space import Param
+
+    space = load_search_space(write(tmp_path, BASE))
+    epochs = next(p for p in space.params if p.key == "incremental.epochs")
+    assert isinstance(epochs, Param) and (epochs.low, epochs.high, epochs.default) == (2, 12, 10)
+    assert isinstance(epochs.low, int) and epochs.contains(10) and not epochs.contains(10.5)
+    expect_error(
+        tmp_path,
+        with_param("method.alpha", {"distribution": "uniform", "low": 0, "high": 1, "key": "method.beta"}),
+        "parameter 'method.alpha': unknown field 'key'",
+    )

@@ -2,7 +2,7 @@
 
 Pure Python (no ray import): ``load_search_space`` validates a file in a plain process and every error is a
 one-line ``UserError`` naming the file and the parameter. The file's sections are dataclasses (``SpaceFile``,
-``Base``, ``Objective``, ``Search``, ``Scheduler``, ``Resources``, ``ParamSpec``) checked by the same
+``Base``, ``Objective``, ``Search``, ``Scheduler``, ``Resources``, ``Param``) checked by the same
 ``config.from_dict`` as a config file, once, here; the sweep reads them typed.
 Layout (see ``search_spaces/demo.yaml``)::
 
@@ -139,19 +139,6 @@ class Confirm:
 
 
 @dataclass
-class ParamSpec:
-    """One entry of ``parameters:`` as written (a list is shorthand for ``distribution: choice``)."""
-
-    distribution: Any = None  # checked by hand: its error names the parameter and suggests the nearest
-    low: int | float | None = None
-    high: int | float | None = None
-    values: list[Any] | None = None
-    step: int | float | None = None
-    log: bool = False
-    default: Any = None
-
-
-@dataclass
 class SpaceFile:
     """A search-space YAML file's top level."""
 
@@ -165,7 +152,7 @@ class SpaceFile:
     search: Search = field(default_factory=Search)
     scheduler: Scheduler | None = field(default_factory=Scheduler)
     resources: Resources = field(default_factory=Resources)
-    parameters: Any = None  # {dotted key: ParamSpec mapping or list}; checked below for its message
+    parameters: Any = None  # {dotted key: Param mapping or list}; checked below for its message
     confirm: Confirm | None = None
 
 
@@ -175,16 +162,20 @@ class SpaceFile:
 
 @dataclass
 class Param:
-    """One swept config key and its distribution."""
+    """One swept config key and its distribution: an entry of ``parameters:`` as written (a list is shorthand for
+    ``distribution: choice``), typed by ``config.from_dict``, then checked and normalised in place by
+    ``_parse_param`` (bounds of an int distribution as ints) and ``load_search_space`` (``default`` from the base
+    config when not written)."""
 
-    key: str
-    distribution: str
-    low: float | int | None = None
-    high: float | int | None = None
+    distribution: Any = None  # checked by hand: its error names the parameter and suggests the nearest
+    low: int | float | None = None
+    high: int | float | None = None
     values: list[Any] | None = None
-    step: float | int | None = None
+    step: int | float | None = None
     log: bool = False
     default: Any = None
+    # The dotted config key, the entry's name in ``parameters:`` (not a field of the entry: from_dict rejects it)
+    key: str = field(default="", init=False)
 
     def describe(self) -> str:
         """``uniform[0.0, 1.0]`` / ``choice[...]``: the distribution in one short string."""
@@ -354,17 +345,17 @@ def _parse_param(key: Any, spec: Any, src: str) -> Param:
         spec = {"distribution": "choice", "values": spec}
     if not isinstance(spec, dict):
         raise UserError(f"{src}: {where} is {spec!r}, expected a mapping with 'distribution' and bounds")
-    s: ParamSpec = from_dict(ParamSpec, spec, src, key, PARAM_STYLE)
-    dist = s.distribution
+    p: Param = from_dict(Param, spec, src, key, PARAM_STYLE)
+    p.key = key
+    dist = p.distribution
     if dist not in DISTRIBUTIONS:
         near = difflib.get_close_matches(str(dist), DISTRIBUTIONS, n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
         raise UserError(
             f"{src}: {where}: distribution {dist!r} is unknown{hint}, expected one of {', '.join(DISTRIBUTIONS)}"
         )
-    p = Param(key=key, distribution=dist, log=s.log, default=s.default)
     if dist == "choice":
-        values = s.values
+        values = p.values
         if not values:
             raise UserError(f"{src}: {where}: 'values' is {values!r}, expected a non-empty list")
         for v in values:
@@ -383,8 +374,8 @@ def _parse_param(key: Any, spec: Any, src: str) -> Param:
         if spec.get(k) is None:
             raise UserError(f"{src}: {where}: missing '{k}', expected {dist} bounds low and high")
     kind = int if dist == "int" else float
-    low = _number(s.low, f"{where}: low", src, kind)
-    high = _number(s.high, f"{where}: high", src, kind)
+    low = _number(p.low, f"{where}: low", src, kind)
+    high = _number(p.high, f"{where}: high", src, kind)
     if low > high:
         raise UserError(f"{src}: {where}: low {low} > high {high}, expected low <= high")
     if dist == "loguniform" and low <= 0:
@@ -393,10 +384,10 @@ def _parse_param(key: Any, spec: Any, src: str) -> Param:
         raise UserError(f"{src}: {where}: log int low is {low}, expected low > 0")
     if p.log and dist != "int":
         raise UserError(f"{src}: {where}: 'log' is for distribution: int, use distribution: loguniform")
-    if s.step is not None:
+    if p.step is not None:
         if dist == "loguniform":
             raise UserError(f"{src}: {where}: 'step' is not supported by loguniform, expected uniform or int")
-        p.step = _number(s.step, f"{where}: step", src, kind)
+        p.step = _number(p.step, f"{where}: step", src, kind)
         if p.step <= 0:
             raise UserError(f"{src}: {where}: step is {p.step!r}, expected a positive number")
     p.low, p.high = low, high
@@ -501,6 +492,11 @@ def parse_space(data: Any, path: Path) -> SearchSpace:
             ("confirm.seeds", f.confirm.seeds, f.confirm.seeds >= 2, ">= 2 (a spread needs two seeds)"),
         ]
     _ranges(src, checks)
+    if f.confirm is not None and f.confirm.pareto and not obj.multi_objective:
+        raise UserError(
+            f"{src}: confirm.pareto is true, expected objective.multi_objective: true (the Pareto front is of "
+            "miou_old and miou_new) or pareto: false"
+        )
     if not isinstance(f.parameters, dict) or not f.parameters:
         raise UserError(f"{src}: 'parameters' is {f.parameters!r}, expected a mapping of config key to distribution")
     return SearchSpace(

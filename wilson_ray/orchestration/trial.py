@@ -30,9 +30,10 @@ class TrialFailed(RuntimeError):
 
 
 def trial_config_dict(settings: SweepSettings, values: dict[str, Any]) -> dict[str, Any]:
-    """The trial's full config as a dict: the resolved base with the swept leaves replaced. The driver
-    validated the space (every bound resolves); the workers validate this dict again (``config_from_dict``),
-    so the trial function itself need not import the core (and torch) just for that."""
+    """The trial's full config as a dict: the resolved base with the swept leaves set by ``config.set_dotted``
+    (what ``--set`` uses). A dict, not a ``Config``: the record (``trial.json``) stores it and the driver writes one
+    for a trial that never started (``outcome``) without building a config; ``trial`` validates it once
+    (``config_from_dict``)."""
     d = copy.deepcopy(settings.base)
     for k, v in values.items():
         set_dotted(d, k, v, source="search space")
