@@ -13,8 +13,8 @@ from wilson_ray.orchestration.search_space import SearchSpace
 
 @dataclass(frozen=True)
 class SweepSettings:
-    """The sweep-wide facts a trial reads; ``base`` is the resolved base config as a dict (the trial puts its
-    swept values into a copy and the workers validate it again)."""
+    """The sweep-wide facts a trial reads; ``base`` is the resolved base config as a dict (the trial process puts
+    its swept values into a copy, ``trial.trial_config_dict``, and validates it once into the plan's ``Config``)."""
 
     name: str  # the sweep (MLflow experiment, Optuna study, Tune experiment folder)
     sweep_dir: str  # <storage>/<name>
