@@ -184,27 +184,25 @@ def train_dataset(cfg: Config, task: Task, step: int, method: Method, check_only
 
 
 def attach_memory(cfg: Config, task: Task, step: int, method: Method) -> list[dict]:
-    """Choose the step's memory of earlier images and hand it to the method (docs/method.md §9); returns its
-    entries ([] when the method keeps none).
+    """Choose the step's memory of earlier images and attach it to the method's ``memory()`` (docs/method.md §9);
+    returns its entries ([] when the method keeps none).
 
     Pool: the memory the step t-1 checkpoint carries plus step t-1's training images; ``select_memory`` keeps at
     most the budget of them by the method's rule, seeded by ``run.seed`` and the step. Each image is read by the
     training set of the step it came from (that step's crop and flip)."""
     from wilson_ray.data import memory
 
-    spec = method.memory_budget()
-    if step == 0 or spec is None:
+    slot = method.memory()
+    if step == 0 or slot is None:
         return []
-    budget, rule = spec
-    carried = method.carried_memory()
     previous = build_step_dataset(cfg, task, step - 1, "train")
-    pool = list(carried) + memory.step_candidates(previous, step - 1)
-    entries = memory.select_memory(pool, budget, rule, seed=cfg.run.seed * 1000 + step)
+    pool = list(slot.carried) + memory.step_candidates(previous, step - 1)
+    entries = memory.select_memory(pool, slot.budget, slot.rule, seed=cfg.run.seed * 1000 + step)
     if not entries:
         return []
     steps = sorted({e["step"] for e in entries})
     datasets = {s: previous if s == step - 1 else build_step_dataset(cfg, task, s, "train") for s in steps}
-    method.use_memory(memory.MemoryReplay(memory.MemoryImages(entries, datasets), seed=cfg.run.seed + step))
+    slot.attach(memory.MemoryReplay(memory.MemoryImages(entries, datasets), seed=cfg.run.seed + step))
     return entries
 
 

@@ -39,7 +39,8 @@ COLUMNS = (
 )
 EXTRA_KEYS = ("miou_old", "miou_new", "miou_all")  # per further validation set (coco-voc: VOC val as COCO ids)
 ROW_FILE = "row.json"  # beside results.json: the row's table numbers, with its training time
-# Row variants: ``--methods wilson+memory`` is the WILSON row with a memory of earlier steps' images (method.md §9).
+# Row variants: ``--methods wilson+memory`` is the WILSON row with a memory of earlier steps' images (method.md §9);
+# every method whose ``Params`` carry the memory fields (``MemoryParams``) takes it.
 VARIANTS = ("memory",)
 DEFAULT_MEMORY_SIZE = 32  # images; the budget of the measured 15-1 / 10-2 rows (docs/results.md)
 
@@ -55,11 +56,22 @@ def parse_row(spec: str, memory_size: int | None = None) -> tuple[str, str, dict
         return spec, method, {}
     if variant not in VARIANTS:
         raise UserError(f"--methods: row {spec!r} has the variant {variant!r}, expected one of {', '.join(VARIANTS)}")
-    if "memory_size" not in {f.name for f in dataclasses.fields(cls.Params)}:
-        raise UserError(f"--methods: row {spec!r}: method {method!r} has no memory option (method.memory_size)")
+    if not has_memory_option(cls):
+        from wilson_ray.methods import METHODS
+
+        accepting = ", ".join(name for name, c in sorted(METHODS.items()) if has_memory_option(c))
+        raise UserError(
+            f"--methods: row {spec!r}: method {method!r} has no memory option (method.memory_size), "
+            f"expected one of {accepting}"
+        )
     if memory_size < 1:
         raise UserError(f"--memory-size: got {memory_size}, expected a budget of at least 1 image")
     return spec, method, {"method.memory_size": memory_size}
+
+
+def has_memory_option(cls: type) -> bool:
+    """Whether a method class's ``Params`` have the memory fields (so its ``+memory`` row exists)."""
+    return "memory_size" in {f.name for f in dataclasses.fields(cls.Params)}
 
 
 def columns(extra_sources: Sequence[str] = ()) -> tuple[tuple[str, str, int], ...]:

@@ -131,7 +131,7 @@ def test_a_memory_row_on_a_many_step_task_is_named_budgeted_and_drawn_per_step(s
     assert "| wilson+memory |" in (out / "table.md").read_text()
     run = out / "wilson+memory"
     assert "memory_size: 3" in (run / "config.yaml").read_text()
-    assert "memory_size: 0" not in (out / "finetune" / "config.yaml").read_text()  # the variant is the row's own
+    assert "memory_size: 3" not in (out / "finetune" / "config.yaml").read_text()  # the variant is the row's own
     for step in (1, 2):  # 10-5: steps 1 and 2 train with a memory of the earlier steps' images, never above B
         memory = json.loads((run / f"step{step}.memory.json").read_text())
         assert 1 <= len(memory["images"]) == memory["size"] <= 3 and memory["budget"] == 3
@@ -144,7 +144,12 @@ def test_a_memory_row_on_a_many_step_task_is_named_budgeted_and_drawn_per_step(s
     ("methods", "extra", "message"),
     [
         ("wilson+mem", (), "row 'wilson+mem' has the variant 'mem', expected one of memory"),
-        ("mib+memory", (), "method 'mib' has no memory option"),
+        (
+            "sdr+memory",
+            (),
+            "method 'sdr' has no memory option (method.memory_size), expected one of cam_online, finetune, ilt, lwf, "
+            "mib, plop, wilson",
+        ),
         ("wilson+memory", ("--memory-size", "0"), "--memory-size: got 0, expected a budget of at least 1 image"),
     ],
 )
@@ -157,3 +162,11 @@ def test_a_bad_row_variant_is_one_line_exit_2_before_anything_trains(
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("method", ["wilson", "cam_online", "finetune", "mib", "lwf", "ilt", "plop"])
+def test_every_method_with_the_memory_fields_takes_a_memory_row(method):
+    from wilson_ray.table import parse_row
+
+    assert parse_row(f"{method}+memory", 7) == (f"{method}+memory", method, {"method.memory_size": 7})
+    assert parse_row(method, 7) == (method, method, {})

@@ -5,7 +5,8 @@ training set and the classes its step-s labels show (step 0: the base classes of
 image-level labels of step s's classes, all that the weak setting keeps). At step t the pool is the memory carried
 from step t-1 plus step t-1's training images, and ``select_memory`` re-selects at most ``budget`` of them by a
 stated rule; the result trains step t (``MemoryReplay``) and is stored in step t's checkpoint (method state and a
-``step<t>.memory.json`` beside it).
+``step<t>.memory.json`` beside it). ``MethodMemory`` is what a method with the option holds at a step (its budget,
+the carried entries, the replay; ``methods.base.MemoryMethod`` wires it into the method interface).
 """
 
 from __future__ import annotations
@@ -170,6 +171,57 @@ class MemoryReplay:
             out.append(self.images[int(self.order[self.cursor])])
             self.cursor += 1
         return torch.stack(out)
+
+
+class MethodMemory:
+    """A method's memory at one step (docs/method.md §9), the one piece every method with the memory option shares:
+    the budget and rule its ``MemoryParams`` name, the entries the step t-1 checkpoint carried (the pool's first
+    part), the ``MemoryReplay`` that ``step_setup.attach_memory`` hands it, what the step's checkpoint stores, and
+    the memory images that join a batch."""
+
+    def __init__(self, params: MemoryParams):
+        self.params = params
+        self.carried: list[dict] = []
+        self.replay: MemoryReplay | None = None
+
+    @classmethod
+    def of(cls, params: Any) -> MethodMemory | None:
+        """The memory ``params`` ask for; None when they have no memory fields or ``memory_size`` is 0 (off)."""
+        return cls(params) if getattr(params, "memory_size", 0) > 0 else None
+
+    @property
+    def budget(self) -> int:
+        return self.params.memory_size
+
+    @property
+    def rule(self) -> str:
+        return self.params.memory_rule
+
+    def attach(self, replay: MemoryReplay) -> None:
+        """Train with ``replay`` (the step's chosen memory)."""
+        self.replay = replay
+
+    def state_dict(self) -> dict[str, Any]:
+        """The method-state entries of the memory (the entries with their budget and rule); {} before one is
+        attached, so a step that chose no image stores nothing."""
+        if self.replay is None:
+            return {}
+        return {"memory": list(self.replay.entries), "memory_budget": self.budget, "memory_rule": self.rule}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take the memory a previous step stored (``state_dict``) as the carried part of this step's pool."""
+        self.carried = list(state.get("memory", []))
+
+    def draw_for(self, images: torch.Tensor) -> torch.Tensor | None:
+        """The memory images joining a batch of new ``images`` [n,3,H,W] (``memory_ratio`` per new image, at least
+        one), on their device and memory format; None while no memory is attached."""
+        if self.replay is None:
+            return None
+        k = max(1, int(round(self.params.memory_ratio * images.shape[0])))
+        drawn = self.replay.draw(k).to(images.device)
+        if images.is_contiguous(memory_format=torch.channels_last):
+            drawn = drawn.contiguous(memory_format=torch.channels_last)
+        return drawn
 
 
 @dataclass

@@ -18,8 +18,9 @@ where the methods of the literature differ, so the engine never branches on a me
 - ``state_dict`` / ``load_state_dict``  state carried to the next step in the checkpoint (e.g. prototypes);
 - ``figure_panels``  extra per-image panels of the prediction overlays (WILSON: localizer map, pseudo-label);
 - ``label_quality``  the quality of the labels the method made itself for a step (offline pseudo-masks' mIoU);
-- ``memory_budget`` / ``use_memory``  a memory of earlier steps' images (budget and rule; ``step_setup.attach_memory``
-                     chooses the images and hands them over, docs/method.md §9).
+- ``memory``         the step's memory of earlier steps' images (a ``MethodMemory``: budget, rule, carried entries;
+                     ``step_setup.attach_memory`` chooses the images and attaches them, docs/method.md §9). A method
+                     with the option derives from ``MemoryMethod``, which implements it once for all of them.
 
 A method never branches on task names: the protocol (``wilson_ray.protocol.Task``) tells it how many classes are
 old and new.
@@ -36,13 +37,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from wilson_ray import losses
+from wilson_ray.data.memory import MethodMemory
 from wilson_ray.models.segmenter import ModelOutput
 from wilson_ray.protocol import Task
 
 if TYPE_CHECKING:
     from wilson_ray.config import Config, OptimConfig
     from wilson_ray.data.extras import ExtraInput
-    from wilson_ray.data.memory import MemoryReplay
 
 
 @dataclass
@@ -202,16 +203,10 @@ class Method(abc.ABC):
         """Restore what the previous step's ``state_dict`` returned (empty for a method that carries nothing)."""
 
     # --- a memory of earlier steps' images (docs/method.md §9) ------------------------------------------------
-    def memory_budget(self) -> tuple[int, str] | None:
-        """(budget, selection rule) of the memory this step trains with; None (the default): no memory."""
+    def memory(self) -> MethodMemory | None:
+        """The memory this step trains with (its budget, rule and the entries the previous step carried;
+        ``step_setup.attach_memory`` attaches the chosen images to it); None (the default): no memory."""
         return None
-
-    def carried_memory(self) -> list[dict]:
-        """The memory the previous step stored (its entries), the pool's first part; [] by default."""
-        return []
-
-    def use_memory(self, replay: MemoryReplay) -> None:
-        """Receive the step's memory once ``step_setup.attach_memory`` has chosen its images."""
 
     # --- the schedule -----------------------------------------------------------------------------------------
     def constant_lr_epochs(self) -> int:
@@ -260,6 +255,53 @@ class StepZero(Method):
 
 Method.step0 = StepZero  # the default (StepZero is itself a Method, so it is set once both exist)
 StepZero.step0 = None  # a step-0 class trains its step itself
+
+
+class MemoryMethod(Method):
+    """A method with the memory option (docs/method.md §9); its ``Params`` derive from ``MemoryParams``.
+
+    Holds the step's ``MethodMemory`` (None when ``memory_size`` is 0, so the method runs exactly as without the
+    option), carries it through the checkpoint in the method state, and gives ``losses`` the batch's images joined
+    by the memory images (``with_memory``) and the replay term on them (``memory_terms``)."""
+
+    def __init__(self, params: Any, task: Task, step: int, no_mask: bool = False):
+        super().__init__(params, task, step, no_mask)
+        self.step_memory = MethodMemory.of(params)
+
+    def memory(self) -> MethodMemory | None:
+        """The step's memory, None when ``memory_size`` is 0."""
+        return self.step_memory
+
+    def state_dict(self) -> dict[str, Any]:
+        """The memory's entries, budget and rule once one is attached (``save_checkpoint`` also writes them to
+        ``step<t>.memory.json``); a subclass with its own state adds to this."""
+        return {} if self.step_memory is None else self.step_memory.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The memory the previous step stored becomes this step's carried memory."""
+        if self.step_memory is not None:
+            self.step_memory.load_state_dict(state)
+
+    def with_memory(self, batch: Batch) -> tuple[torch.Tensor, int]:
+        """(the batch's images followed by its memory images, the number n of new images): one tensor so that the
+        new model sees one batch (one BatchNorm batch, one DDP forward); just ``batch.images`` without a memory."""
+        n = batch.images.shape[0]
+        drawn = None if self.step_memory is None else self.step_memory.draw_for(batch.images)
+        return (batch.images if drawn is None else torch.cat([batch.images, drawn])), n
+
+    def memory_terms(self, logits: torch.Tensor, s_old: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"mem": memory_weight · ℓ_MEM}`` of the memory images' new logits and old logits
+        (``memory_replay_loss``)."""
+        return {"mem": self.p.memory_weight * memory_replay_loss(logits, s_old)}
+
+
+def split_memory(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A joined batch's tensor cut into its ``n`` new images and its memory images (None without a memory)."""
+    if x.shape[0] == n:
+        # The tensor itself, not x[:n]: a full-range slice would add a node whose backward hands the next one a
+        # fresh gradient tensor, which moves the memory-off gradients by rounding (not bit-identical any more).
+        return x, None
+    return x[:n], x[n:]
 
 
 def default_param_groups(module: Trainable, o: OptimConfig) -> list[dict]:

@@ -10,24 +10,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wilson_ray.methods.base import Batch, Context, Method, cross_entropy_new_step
+from wilson_ray.data.memory import MemoryParams
+from wilson_ray.methods.base import Batch, Context, MemoryMethod, cross_entropy_new_step, split_memory
 from wilson_ray.methods.mib import MIB_RECIPE
 
 
 @dataclass
-class FinetuneParams:
+class FinetuneParams(MemoryParams):
     pass
 
 
-class Finetune(Method):
+class Finetune(MemoryMethod):
     name = "finetune"
     Params = FinetuneParams
     recipe = MIB_RECIPE
 
     def losses(self, ctx: Context, batch: Batch, epoch: int):
-        """CE over all C channels; old-class pixels are background in the step's masks."""
-        s = ctx.net(batch.images, logits=True, upsample=True).logits
-        return {"ce": cross_entropy_new_step(s, batch.masks)}
+        """CE over all C channels; old-class pixels are background in the step's masks. With a memory
+        (docs/method.md §9): + memory_weight · ℓ_MEM on the memory images, against the old model's argmax."""
+        images, n = self.with_memory(batch)
+        s, s_mem = split_memory(ctx.net(images, logits=True, upsample=True).logits, n)
+        terms = {"ce": cross_entropy_new_step(s, batch.masks)}
+        if s_mem is not None:  # fine-tuning runs no old model otherwise: only the memory images need it
+            terms.update(self.memory_terms(s_mem, self.old_outputs(ctx, images[n:], upsample=True).logits))
+        return terms
 
 
 METHODS = (Finetune,)

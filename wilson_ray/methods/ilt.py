@@ -12,13 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from wilson_ray import losses
-from wilson_ray.methods.base import Batch, Context
+from wilson_ray.data.memory import MemoryParams
 from wilson_ray.methods.lwf import LwF
 from wilson_ray.models.segmenter import ModelOutput
 
 
 @dataclass
-class ILTParams:
+class ILTParams(MemoryParams):
     kd_weight: float = 100.0
     kd_temperature: float = 1.0
     lambda_enc: float = 100.0  # loss_de of MiB's ILT runs
@@ -28,8 +28,8 @@ class ILT(LwF):
     name = "ilt"
     Params = ILTParams
 
-    def distillation(self, ctx: Context, batch: Batch, out: ModelOutput) -> dict:
-        old = self.old_outputs(ctx, batch.images, upsample=True)
+    def distillation(self, out: ModelOutput, old: ModelOutput) -> dict:
+        """LwF's KD + lambda_enc · encoder feature distillation (the new images' outputs)."""
         return {
             "kd": self.p.kd_weight * losses.kd_loss(out.logits, old.logits, self.p.kd_temperature),
             "enc": self.p.lambda_enc * losses.encoder_distillation_loss(out.features, old.features),

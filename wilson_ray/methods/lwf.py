@@ -12,30 +12,49 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from wilson_ray import losses
-from wilson_ray.methods.base import Batch, Context, Method, cross_entropy_new_step
+from wilson_ray.data.memory import MemoryParams
+from wilson_ray.methods.base import Batch, Context, MemoryMethod, cross_entropy_new_step, split_memory
 from wilson_ray.methods.mib import MIB_RECIPE
 from wilson_ray.models.segmenter import ModelOutput
 
 
 @dataclass
-class LwFParams:
+class LwFParams(MemoryParams):
     kd_weight: float = 100.0  # loss_kd of MiB's LwF runs
     kd_temperature: float = 1.0  # 1 reproduces MiB (α_KD = 1)
 
 
-class LwF(Method):
+class LwF(MemoryMethod):
     name = "lwf"
     Params = LwFParams
     recipe = MIB_RECIPE
 
-    def distillation(self, ctx: Context, batch: Batch, out: ModelOutput) -> dict:
-        old = self.old_outputs(ctx, batch.images, upsample=True)
+    def distillation(self, out: ModelOutput, old: ModelOutput) -> dict:
+        """kd_weight · plain KD of the new logits against the old ones (the new images' outputs)."""
         return {"kd": self.p.kd_weight * losses.kd_loss(out.logits, old.logits, self.p.kd_temperature)}
 
     def losses(self, ctx: Context, batch: Batch, epoch: int):
-        """CE + kd_weight · plain KD on the old channels, at image resolution."""
-        out = ctx.net(batch.images, logits=True, upsample=True)
-        return {"ce": cross_entropy_new_step(out.logits, batch.masks), **self.distillation(ctx, batch, out)}
+        """CE + kd_weight · plain KD on the old channels, at image resolution; with a memory (docs/method.md §9),
+        + memory_weight · ℓ_MEM on the memory images."""
+        images, n = self.with_memory(batch)
+        out = ctx.net(images, logits=True, upsample=True)
+        old = self.old_outputs(ctx, images, upsample=True)
+        # The distillation stays on the new images: its weights (kd 100, ILT's loss_de 100) are calibrated for
+        # them, and on the memory images ℓ_MEM already pulls the new model to the old one, so distilling there too
+        # would count them twice and memory_weight would no longer be the one knob of the memory's strength.
+        new, old_new = new_part(out, n), new_part(old, n)
+        terms = {"ce": cross_entropy_new_step(new.logits, batch.masks), **self.distillation(new, old_new)}
+        if images.shape[0] > n:
+            terms.update(self.memory_terms(out.logits[n:], old.logits[n:]))
+        return terms
+
+
+def new_part(out: ModelOutput, n: int) -> ModelOutput:
+    """The logits and features of a joined batch's first ``n`` images (its new ones); ``out`` itself without a
+    memory (``split_memory``: the memory-off graph stays the one before the memory)."""
+    if out.logits.shape[0] == n:
+        return out
+    return ModelOutput(split_memory(out.logits, n)[0], split_memory(out.features, n)[0])
 
 
 METHODS = (LwF,)

@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from wilson_ray import losses
-from wilson_ray.methods.base import Batch, Context, Method
+from wilson_ray.data.memory import MemoryParams
+from wilson_ray.methods.base import Batch, Context, MemoryMethod, split_memory
 
 # MiB's step-t recipe where it differs from the defaults (WILSON's: 40 epochs, head lr x10, warmup): 30 epochs,
 # lr 0.001, one learning rate for all parameter groups, poly 0.9. Its step 0 is the defaults' (lr 0.01, one LR,
@@ -22,7 +23,7 @@ MIB_RECIPE = {"incremental": {"epochs": 30, "lr": 0.001, "lr_head": 1.0, "policy
 
 
 @dataclass
-class MiBParams:
+class MiBParams(MemoryParams):
     kd_weight: float = 10.0  # loss_kd (MiB; 100 for 15-1, MiB issue #22)
     # MiB's α of the unbiased KD (`--alpha`, UnbiasedKnowledgeDistillationLoss): the old model's logits are
     # multiplied by α before their softmax; the student is not scaled. 1 reproduces MiB's published runs.
@@ -30,7 +31,7 @@ class MiBParams:
     init_balanced: bool = True
 
 
-class MiB(Method):
+class MiB(MemoryMethod):
     name = "mib"
     Params = MiBParams
     recipe = MIB_RECIPE
@@ -40,13 +41,21 @@ class MiB(Method):
             model.init_balanced_()
 
     def losses(self, ctx: Context, batch: Batch, epoch: int):
-        """Unbiased CE on the new step's masks + kd_weight · unbiased KD against the old model."""
-        s = ctx.net(batch.images, logits=True, upsample=True).logits
-        s_old = self.old_outputs(ctx, batch.images, upsample=True).logits
-        return {
+        """Unbiased CE on the new step's masks + kd_weight · unbiased KD against the old model; with a memory
+        (docs/method.md §9), + memory_weight · ℓ_MEM on the memory images."""
+        images, n = self.with_memory(batch)
+        s, s_mem = split_memory(ctx.net(images, logits=True, upsample=True).logits, n)
+        s_old, s_old_mem = split_memory(self.old_outputs(ctx, images, upsample=True).logits, n)
+        # The unbiased KD stays on the new images: its kd_weight is calibrated for them, and on the memory images
+        # ℓ_MEM already pulls the new model to the old one (its argmax), so KD there would count them twice and
+        # memory_weight would no longer be the one knob of the memory's strength.
+        terms = {
             "unce": losses.unbiased_ce_loss(s, batch.masks, self.num_old),
             "unkd": self.p.kd_weight * losses.unbiased_kd_loss(s, s_old, alpha=self.p.kd_alpha),
         }
+        if s_mem is not None:
+            terms.update(self.memory_terms(s_mem, s_old_mem))
+        return terms
 
 
 METHODS = (MiB,)

@@ -22,8 +22,9 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from wilson_ray.data.memory import MemoryParams
 from wilson_ray.losses import IGNORE_INDEX
-from wilson_ray.methods.base import Batch, Context, Method
+from wilson_ray.methods.base import Batch, Context, MemoryMethod, split_memory
 from wilson_ray.methods.ce_step0 import CEStepZero
 from wilson_ray.methods.mib import MIB_RECIPE
 from wilson_ray.pass_cache import cached_pass
@@ -33,7 +34,7 @@ MEDIAN_BINS = 4096  # the exact-median switch: bins over [0, max u], i.e. ~5e-6 
 
 
 @dataclass
-class PLOPParams:
+class PLOPParams(MemoryParams):
     pod_weight: float = 0.01  # the five feature maps (P pod_factor)
     pod_logits_weight: float = 0.0005  # the logits map (P pod_options logits factor)
     pod_scales: list[int] = field(default_factory=lambda: [1, 2, 4])
@@ -132,7 +133,7 @@ def pseudo_label(
     return labels, nu
 
 
-class PLOP(Method):
+class PLOP(MemoryMethod):
     name = "plop"
     Params = PLOPParams
     step0 = CEStepZero  # MiB's code, which both start from, trains step 0 with softmax CE
@@ -182,14 +183,20 @@ class PLOP(Method):
         return thresholds_from_histograms(hist.cpu(), self.p.threshold_mode, self.p.threshold_floor, high)
 
     def losses(self, ctx: Context, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
-        """ν-weighted CE on pseudo-labelled masks + local POD over the six maps."""
+        """ν-weighted CE on pseudo-labelled masks + local POD over the six maps; with a memory (docs/method.md §9),
+        + memory_weight · ℓ_MEM on the memory images (at the logits' resolution, as the old model's targets)."""
         size = batch.images.shape[-2:]
-        out = ctx.net(batch.images, logits=True, upsample=False, maps=True)
-        old = ctx.old_model(batch.images, upsample=False, maps=True)
-        s = F.interpolate(out.logits, size=size, mode="bilinear", align_corners=False).float()
+        images, n = self.with_memory(batch)
+        out = ctx.net(images, logits=True, upsample=False, maps=True)
+        old = ctx.old_model(images, upsample=False, maps=True)
+        # CE and POD stay on the new images (out/old cut to the first n): the pseudo-labels and ν need the new
+        # images' masks, the POD weights are calibrated for them, and on the memory images ℓ_MEM already pulls the
+        # new model to the old one, so distilling there too would count them twice.
+        (logits, s_mem), (old_logits, s_old_mem) = split_memory(out.logits, n), split_memory(old.logits, n)
+        s = F.interpolate(logits, size=size, mode="bilinear", align_corners=False).float()
         masks, nu = batch.masks, torch.ones(batch.masks.shape[0], device=s.device)
         if self.p.pseudo_labels:
-            s_old_up = F.interpolate(old.logits.float(), size=size, mode="bilinear", align_corners=False)
+            s_old_up = F.interpolate(old_logits.float(), size=size, mode="bilinear", align_corners=False)
             masks, nu_pl = pseudo_label(batch.masks, s_old_up, self.thresholds, self.num_classes)
             if self.p.background_weight:
                 nu = nu_pl
@@ -197,14 +204,24 @@ class PLOP(Method):
         ce = (ce * nu[:, None, None]).mean()
         factor = math.sqrt(self.num_classes / self.num_new) if self.p.pod_class_factor else 1.0
         scales = list(self.p.pod_scales)
-        pod = sum(self.p.pod_weight * pod_loss(n, o, scales) for n, o in zip(out.maps, old.maps))
-        pod = pod + self.p.pod_logits_weight * pod_loss(absorbed_logits(out.logits, self.num_old), old.logits, scales)
-        return {"ce": ce, "pod": pod * factor / (len(out.maps) + 1)}
+        pod = sum(
+            self.p.pod_weight * pod_loss(split_memory(a, n)[0], split_memory(b, n)[0], scales)
+            for a, b in zip(out.maps, old.maps)
+        )
+        pod = pod + self.p.pod_logits_weight * pod_loss(absorbed_logits(logits, self.num_old), old_logits, scales)
+        terms = {"ce": ce, "pod": pod * factor / (len(out.maps) + 1)}
+        if s_mem is not None:
+            terms.update(self.memory_terms(s_mem, s_old_mem))
+        return terms
 
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.thresholds is None else {"thresholds": self.thresholds}
+        """The memory's entries (``MemoryMethod``) and this step's thresholds τ (for a resumed step)."""
+        state = super().state_dict()
+        return state if self.thresholds is None else {**state, "thresholds": self.thresholds}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The carried memory, and τ of a resumed step."""
+        super().load_state_dict(state)
         # The previous step's thresholds are over its own old classes; only a resumed step keeps them.
         if "thresholds" in state and state["thresholds"].numel() == self.num_old:
             self.thresholds = state["thresholds"]

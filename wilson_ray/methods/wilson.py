@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from wilson_ray import losses, pseudo_labels
-from wilson_ray.data.memory import MemoryParams, MemoryReplay
-from wilson_ray.methods.base import Batch, Context, Method, memory_replay_loss
+from wilson_ray.data.memory import MemoryParams
+from wilson_ray.methods.base import Batch, Context, MemoryMethod
 from wilson_ray.models.localizer import Localizer
 
 
@@ -42,48 +42,13 @@ class WilsonParams(MemoryParams):
     pamr_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 12])
 
 
-class Wilson(Method):
+class Wilson(MemoryMethod):
     name = "wilson"
     Params = WilsonParams
     uses_localizer = True
 
-    def __init__(self, params, task, step: int, no_mask: bool = False):
-        super().__init__(params, task, step, no_mask)
-        self.memory: MemoryReplay | None = None
-        self.previous_memory: list[dict] = []
-
     def build_localizer(self, in_channels: int, norm: str):
         return Localizer(in_channels, self.num_classes, norm=norm)
-
-    # The memory of earlier steps' images (docs/method.md §9) -------------------------------------------------
-    def memory_budget(self):
-        size = getattr(self.p, "memory_size", 0)
-        return (size, self.p.memory_rule) if size > 0 else None
-
-    def carried_memory(self) -> list[dict]:
-        return self.previous_memory
-
-    def use_memory(self, replay: MemoryReplay) -> None:
-        self.memory = replay
-
-    def state_dict(self) -> dict:
-        if self.memory is None:
-            return {}
-        return {"memory": self.memory.entries, "memory_budget": self.p.memory_size, "memory_rule": self.p.memory_rule}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.previous_memory = list(state.get("memory", []))
-
-    def memory_images(self, batch: Batch) -> torch.Tensor | None:
-        """The memory images joining this batch (``memory_ratio`` per new image, at least one), on its device and
-        memory format; None without a memory."""
-        if self.memory is None:
-            return None
-        k = max(1, int(round(self.p.memory_ratio * batch.images.shape[0])))
-        images = self.memory.draw(k).to(batch.images.device)
-        if batch.images.is_contiguous(memory_format=torch.channels_last):
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
 
     def warnings(self) -> list[str]:
         if self.num_new == 1:
@@ -147,16 +112,18 @@ class Wilson(Method):
         localizer on f.detach() (BatchNorm running statistics from before this batch, §3.5); then the train-mode
         localizer z on f, which updates those statistics and sends ℓ_CLS/ℓ_LOC/ℓ_SSS gradients into f."""
         pseudo = epoch >= self.p.pseudo_epochs
-        memory = self.memory_images(batch) if pseudo else None
-        images = batch.images if memory is None else torch.cat([batch.images, memory])
-        n = batch.images.shape[0]  # the new images come first; the memory images (if any) after them
+        # The memory joins only the epochs that train the segmentation head (ℓ_MEM needs its logits); the new
+        # images come first, the memory images (if any) after them. ℓ_ENC (below) distils the features of both,
+        # as it did when the memory was WILSON's alone (the measured wilson+memory rows, docs/results.md).
+        images, n = self.with_memory(batch) if pseudo else (batch.images, batch.images.shape[0])
+        memory = images.shape[0] > n
         out = ctx.net(images, logits=pseudo, upsample=False, localizer=True, localizer_eval=pseudo)
         f, z, z_bar = out.features, out.localizer, out.localizer_eval
         old = self.old_outputs(ctx, images)
         s_old, f_old = old.logits, old.features
         if not pseudo:
             self.track_head_statistics(ctx, f)
-        if memory is not None:
+        if memory:
             z, z_bar = z[:n], z_bar[:n]
         terms = self.localizer_losses(z, s_old[:n], batch.labels)
         terms["enc"] = self.p.lambda_enc * losses.encoder_distillation_loss(f, f_old)
@@ -165,8 +132,8 @@ class Wilson(Method):
                 q_hat, weight = self.targets(z_bar, batch.labels, s_old[:n].float())
             terms["seg"] = self.p.lambda_seg * losses.segmentation_loss(out.logits[:n], q_hat, weight)
             terms.update(self.self_supervision(z, z_bar, batch))
-        if memory is not None:
-            terms["mem"] = self.p.memory_weight * memory_replay_loss(out.logits[n:], s_old[n:])
+        if memory:
+            terms.update(self.memory_terms(out.logits[n:], s_old[n:]))
         return terms
 
     def figure_panels(self, ctx: Context):
