@@ -27,7 +27,15 @@ def test_method_switch_takes_per_method_block():
     cfg = resolve_config("voc-15-5", method="ilt")
     assert cfg.method.name == "ilt" and cfg.method.params["lambda_enc"] == 100.0
     cfg = resolve_config("demo", method="mib", overrides={"method.kd_weight": 3})
-    assert cfg.method.params == {"kd_weight": 3.0, "kd_alpha": 1.0, "init_balanced": True}
+    assert cfg.method.params == {
+        "kd_weight": 3.0,
+        "kd_alpha": 1.0,
+        "init_balanced": True,
+        "memory_size": 0,  # MemoryParams (method.md §9): off unless asked for
+        "memory_rule": "class_balanced",
+        "memory_ratio": 0.5,
+        "memory_weight": 1.0,
+    }
 
 
 @pytest.mark.parametrize(
