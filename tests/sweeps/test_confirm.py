@@ -119,6 +119,32 @@ def test_summarize_stage_computes_mean_std_interval_and_welch(tmp_path):
     assert len(lines) == 4 and lines[1].split()[:3] == ["default", "t1", "3"] and "±" in lines[2]
 
 
+def test_console_table_shows_the_interval_of_the_objective_and_of_old_and_new(tmp_path):
+    storage, name, sweep = _fake_stage(tmp_path)
+    lines = C.table_lines(C.summarize_stage(sweep, "miou_hm", "max"))
+    head = lines[0]
+    assert head.split()[:3] == ["config", "trial", "seeds"]
+    for col in ("miou_hm [95% CI]", "old [95% CI]", "new [95% CI]"):
+        assert col in head
+    # 95 % Student-t intervals, t(0.975, 2) = 4.302653: default old 30 ± 1 -> 30 ± 2.484 = [27.52, 32.48]; new
+    # 20 ± 1 -> [17.52, 22.48]; top2 new 22, 18, 21: mean 20.33, std sqrt(13/3) = 2.082 -> ± 5.171 = [15.16, 25.50]
+    default, top1, top2 = lines[1:]
+    assert "30.00 ± 1.00 [27.52, 32.48]" in default and "20.00 ± 1.00 [17.52, 22.48]" in default
+    assert "34.00 ± 1.00 [31.52, 36.48]" in top1 and "30.00 ± 1.00 [27.52, 32.48]" in top1
+    assert "30.00 ± 2.00 [25.03, 34.97]" in top2 and "20.33 ± 2.08 [15.16, 25.50]" in top2
+    # columns line up: each cell starts under its header
+    for col, cell in (("old [95% CI]", "30.00 ± 1.00 [27.52"), ("new [95% CI]", "20.00 ± 1.00 [17.52")):
+        assert head.index(col) == default.index(cell)
+    assert (
+        default.endswith("  -")
+        and top2.split()[-1] == f"{C.read_stage(sweep)['groups']['top2']['vs_default']['p']:.3g}"
+    )
+    # an objective that is old mIoU is one column under its own name, not shown twice
+    lines = C.table_lines(C.summarize_stage(sweep, "miou_old", "max"))
+    assert "miou_old [95% CI]" in lines[0] and "old [95% CI]" not in lines[0].replace("miou_old", "")
+    assert lines[1].count("30.00 ± 1.00 [27.52, 32.48]") == 1
+
+
 def test_a_stage_without_a_real_gap_says_so(tmp_path):
     storage, name = fake_sweep(tmp_path)
     sweep = R.sweep_dir(storage, name)
@@ -139,6 +165,11 @@ def test_report_shows_the_confirmation(tmp_path):
     html_path = build_report(storage, name)
     text = html_path.read_text()
     assert "<h2>Seed confirmation</h2>" in text and "a real improvement" in text and "43, 44, 45" in text
+    # mean ± std and the 95 % interval of the objective and of old and new mIoU, each in its own column
+    for col in ("miou_hm", "miou_old", "miou_new"):
+        assert f"<th>{col} mean ± std</th><th>{col} 95 % interval</th>" in text
+    default_row = next(r for r in text.split("<tr") if "<td>default</td>" in r)
+    assert "<td>30.00 ± 1.00</td><td>[27.52, 32.48]</td><td>20.00 ± 1.00</td><td>[17.52, 22.48]</td>" in default_row
     assert (html_path.parent / "confirm.png").stat().st_size > 5000
 
 
@@ -165,6 +196,83 @@ def test_multi_objective_report_draws_the_pareto_front(tmp_path):
     assert "Pareto front of old vs new mIoU" in html_path.read_text()
     # the parallel coordinates of a two-objective study are coloured by the harmonic mean of its two values
     assert (html_path.parent / "parallel_coordinate.png").stat().st_size > 5000
+    # the front in words and in the trials table: t1 (34, 26), t4 (31, 29) and t2 (30, 35) beat each other on one
+    # of old/new each; t3 (27, 5) was stopped by ASHA (and is dominated anyway)
+    text = html_path.read_text()
+    assert (
+        "Pareto front of old vs new mIoU: 3 completed trials that no other completed trial beats on both, best old "
+        "mIoU first: t1 (old 34.00, new 26.00); t4 (old 31.00, new 29.00); t2 (old 30.00, new 35.00)."
+    ) in text
+    assert "<td>t1 (default) (Pareto)</td>" in text and "<td>t2 (Pareto)</td>" in text and "<td>t3</td>" in text
+    assert "confirm: {pareto: true}" in text  # no confirmation of the front yet: how to ask for one
+
+
+def test_search_front_is_the_completed_trials_no_other_beats_on_old_and_new(tmp_path):
+    storage, name = fake_sweep(tmp_path)
+    rows = R.trial_rows(storage, name)
+    assert [r["trial"] for r in C.search_front(rows)] == ["t1", "t4", "t2"]
+    # a completed trial better than t4 on both pushes it off the front; a stopped one never counts
+    rows.append({**rows[3], "trial": "t5", "miou_old": 32.0, "miou_new": 30.0})
+    rows.append({**rows[2], "trial": "t6", "miou_old": 99.0, "miou_new": 99.0})  # t3's copy: stopped_early
+    assert [r["trial"] for r in C.search_front(rows)] == ["t1", "t5", "t2"]
+
+
+def test_plan_says_asha_keeps_a_scalar_objective_in_a_multi_objective_sweep():
+    from wilson_ray.orchestration.console import plan_line
+
+    multi = plan_line("sw", 8, 1, "direct", 2, 4, "miou_all", [1, 2], "/s", None, multi_objective=True)
+    first = multi.splitlines()[0]
+    assert first.endswith(
+        "objective: Optuna's sampler on (miou_old, miou_new) jointly (multi-objective, a Pareto front); ASHA needs "
+        "one number and stops on miou_all"
+    )
+    assert "judges each trial when it reaches epoch 1, 2: it goes on if its miou_all is at least the median" in multi
+    single = plan_line("sw", 8, 1, "direct", 2, 4, "miou_all", [1, 2], "/s", None).splitlines()[0]
+    assert single.endswith("objective miou_all (the scalar ASHA and Optuna's sampler use)")
+    assert "Pareto" not in single
+    # with a confirmation of the front, the plan says so
+    conf = Confirm(top_k=3, seeds=2, include_default=True, pareto=True)
+    plan = plan_line("sw", 8, 1, "direct", 2, 4, "miou_all", [1], "/s", None, multi_objective=True, confirm=conf)
+    assert (
+        "  then a seed confirmation: the 3 best Pareto-front members and the paper default again with 2 new "
+        "training seeds each, full length, no early stopping"
+    ) in plan.splitlines()
+
+
+def test_a_restarted_stage_continues_the_records_an_earlier_driver_started(tmp_path):
+    """A driver killed before Tune's first checkpoint of the stage leaves records (and MLflow runs) but nothing
+    Tune can restore; the next driver plans the same points again, and each new Tune trial of a point that already
+    has a record continues it (an alias) instead of opening a second one for that (configuration, seed)."""
+    from wilson_ray.orchestration.tune_driver import ConfirmationSearcher
+    from wilson_ray.sweep_record import record_id
+
+    storage, name = fake_sweep(tmp_path)
+    sweep = R.sweep_dir(storage, name)
+    points = C.plan_points(R.trial_rows(storage, name), _space(tmp_path, top_k=1, seeds=2), base_seed=42)
+    assert [(p["group"], p["seed"]) for p in points] == [("default", 43), ("default", 44), ("top1", 43), ("top1", 44)]
+    trials = sweep / C.FOLDER / "trials"
+    # the killed driver's Tune trials had started (default, 43) and (top1, 43): their records exist
+    for tid, point in (("ab12c_00000", points[0]), ("ab12c_00002", points[2])):
+        meta = {k: point[k] for k in ("group", "seed", "source_trial")}
+        TrialRecord(trials / tid).write_trial(tid, f"confirm-{point['group']}-seed{point['seed']}", point["values"],
+                                              {}, 1, name, confirm=meta)  # fmt: skip
+    assert C.existing_record(sweep, points[2]) == "ab12c_00002" and C.existing_record(sweep, points[1]) is None
+    # a record of the same group and seed for another source trial is not the same point
+    assert C.existing_record(sweep, {**points[2], "source_trial": "t4"}) is None
+
+    searcher = ConfirmationSearcher(points, sweep)
+    assert searcher.suggest("new_0") == {C.CONFIG_KEY: points[0]}
+    assert searcher.suggest("new_1") == {C.CONFIG_KEY: points[1]}
+    assert record_id(trials, "new_0") == "ab12c_00000"  # continues the earlier record
+    assert record_id(trials, "new_1") == "new_1"  # a point nobody started: its own record
+    # Tune's experiment checkpoint holds the searcher; a driver restored from it hands out the rest
+    searcher.save(str(tmp_path / "searcher.json"))
+    again = ConfirmationSearcher([], tmp_path / "elsewhere")
+    again.restore(str(tmp_path / "searcher.json"))
+    assert again.suggest("new_2") == {C.CONFIG_KEY: points[2]} and record_id(trials, "new_2") == "ab12c_00002"
+    assert again.suggest("new_3") == {C.CONFIG_KEY: points[3]} and record_id(trials, "new_3") == "new_3"
+    assert again.suggest("new_4") == ConfirmationSearcher.FINISHED
+    again.on_trial_complete("new_3", {"miou_all": 30.0})  # nothing to learn, nothing raised
 
 
 def test_pareto_confirmation_takes_front_members_only(tmp_path):

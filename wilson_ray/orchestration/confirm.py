@@ -4,7 +4,8 @@ training seeds, so the sweep's verdict rests on seed noise it measured itself.
 ``plan_points`` picks the configurations (the ``top_k`` best completed trials, or the members of the old/new Pareto
 front, plus the default) and gives each ``seeds`` training seeds; ``run_confirmation`` runs them as ordinary Tune
 trials of a second Tune experiment ``<sweep>/confirm`` (restored by ``Tuner.restore`` like the search, each trial
-recorded under ``<sweep>/confirm/trials`` and an MLflow child run tagged with its group and seed);
+recorded under ``<sweep>/confirm/trials`` and an MLflow child run tagged with its group and seed; a point that a
+killed driver had already started continues its record, ``existing_record``);
 ``summarize`` turns the records into mean ± std, the 95 % interval and Welch's t-test of each configuration
 against the default (``wilson_ray.stats``), written to ``<sweep>/confirm.json``.
 """
@@ -24,6 +25,7 @@ from wilson_ray.stats import summarize, welch
 FOLDER = "confirm"  # <sweep>/confirm: the stage's Tune experiment and its trial records
 CONFIG_KEY = "confirm"  # the Tune config key of a confirmation trial's point
 COLUMNS = ("miou_old", "miou_new", "miou_all", "miou_hm")
+LABELS = {"miou_old": "old", "miou_new": "new"}  # short headers of the console table
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -72,6 +74,25 @@ def plan_points(rows: list[dict[str, Any]], space: SearchSpace, base_seed: int) 
     groups += [(f"top{i + 1}", dict(r["params"]), r["trial"]) for i, r in enumerate(chosen)]
     seeds = [base_seed + 1 + i for i in range(conf.seeds)]
     return [{"group": g, "seed": s, "values": values, "source_trial": src} for g, values, src in groups for s in seeds]
+
+
+def search_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The search's completed trials on the old/new Pareto front (``pareto_front``), best old mIoU first: the
+    front a multi-objective sweep reports (Optuna's own front, too, holds its completed trials only)."""
+    front = pareto_front([r for r in rows if r["outcome"] == "completed"])
+    return sorted(front, key=lambda r: (-r["miou_old"], -r["miou_new"], str(r["trial"])))
+
+
+def existing_record(sweep_path: Path, point: dict[str, Any]) -> str | None:
+    """The record (folder name under ``<sweep>/confirm/trials``) that an earlier driver's trial of ``point``
+    (same group, seed and source trial) already wrote, or None: a Tune trial the current driver creates for that
+    point continues it instead of opening a second record and MLflow run for the same (configuration, seed)."""
+    want = (point["group"], point["seed"], point.get("source_trial"))
+    for rec in R.records(sweep_path, FOLDER):  # sorted by name: the same answer on every call
+        meta = (rec.trial() or {}).get("confirm") or {}
+        if (meta.get("group"), meta.get("seed"), meta.get("source_trial")) == want:
+            return rec.dir.name
+    return None
 
 
 def confirm_rows(sweep_path: Path) -> list[dict[str, Any]]:
@@ -161,20 +182,42 @@ def _ms(group: dict[str, Any], metric: str) -> str:
     return format_stored(group[metric])
 
 
+def shown_columns(metric: str) -> list[str]:
+    """The columns a confirmation table shows: the objective, then old and new mIoU (once each: an objective of
+    old or new mIoU is not shown twice)."""
+    return list(dict.fromkeys([metric, "miou_old", "miou_new"]))
+
+
 def table_lines(stage: dict[str, Any]) -> list[str]:
-    """The stage as a plain-text table: per configuration its seeds, the objective mean ± std with its 95 %
-    interval, old/new mIoU mean ± std, and the one-sided p-value against the default."""
-    metric = stage["metric"]
-    lines = [f"{'config':<8} {'trial':<12} {'seeds':>5}  {metric + ' (95% CI)':<28} {'old':<13} {'new':<13} p"]
+    """The stage as a plain-text table: per configuration its source trial and seeds, then for the objective and
+    old/new mIoU each ``mean ± std [95 % interval]``, and the one-sided p-value against the default."""
+    cols = shown_columns(stage["metric"])
+    # the objective under its own name (also when it is old or new mIoU), the others as "old" / "new"
+    head = ["config", "trial", "seeds", *(f"{c if i == 0 else LABELS[c]} [95% CI]" for i, c in enumerate(cols)), "p"]
+    rows = []
     for g, s in stage["groups"].items():
-        m = s[metric]
-        ci = f" [{m['low']:.2f}, {m['high']:.2f}]" if m.get("low") is not None else ""
         p = (s.get("vs_default") or {}).get("p")
-        lines.append(
-            f"{g:<8} {str(s['source_trial'] or '-'):<12} {m['n']:>5}  {_ms(s, metric) + ci:<28} "
-            f"{format_stored(s['miou_old']):<13} {format_stored(s['miou_new']):<13} {'-' if p is None else f'{p:.3g}'}"
+        rows.append(
+            [g, str(s["source_trial"] or "-"), str(s[cols[0]]["n"])]
+            + [format_stored(s[c]) + _interval(s[c]) for c in cols]
+            + ["-" if p is None else f"{p:.3g}"]
         )
-    return lines
+    # widths from the cells: a mean of 100 or a std of 10 widens its column instead of shifting the next one
+    width = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    right = {2}  # the seed count, right-aligned under its header
+    return [
+        "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, width))).rstrip()
+        for r in [head, *rows]
+    ]
+
+
+def _interval(d: dict[str, Any]) -> str:
+    return f" [{d['low']:.2f}, {d['high']:.2f}]" if d.get("low") is not None else ""
+
+
+def format_interval(d: dict[str, Any]) -> str:
+    """A stored summary's 95 % interval as ``"[27.52, 32.48]"``, ``"-"`` without one (fewer than two seeds)."""
+    return _interval(d).strip() or "-"
 
 
 def format_stored(d: dict[str, Any]) -> str:

@@ -22,7 +22,13 @@ from wilson_ray.atomic import atomic_write_text
 from wilson_ray.errors import UserError
 from wilson_ray.orchestration import results as R
 from wilson_ray.orchestration.backends import check_optuna_storage, is_sqlite, redact, without_password
-from wilson_ray.orchestration.confirm import format_stored, read_stage
+from wilson_ray.orchestration.confirm import (
+    format_interval,
+    format_stored,
+    read_stage,
+    search_front,
+    shown_columns,
+)
 from wilson_ray.sweep_record import rounded, short_names
 from wilson_ray.tracking import plots
 
@@ -77,23 +83,45 @@ def _hm(values: list[float]) -> float:
 
 
 def _stage_html(stage: dict[str, Any], fig: Path | None) -> str:
-    """The seed confirmation section: per configuration mean ± std and interval, the test and its verdict."""
-    metric = stage["metric"]
-    head = ["config", "trial", "seeds", f"{metric} mean ± std", "95 % interval", "old", "new", "p vs default"]
+    """The seed confirmation section: per configuration mean ± std and 95 % interval of the objective and of
+    old/new mIoU, the p-value against the default, the test and its verdict."""
+    cols = shown_columns(stage["metric"])
+    head = ["config", "trial", "seeds"]
+    for c in cols:
+        head += [f"{c} mean ± std", f"{c} 95 % interval"]
+    head.append("p vs default")
     out = ["<h2>Seed confirmation</h2>", "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)]
     for g, s in stage["groups"].items():
-        m = s[metric]
-        ci = f"[{m['low']:.2f}, {m['high']:.2f}]" if m.get("low") is not None else "-"
         p = (s.get("vs_default") or {}).get("p")
         cls = ' class="best"' if g == stage.get("best") else ""
-        cells = [g, s.get("source_trial") or "-", ", ".join(map(str, s["seeds"])), format_stored(m), ci]
-        cells += [format_stored(s["miou_old"]), format_stored(s["miou_new"]), "-" if p is None else f"{p:.3g}"]
+        cells = [g, s.get("source_trial") or "-", ", ".join(map(str, s["seeds"]))]
+        for c in cols:
+            cells += [format_stored(s[c]), format_interval(s[c])]
+        cells.append("-" if p is None else f"{p:.3g}")
         out.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     out.append("</table>")
     if stage.get("test"):
         out.append(f"<p><small>{html.escape(stage['test'])}; seeds not used by the search.</small></p>")
     out.append(_img(fig, "each seed's value, the mean and its 95 % Student-t interval per configuration"))
     return "\n".join(out)
+
+
+def _front_html(front: list[dict[str, Any]], confirm: dict[str, Any] | None) -> str:
+    """The multi-objective sweep's answer in words: the old/new Pareto front's members and their values, and
+    (without a confirmation stage of the front, ``confirm``) how to confirm them over fresh seeds."""
+    if not front:
+        return "<p>Pareto front of old vs new mIoU: no completed trial with both values.</p>"
+    members = "; ".join(f"{r['trial']} (old {r['miou_old']:.2f}, new {r['miou_new']:.2f})" for r in front)
+    hint = (
+        ""
+        if (confirm or {}).get("pareto")
+        else "; add <code>confirm: {pareto: true}</code> to the search space to confirm them over fresh seeds"
+    )
+    return (
+        f"<p>Pareto front of old vs new mIoU: {len(front)} completed trial{'s' if len(front) > 1 else ''} that no "
+        f"other completed trial beats on both, best old mIoU first: {html.escape(members)}. Marked (Pareto) in "
+        f"the trials table{hint}.</p>"
+    )
 
 
 def _visible_lines(ax) -> None:
@@ -233,13 +261,19 @@ def _img(path: Path | None, alt: str) -> str:
     )
 
 
-def _table(rows: list[dict[str, Any]], keys: list[str], best: dict[str, Any] | None, default_id: str | None) -> str:
+def _table(
+    rows: list[dict[str, Any]],
+    keys: list[str],
+    best: dict[str, Any] | None,
+    default_id: str | None,
+    front: frozenset[str] = frozenset(),
+) -> str:
     names = short_names(keys)
     head = ["trial", *[names[k] for k in keys], "old", "new", "all", "hm", "epochs", "outcome"]
     out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for r in rows:
         cls = ' class="best"' if best and r["trial"] == best["trial"] else ""
-        tag = " (default)" if r["trial"] == default_id else ""
+        tag = (" (default)" if r["trial"] == default_id else "") + (" (Pareto)" if r["trial"] in front else "")
         cells = [
             f"{r['trial']}{tag}",
             *[rounded(r["params"].get(k)) for k in keys],
@@ -347,6 +381,7 @@ def build_report(
             figs["pareto"] = _optuna_figure("pareto_front", study, out / "pareto_front.png", metric)
         except Exception:  # noqa: BLE001
             figs["pareto"] = None
+    front = search_front(rows) if sweep.get("multi_objective") else []
     cmp = comparison(rows, metric, mode, sweep.get("defaults"), stage)
     default_id = cmp["default"]["trial"] if cmp.get("default") else None
     n_done = sum(r["outcome"] == "completed" for r in rows)
@@ -367,7 +402,7 @@ def build_report(
         f"<p class='verdict'>{html.escape(cmp['text'])}</p>",
         _stage_html(stage, figs.get("confirm")) if stage else "",
         "<h2>Trials</h2>",
-        _table(rows, keys, best, default_id),
+        _table(rows, keys, best, default_id, frozenset(r["trial"] for r in front)),
         "<h2>Learning curves</h2>",
         _img(figs["curves"], "old / new / all mIoU and miou_hm per epoch; x = stopped by ASHA"),
         "<h2>Search</h2>",
@@ -378,6 +413,7 @@ def build_report(
         ),
         _img(figs["param_importances"], f"parameter importances for {metric} (Optuna, fANOVA){importance_note}"),
         _img(figs["pareto"], "Pareto front of old vs new mIoU (Optuna; red: the non-dominated trials)")
+        + _front_html(front, sweep.get("confirm"))
         if sweep.get("multi_objective")
         else "",
         _img(figs["best_so_far"], "best final objective so far against trial-epochs spent (grey: every evaluation)"),

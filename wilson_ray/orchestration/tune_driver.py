@@ -24,6 +24,7 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.search import Searcher
 
 from wilson_ray.config import flatten
 from wilson_ray.errors import UserError
@@ -38,8 +39,9 @@ from wilson_ray.orchestration.backends import (
 )
 from wilson_ray.orchestration.cluster import check_cluster, init_ray, trainer_kind
 from wilson_ray.orchestration.compat import WilsonOptunaSearch
+from wilson_ray.orchestration.confirm import CONFIG_KEY as CONFIRM_CONFIG_KEY
 from wilson_ray.orchestration.confirm import FOLDER as CONFIRM_FOLDER
-from wilson_ray.orchestration.confirm import summarize_stage, table_lines
+from wilson_ray.orchestration.confirm import existing_record, search_front, summarize_stage, table_lines
 from wilson_ray.orchestration.console import ConsoleReporter, asha_rungs, fmt_params, plan_line
 from wilson_ray.orchestration.kill_points import kill_point
 from wilson_ray.orchestration.outcome import TrialOutcomeCallback
@@ -47,8 +49,10 @@ from wilson_ray.orchestration.search_space import SearchSpace
 from wilson_ray.orchestration.settings import SweepSettings, TrialPlan
 from wilson_ray.orchestration.trial import trial
 from wilson_ray.phases import PhaseRecorder
-from wilson_ray.sweep_record import TrialRecord, record_id
+from wilson_ray.sweep_record import TrialRecord, record_id, set_alias
 from wilson_ray.tracking.mlflow_tracker import (
+    TAG_PARETO,
+    TAG_PARETO_TRIALS,
     VIEW_KEY,
     SweepRun,
     TrackingInfo,
@@ -601,9 +605,9 @@ def _run_confirmation(
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space={C.CONFIG_KEY: tune.grid_search(points)},
             tune_config=tune.TuneConfig(
-                num_samples=1,
+                search_alg=ConfirmationSearcher(points, sweep_path),
+                num_samples=len(points),
                 max_concurrent_trials=concurrency,
                 reuse_actors=reuse_trial_processes(settings.trainer),
                 trial_dirname_creator=trial_dirname,
@@ -625,6 +629,51 @@ def _run_confirmation(
     except KeyboardInterrupt:
         return True
     return False
+
+
+class ConfirmationSearcher(Searcher):
+    """Hands the confirmation points (``confirm.plan_points``) to Tune one per trial, in plan order, and makes each
+    Tune trial continue the record an earlier driver's trial of the same point wrote (``confirm.existing_record``,
+    ``sweep_record.set_alias``), so a (configuration, seed) keeps one record and one MLflow run.
+
+    Why not ``tune.grid_search``: its trial ids are a random prefix drawn per Tuner and a counter. A driver killed
+    before Tune's first experiment checkpoint of the stage (the trials already started, their records and MLflow
+    runs open) leaves nothing to restore, so the next driver plans the stage again, and new ids meant new records
+    and a second run per (configuration, seed). This searcher's state is saved with Tune's checkpoint, so a
+    restored stage goes on from the points it had handed out; points handed out after that checkpoint are handed
+    out again and find their records the same way. Public ``Searcher`` API only."""
+
+    def __init__(self, points: list[dict[str, Any]], sweep_path: str | Path):
+        super().__init__()
+        self.points = list(points)
+        self.sweep_path = str(sweep_path)
+        self.handed_out = 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        """The next point as the trial's config (``confirm.CONFIG_KEY``), ``Searcher.FINISHED`` after the last."""
+        if self.handed_out >= len(self.points):
+            return Searcher.FINISHED
+        point = self.points[self.handed_out]
+        self.handed_out += 1
+        earlier = existing_record(Path(self.sweep_path), point)
+        if earlier is not None:  # written before Tune creates the trial: its trial function reads the alias
+            set_alias(Path(self.sweep_path) / CONFIRM_FOLDER / "trials", trial_id, earlier)
+        return {CONFIRM_CONFIG_KEY: point}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Nothing to learn: the points are fixed (Tune's concurrency limiter calls it when a trial ends)."""
+
+    def save(self, checkpoint_path: str) -> None:
+        """The points and how many were handed out, as JSON (Tune saves it with its experiment checkpoint)."""
+        from wilson_ray.atomic import atomic_write_text
+
+        state = {"points": self.points, "sweep_path": self.sweep_path, "handed_out": self.handed_out}
+        atomic_write_text(Path(checkpoint_path), json.dumps(state))
+
+    def restore(self, checkpoint_path: str) -> None:
+        """The state ``save`` wrote."""
+        state = json.loads(Path(checkpoint_path).read_text(encoding="utf-8"))
+        self.points, self.sweep_path, self.handed_out = state["points"], state["sweep_path"], state["handed_out"]
 
 
 def reuse_trial_processes(trainer: str) -> bool:
@@ -688,9 +737,11 @@ def _finish(
     if tracking is not None:
         if tracking.parent_run_id is None:  # MLflow was down when the sweep started
             tracking.parent_run_id = SweepRun(tracking).open()
-        for rec in R.records(storage, name) + R.records(sweep_path, CONFIRM_FOLDER):
-            TrialTracker(tracking, rec).sync(force=True)
     rows = R.trial_rows(storage, name)
+    # a multi-objective sweep's answer is the old/new front, not one best trial: its members are tagged
+    front = [r["trial"] for r in search_front(rows)] if space.multi_objective else None
+    if tracking is not None:
+        upload_records(tracking, storage, name, front)
     stage = summarize_stage(sweep_path, space.metric, space.mode) if space.confirm is not None else None
     best = R.best_row(rows, space.metric, space.mode)
     best_yaml = None
@@ -758,6 +809,8 @@ def _finish(
             {k: best[k] for k in ("miou_old", "miou_new", "miou_all", "miou_hm") if best and _finite(best.get(k))}
         )
         metrics.update(_stage_metrics(stage))
+        if front is not None:
+            metrics["pareto_front_size"] = len(front)
         metrics["trials"] = len(rows)
         metrics["trials_failed"] = sum(r["outcome"] == "failed" for r in rows)
         metrics["trials_stopped"] = sum(r["outcome"] == "stopped_early" for r in rows)
@@ -772,7 +825,7 @@ def _finish(
             metrics,
             files,
             status="KILLED" if interrupted else "FINISHED",
-            tags=_parent_tags(rows, best, space.metric, stage),
+            tags=parent_tags(rows, best, space.metric, stage, front),
             params=best_params,
             folders={"report": report.parent} if report else None,
         )
@@ -810,6 +863,20 @@ def _finish(
     )
 
 
+def upload_records(tracking: TrackingInfo, storage: Path, name: str, front: list[str] | None = None) -> None:
+    """Sync every trial record of the sweep and of its confirmation stage to MLflow (what the trials could not
+    upload themselves). With ``front`` (a multi-objective sweep: the ids of ``confirm.search_front``) each search
+    trial's run is tagged ``wilson_ray.pareto_front`` true or false."""
+    sweep_path = R.sweep_dir(storage, name)
+    search = R.records(storage, name)
+    for i, rec in enumerate(search + R.records(sweep_path, CONFIRM_FOLDER)):
+        tracker = TrialTracker(tracking, rec)
+        tracker.sync(force=True)
+        if front is not None and i < len(search):
+            # "false" too: a trial that left the front since an earlier run of the sweep loses its mark
+            tracker.set_tags({TAG_PARETO: "true" if rec.dir.name in front else "false"})
+
+
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -829,11 +896,15 @@ def _stage_metrics(stage: dict[str, Any] | None) -> dict[str, float]:
     return out
 
 
-def _parent_tags(
-    rows: list[dict[str, Any]], best: dict[str, Any] | None, metric: str, stage: dict[str, Any] | None = None
+def parent_tags(
+    rows: list[dict[str, Any]],
+    best: dict[str, Any] | None,
+    metric: str,
+    stage: dict[str, Any] | None = None,
+    front: list[str] | None = None,
 ) -> dict[str, str]:
-    """The sweep run's tags: its best trial, a short outcome column, the confirmation's verdict and a description
-    for its page."""
+    """The sweep run's tags: its best trial, a short outcome column, the confirmation's verdict, the old/new
+    Pareto front's members (``front``: a multi-objective sweep) and a description for its page."""
     n = {o: sum(r["outcome"] == o for r in rows) for o in ("completed", "stopped_early", "failed")}
     note = (
         f"Sweep of {len(rows)} trials: {n['completed']} completed, {n['stopped_early']} stopped early by ASHA, "
@@ -843,6 +914,14 @@ def _parent_tags(
     if best:
         tags["wilson_ray.best_trial"] = best["trial"]
         tags["mlflow.note.content"] += f" Best trial {best['trial']}: {metric} {best[metric]:.2f}."
+    if front is not None:
+        by_id = {r["trial"]: r for r in rows}
+        members = ", ".join(f"{t} (old {by_id[t]['miou_old']:.2f}, new {by_id[t]['miou_new']:.2f})" for t in front)
+        tags[TAG_PARETO_TRIALS] = ", ".join(front)[:5000] or "none"
+        tags["mlflow.note.content"] += (
+            f"\n\nPareto front of old vs new mIoU ({len(front)} completed trials no other beats on both; their runs "
+            f"are tagged {TAG_PARETO}=true): {members or 'none'}."
+        )
     if stage and stage.get("verdict"):
         tags["wilson_ray.verdict"] = stage["verdict"][:5000]
         tags["mlflow.note.content"] += (
@@ -908,8 +987,8 @@ def print_outcome(out: SweepOutcome, log=print) -> None:
         cmp = comparison(out.rows, out.metric, out.mode, sweep.get("defaults"), out.confirmation)
         log("")
         if out.confirmation:
-            log("seed confirmation (mean ± std over the seeds, 95 % interval of the mean; p: one-sided Welch t-test")
-            log("against the default):")
+            log("seed confirmation (each cell: mean ± std over the seeds [95 % interval of the mean]; p: one-sided")
+            log("Welch t-test against the default):")
             for line in table_lines(out.confirmation):
                 log(f"  {line}")
         log(cmp["text"])

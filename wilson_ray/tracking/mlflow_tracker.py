@@ -43,6 +43,8 @@ TAG_RUNG = "wilson_ray.asha_rung"
 TAG_GROUP = "wilson_ray.confirm_group"  # a confirmation trial: default, top1, ...
 TAG_SEED = "wilson_ray.seed"
 TAG_SOURCE = "wilson_ray.confirms_trial"  # the search trial whose values it re-runs
+TAG_PARETO = "wilson_ray.pareto_front"  # multi-objective sweeps: "true" / "false" on each search trial's run
+TAG_PARETO_TRIALS = "wilson_ray.pareto_front_trials"  # and the front's trial ids on the sweep's run
 TAG_SUMMARY = "wilson_ray.summary_logged"
 # MLflow 3 opens an experiment in its GenAI view unless tagged as model training (the UI's experiment kinds)
 TAG_KIND = "mlflow.experimentKind"
@@ -687,6 +689,24 @@ class TrialTracker:
             except Exception as err:  # noqa: BLE001 - any store/network failure means "offline"
                 self.conn.failed(err)
                 return False
+
+    def set_tags(self, tags: dict[str, str]) -> bool:
+        """Set ``tags`` on the trial's run (sweep-level facts known at the sweep's end, e.g. whether the trial is
+        on the Pareto front); a tag the run holds with the same value is not set again. False when offline."""
+        trial = self.record.trial()
+        if trial is None:
+            return False
+        try:
+            client = self.conn.ensure()
+            run_id = self._run(client, trial)
+            have = client.get_run(run_id).data.tags
+            for tag, value in tags.items():
+                if have.get(tag) != value:
+                    client.set_tag(run_id, tag, value)
+            return True
+        except Exception as err:  # noqa: BLE001 - any store/network failure means "offline"
+            self.conn.failed(err)
+            return False
 
     def _sync_epochs(self, client, run_id: str) -> None:
         from mlflow.entities import Metric
