@@ -38,6 +38,9 @@ COLUMNS = (
     ("seconds", "time (s)", 0),
 )
 EXTRA_KEYS = ("miou_old", "miou_new", "miou_all")  # per further validation set (coco-voc: VOC val as COCO ids)
+# A task of more than one incremental step (15-1, 10-2, ...) also gets the paper's two class-range columns after
+# its last step: the step-0 classes and those added after step 0 (e.g. "1-15" and "16-20" for 15-1).
+RANGE_KEYS = ("miou_step0_classes", "miou_later_classes")
 ROW_FILE = "row.json"  # beside results.json: the row's table numbers, with its training time
 # Row variants: ``--methods wilson+memory`` is the WILSON row with a memory of earlier steps' images (method.md §9);
 # every method whose ``Params`` carry the memory fields (``MemoryParams``) takes it.
@@ -82,6 +85,37 @@ def columns(extra_sources: Sequence[str] = ()) -> tuple[tuple[str, str, int], ..
     return COLUMNS[:i] + extra + COLUMNS[i:]
 
 
+def class_ranges(task_name: str) -> tuple[tuple[str, str, int], ...]:
+    """The class-range columns of a task of more than one incremental step, named as in the paper's tables
+    ("1-15", "16-20" for 15-1); none for a task of one or two steps, where they equal old and new."""
+    from wilson_ray.protocol import get_task
+
+    task = get_task(task_name)
+    if task.num_steps <= 2:
+        return ()
+    base, total = task.num_classes(0), task.num_classes(task.num_steps - 1)
+    return ((RANGE_KEYS[0], f"1-{base - 1}", 1), (RANGE_KEYS[1], f"{base}-{total - 1}", 1))
+
+
+def range_values(task_name: str, per_class_iou: dict[str, float]) -> dict[str, float | None]:
+    """mIoU over the step-0 foreground classes and over the classes added later, from a step's per-class IoU
+    (``results.json``: class name -> IoU in internal order, background first; classes without ground truth
+    skipped)."""
+    ranges = class_ranges(task_name)
+    if not ranges:
+        return {}
+    from wilson_ray.protocol import get_task
+
+    base = get_task(task_name).num_classes(0)
+    ious = [_clean(v) for v in per_class_iou.values()]
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
+    return {RANGE_KEYS[0]: mean(ious[1:base]), RANGE_KEYS[1]: mean(ious[base:])}
+
+
 def extra_sources(cfg: Config) -> tuple[str, ...]:
     """The further validation sets a config's task is evaluated on (none for the VOC tasks)."""
     from wilson_ray.protocol import get_task
@@ -117,6 +151,7 @@ class RowRun:
     folder: Path
     steps: str | None = None  # the per-step old/new/all table of a run trained now (``runner.format_table``)
     replaced: bool = False  # trained over a finished run of another config (e.g. another --set)
+    task: str | None = None  # the config's task (``data.task``): its class ranges name the range columns
 
 
 def _clean(v):
@@ -131,6 +166,7 @@ def row_values(cfg: Config, results: dict, seconds: float | None) -> dict[str, f
         "step0_old": _clean(first.get("miou_old")),
         **{k: _clean(last.get(k)) for k in ("miou_old", "miou_new", "miou_all", "miou_all_mib")},
         **{f"{src}/{k}": _clean((other.get(src) or {}).get(k)) for src in extra_sources(cfg) for k in EXTRA_KEYS},
+        **range_values(cfg.data.task, last.get("per_class_iou") or {}),
         "mask_miou": _clean(mask_quality(cfg, last["step"])),
         "seconds": None if seconds is None else round(seconds, 1),
     }
@@ -151,7 +187,7 @@ def run_row(cfg: Config, folder: Path, cache_dir: Path, name: str | None = None)
         results = json.loads((folder / "results.json").read_text())
         row_file = folder / ROW_FILE
         seconds = json.loads(row_file.read_text()).get("seconds") if row_file.is_file() else None
-        return RowRun(name, cfg.run.seed, row_values(cfg, results, seconds), True, folder)
+        return RowRun(name, cfg.run.seed, row_values(cfg, results, seconds), True, folder, task=cfg.data.task)
     replaced = (folder / "results.json").is_file()
     start = time.perf_counter()
     rows = run_task(cfg, folder, cache_dir)
@@ -159,7 +195,7 @@ def run_row(cfg: Config, folder: Path, cache_dir: Path, name: str | None = None)
     results = json.loads((folder / "results.json").read_text())
     values = row_values(cfg, results, seconds)
     atomic_write_text(folder / ROW_FILE, json.dumps({"seed": cfg.run.seed, **values}, indent=2))
-    return RowRun(name, cfg.run.seed, values, False, folder, format_table(cfg, rows), replaced)
+    return RowRun(name, cfg.run.seed, values, False, folder, format_table(cfg, rows), replaced, cfg.data.task)
 
 
 def _fmt(v: float | None, digits: int) -> str:
@@ -202,8 +238,14 @@ def run_table(
 
 
 def _columns_of(runs: Sequence[RowRun]) -> tuple[tuple[str, str, int], ...]:
-    """The columns of a table of ``runs``: the fixed ones and those of the further validation sets they have."""
-    return columns(tuple(dict.fromkeys(k.split("/")[0] for r in runs[:1] for k in r.values if "/" in k)))
+    """The columns of a table of ``runs``: the fixed ones, those of the further validation sets they have and, for a
+    task of several incremental steps, its class ranges (after the all column)."""
+    cols = columns(tuple(dict.fromkeys(k.split("/")[0] for r in runs[:1] for k in r.values if "/" in k)))
+    ranges = class_ranges(runs[0].task) if runs and runs[0].task else ()
+    if not ranges or RANGE_KEYS[0] not in runs[0].values:
+        return cols
+    i = [k for k, _, _ in cols].index("miou_all_mib")
+    return cols[:i] + ranges + cols[i:]
 
 
 def table_json(runs: Sequence[RowRun], seeds: Sequence[int]) -> list | dict:

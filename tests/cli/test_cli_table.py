@@ -138,6 +138,13 @@ def test_a_memory_row_on_a_many_step_task_is_named_budgeted_and_drawn_per_step(s
     results = json.loads((run / "results.json").read_text())
     assert len(results["steps"]) == 3 and f"wrote {out / 'steps.png'}" in printed
     assert (out / "steps.png").stat().st_size > 10_000
+    # the paper's class-range columns after the last step: 10-5's step-0 classes 1-10 and the later ones 11-20
+    assert "| all | 1-10 | 11-20 | all (MiB) |" in (out / "table.md").read_text()
+    ious = list(results["steps"][-1]["per_class_iou"].values())
+    base, later = [v for v in ious[1:11] if v == v], [v for v in ious[11:] if v == v]
+    assert len(ious) == 21 and base and later
+    assert rows["wilson+memory"]["miou_step0_classes"] == pytest.approx(sum(base) / len(base))
+    assert rows["wilson+memory"]["miou_later_classes"] == pytest.approx(sum(later) / len(later))
 
 
 @pytest.mark.parametrize(
