@@ -348,7 +348,8 @@ def test_a_preset_extends_another(tmp_path, monkeypatch):
     demo = resolve_config("demo")
     assert (coco.data.task, coco.data.root, coco.data.crop_size) == ("coco-voc", "data/synthetic-coco", 96)
     assert (coco.model, coco.step0, coco.incremental, coco.run) == (demo.model, demo.step0, demo.incremental, demo.run)
-    assert resolve_config("demo-coco-voc", method="cam").method.params == config_from_dict({"method": "cam"}).method.params
+    cam = resolve_config("demo-coco-voc", method="cam").method.params
+    assert cam == config_from_dict({"method": "cam"}).method.params
     assert resolve_config("demo", method="cam").method.params["epochs"] == 12  # demo's own block
     ten = resolve_config("voc-10-10")
     assert ten.data.task == "10-10" and ten.run.amp == "auto" and ten.model.pretrained == "torchvision"
