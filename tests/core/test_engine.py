@@ -2,6 +2,7 @@ import pickle
 
 import pytest
 import torch
+from spies import EpochSpy
 
 from tests.methods.test_methods import TINY
 from wilson_ray.checkpoint import check_checkpoint_matches, load_checkpoint
@@ -74,17 +75,9 @@ def test_resume_continues_from_saved_epoch(synth_root, tmp_path):
             pass
 
     train_step(cfg, 0, callbacks=[Save()])
-    epochs = []
-
-    class Spy:
-        def on_epoch_end(self, epoch, metrics, save_state):
-            epochs.append(epoch)
-
-        def on_step_end(self, result):
-            pass
-
-    train_step(cfg, 0, resume_from=saved["path"], callbacks=[Spy()])
-    assert epochs == [2]
+    spy = EpochSpy()
+    train_step(cfg, 0, resume_from=saved["path"], callbacks=[spy])
+    assert spy.epochs == [2]
 
 
 def test_nonfinite_loss_stops_with_reason(synth_root):

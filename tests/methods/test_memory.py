@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from spies import EpochSpy
 
 from tests.methods.test_methods import TINY, step0_ce_ckpt, step0_ckpt  # noqa: F401  (module fixtures)
 from wilson_ray import losses
@@ -395,16 +396,10 @@ def test_a_pixel_rows_memory_step_trains_within_budget_and_stores_its_memory(
     overrides = {**TINY, "data.root": str(synth_root), "method.memory_size": budget}
     cfg = resolve_config("demo", method=name, overrides=overrides)
     init = step0_ce_ckpt if get_method(name).step0 is CEStepZero else step0_ckpt
-    seen = []
+    spy = EpochSpy()
+    seen = spy.metrics
 
-    class Spy:
-        def on_epoch_end(self, epoch, metrics, save_state):
-            seen.append(metrics)
-
-        def on_step_end(self, result):
-            pass
-
-    result = train_step(cfg, 1, init_checkpoint=init, out_dir=tmp_path, callbacks=[Spy()])
+    result = train_step(cfg, 1, init_checkpoint=init, out_dir=tmp_path, callbacks=[spy])
     assert len(seen) == 2 and all("loss/mem" in m and math.isfinite(m["loss/mem"]) for m in seen)
     assert all(m["loss/mem"] > 0 and math.isfinite(m["loss/total"]) for m in seen)
     state = load_checkpoint(result.checkpoint)["method_state"]

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from spies import EpochSpy
 
 from wilson_ray.config import resolve_config
 from wilson_ray.engine import train_step
@@ -73,17 +74,11 @@ def test_every_method_runs_a_step(method, synth_root, step0_ckpt, step0_ce_ckpt,
         step0_ckpt = step0_ce_ckpt
     cfg = resolve_config("demo", method=method, overrides=overrides)
     joint = METHODS[method].step0 is None  # the joint bound trains its own single step
-    seen = []
-
-    class Spy:
-        def on_epoch_end(self, epoch, metrics, save_state):
-            seen.append(metrics)
-
-        def on_step_end(self, result):
-            pass
+    spy = EpochSpy()
+    seen = spy.metrics
 
     step = 0 if joint else 1
-    result = train_step(cfg, step, init_checkpoint=None if joint else step0_ckpt, out_dir=tmp_path, callbacks=[Spy()])
+    result = train_step(cfg, step, init_checkpoint=None if joint else step0_ckpt, out_dir=tmp_path, callbacks=[spy])
     assert result.checkpoint.is_file()
     epochs = 1 if joint else 2
     assert [m["epoch"] for m in seen] == list(range(1, epochs + 1))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from spies import EpochSpy
 
 from tests.methods.test_methods import TINY
 from wilson_ray.config import resolve_config
@@ -79,16 +80,10 @@ def test_pseudo_masks_are_made_once_and_reused(synth_copy, tmp_path, monkeypatch
     step0 = train_step(
         resolve_config("demo", overrides={**TINY, "data.root": str(synth_copy)}), 0, out_dir=tmp_path / "s0"
     ).checkpoint
-    seen = []
+    spy = EpochSpy()
+    seen = spy.metrics
 
-    class Spy:
-        def on_epoch_end(self, epoch, metrics, save_state):
-            seen.append(metrics)
-
-        def on_step_end(self, result):
-            pass
-
-    result = train_step(cfg, 1, init_checkpoint=step0, out_dir=tmp_path / "s1", callbacks=[Spy()])
+    result = train_step(cfg, 1, init_checkpoint=step0, out_dir=tmp_path / "s1", callbacks=[spy])
     assert calls == ["cam"] and {"loss/seg", "loss/total"} == {k for k in seen[0] if k.startswith("loss/")}
     assert all(math.isfinite(m["loss/total"]) for m in seen) and 0 <= result.metrics["miou_all"] <= 100
     # another learner knob: another entry, trained once more
