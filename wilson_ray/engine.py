@@ -351,7 +351,14 @@ def train_step(
     if resume_from is not None:
         start_epoch = load_training_state(resume_from, step, state_parts)
     else:
-        method.before_training(ctx, batches)
+        # The pass reads its own loader (same data, same seed) and runs on a forked RNG, so the training batches and
+        # augmentations do not depend on whether it ran or came from the cache (``pass_cache``): a computed pass used
+        # to consume the training loader's first shuffle and the global RNG its crops draw from.
+        pass_loader = step_setup.make_loader(
+            train_set, per_rank_batch, True, cfg, device, cfg.run.seed + step, drop_last=True
+        )
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            method.before_training(ctx, DeviceBatches(pass_loader, loop, iters))
 
     def save_state(directory: Path, epoch: int) -> Path:
         path = Path(directory) / "state.pt"

@@ -125,3 +125,33 @@ def test_bare_cuda_device_gets_the_local_index(monkeypatch):
     assert runtime.resolve_device("cuda:0") == torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert runtime.resolve_device("auto") == torch.device("cpu")
+
+
+def test_training_does_not_depend_on_whether_the_before_training_pass_ran(synth_root, tmp_path, monkeypatch):
+    """A method's pass over the training data (PLOP's thresholds, RECALL's labels) is computed once and then read
+    from the pass cache; the step that computes it and the step that reads it must train on the same batches. A pass
+    that consumed the training loader (its first shuffle, the global RNG of the crops) changed the run."""
+    from wilson_ray import methods
+    from wilson_ray.methods.finetune import Finetune
+
+    step0 = train_step(_cfg(synth_root), 0, out_dir=tmp_path / "s0").checkpoint
+    cfg = resolve_config("demo", method="finetune", overrides={**TINY, "data.root": str(synth_root)})
+
+    def first_batches(reads_the_data: bool) -> list[float]:
+        seen: list[float] = []
+
+        class Probe(Finetune):
+            def before_training(self, ctx, loader):
+                if reads_the_data:  # a pass computed now reads every batch (the cached one reads nothing)
+                    assert sum(1 for _ in loader) > 0
+
+            def losses(self, ctx, batch, epoch):
+                seen.append(float(batch.images.double().sum()))
+                return super().losses(ctx, batch, epoch)
+
+        monkeypatch.setitem(methods.METHODS, "finetune", Probe)
+        result = train_step(cfg, 1, init_checkpoint=step0, out_dir=tmp_path / f"s1-{reads_the_data}")
+        return seen + [result.metrics["miou_all"]]
+
+    computed, cached = first_batches(True), first_batches(False)
+    assert len(computed) > 2 and computed == cached
