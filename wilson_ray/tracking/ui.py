@@ -185,8 +185,10 @@ def serve_until_interrupted(servers: list[Server], log=print) -> int:
     # child of a process that ignores it) would otherwise never see Ctrl-C, and a SIGTERM would leave the servers
     # running in their own sessions.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    log("Ctrl-C stops the servers.")
     try:
+        # Printed inside the try: a signal sent the moment this line is read (a script, a test) lands in the
+        # handler's KeyboardInterrupt below, not in the caller's (which exits 130).
+        log("Ctrl-C stops the servers.")
         while all(s.process.poll() is None for s in servers):
             time.sleep(0.5)
         gone = [s.name for s in servers if s.process.poll() is not None]
