@@ -136,6 +136,9 @@ class StepOptions:
     frozen_old_model: bool = True  # run.frozen_old_model: BN folded, weights in the amp dtype, inference_mode
     valid_taps: bool = True  # run.valid_taps: ASPP dilated convs as per-tap GEMMs over valid pixels
     fused_sgd: bool = True  # run.fused_sgd
+    # run.reuse_heap: process-wide once on (glibc's mallopt), so off unless asked: only benchmarks.step's own
+    # process turns it on (its options()), never a test process that builds setups
+    reuse_heap: bool = False
     device: str = "cpu"
     seed: int = 0
     amp_requested: str | None = None  # run.amp before hardware.resolve_amp (e.g. auto)
@@ -175,6 +178,7 @@ def make_config(o: StepOptions) -> Config:
         "run.frozen_old_model": o.frozen_old_model,
         "run.valid_taps": o.valid_taps,
         "run.fused_sgd": o.fused_sgd,
+        "run.reuse_heap": o.reuse_heap,
         "run.device": o.device,
         "run.progress": False,
         "data.task": TASK,

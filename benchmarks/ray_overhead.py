@@ -122,6 +122,14 @@ def _timeline(trial_dir: Path) -> dict:
     }
 
 
+def _phases(sweep_dir: Path) -> dict[str, float]:
+    """The sweep driver's phases, ``{name: seconds}`` (``<sweep>/startup.json``; empty when it is missing)."""
+    from wilson_ray.phases import durations, read
+
+    path = sweep_dir / "startup.json"
+    return durations(read(path)) if path.is_file() else {}
+
+
 def _plain_miou(log: Path) -> list[float] | None:
     """old/new/all mIoU from the last row of ``wilson-ray train``'s result table in ``log``."""
     rows = re.findall(
@@ -222,6 +230,8 @@ def run(a: argparse.Namespace) -> dict:
         }
         for r in rows
     ]
+    # where the sweep's own seconds go: the driver's phases (startup.json), from process start to Ray's shutdown
+    phases = {"sweep_phases_s": _phases(storage / space.name)}
     bracket = {}
     if a.bracket:  # the same seeded trials again, in a folder of their own (a sweep of the same name resumes)
         again = storage / "bracket"
@@ -249,6 +259,7 @@ def run(a: argparse.Namespace) -> dict:
             # the same side twice: how far repeats of one command drift on this machine during the benchmark
             "sweep_repeat_ratio": round(after_s / sweep_s, 4),
             "plain_repeat_ratio": round(plain_after_s / plain_s, 4),
+            "sweep_phases_after_s": _phases(again / space.name),
             "same_results_after": after == sorted(x["plain"] for x in results) == plain_after_miou,
         }
     return {
@@ -269,6 +280,7 @@ def run(a: argparse.Namespace) -> dict:
         "sweep_trial_timeline": timeline,
         "miou_old_new_all": results,
         "same_results": all(x["sweep"] == x["plain"] for x in results),
+        **phases,
         **bracket,
         **info,
         "loadavg_end": common.load_average(),

@@ -90,6 +90,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="run.valid_taps: ASPP dilated convs as per-tap GEMMs over valid pixels",
     )
+    p.add_argument(
+        "--reuse-heap",
+        dest="reuse_heap",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run.reuse_heap: freed tensor memory kept in glibc's heap (process-wide: with --paired, both setups)",
+    )
     p.add_argument("--iters", type=int, default=None, help="timed iterations (default 5, 20 for small)")
     p.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default 2, 3 with compile)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (0: leave torch's default)")
@@ -118,7 +125,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-SWITCHES = ("amp", "channels_last", "compile", "frozen_old_model", "valid_taps", "fused_sgd")
+SWITCHES = ("amp", "channels_last", "compile", "frozen_old_model", "valid_taps", "fused_sgd", "reuse_heap")
 
 
 def _switches(o: common.StepOptions) -> dict:
@@ -137,7 +144,13 @@ def options(a: argparse.Namespace) -> common.StepOptions:
         base = dict(amp="auto", **hardware.fast_path_plan(device))
     else:
         base = dict(
-            amp="none", channels_last=False, compile=False, frozen_old_model=False, fused_sgd=False, valid_taps=False
+            amp="none",
+            channels_last=False,
+            compile=False,
+            frozen_old_model=False,
+            fused_sgd=False,
+            valid_taps=False,
+            reuse_heap=False,
         )
     for k in base:
         v = getattr(a, k)
@@ -386,6 +399,7 @@ def run_paired(a: argparse.Namespace) -> dict:
             "frozen_old_model": None,
             "fused_sgd": None,
             "valid_taps": None,
+            "reuse_heap": None,
             "compile_blocks": False,
         }
     )

@@ -82,6 +82,7 @@ class RunConfig:
     frozen_old_model: bool = False  # old model with BN folded into convs, weights in the amp dtype, inference_mode
     valid_taps: bool = False  # ASPP dilated convs as per-tap GEMMs over valid pixels (CPU: avoids oneDNN's slow path)
     fused_sgd: bool = False  # torch.optim.SGD(fused=True): one kernel over all parameters
+    reuse_heap: bool = False  # CPU, glibc: freed tensor memory kept in the heap for the next iteration (no refaults)
     # DDP's find_unused_parameters (an extra autograd-graph traversal per iteration); None: only for a method that
     # needs it (WILSON's localizer-only epochs leave the segmentation head without gradients). BENCHMARKS.md §3A.
     ddp_find_unused: bool | None = None
@@ -99,6 +100,7 @@ FAST_PATH: dict[str, Any] = {
     "run.frozen_old_model": True,
     "run.valid_taps": True,
     "run.fused_sgd": True,
+    "run.reuse_heap": True,
 }
 
 

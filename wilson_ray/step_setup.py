@@ -332,6 +332,8 @@ def prepare_models(
     """
     compile = cfg.run.compile if compile is None else compile
     amp = cfg.run.amp if amp is None else amp
+    if cfg.run.reuse_heap and device.type == "cpu":
+        fast.reuse_heap()
     if world > 1 and device.type == "cuda":
         # PyTorch's SyncBatchNorm is CUDA-only; CPU (gloo) workers keep per-worker BatchNorm statistics.
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)

@@ -95,7 +95,7 @@ def test_describe_amp_choice_names_the_hardware(fake):
 
 
 def test_fast_path_plan_per_kind(fake):
-    keys = {"channels_last", "frozen_old_model", "valid_taps", "fused_sgd", "compile"}
+    keys = {"channels_last", "frozen_old_model", "valid_taps", "fused_sgd", "compile", "reuse_heap"}
     for cpu, kind in ((AVX2, "cpu"), (AMX, "cpu_bf16")):
         fake(cpu=cpu)
         plan = hardware.fast_path_plan("cpu")
@@ -115,7 +115,10 @@ def test_fast_path_plan_per_kind(fake):
         "valid_taps": True,
         "fused_sgd": True,
         "compile": False,
+        "reuse_heap": True,
     }
+    # the heap is the host's: on CUDA the iteration's tensors are in the caching allocator
+    assert not hardware.FAST_PATH_PLANS["cuda"]["reuse_heap"] and hardware.FAST_PATH_PLANS["cpu_bf16"]["reuse_heap"]
     # measured on the H200 (BENCHMARKS.md §1): compile 2.15x at batch 24, parity at batch 2; too slow to compile on CPU
     assert hardware.FAST_PATH_PLANS["cuda"]["compile"] and not hardware.FAST_PATH_PLANS["cpu_bf16"]["compile"]
 
@@ -154,9 +157,10 @@ def test_step_benchmark_resolves_auto_and_uses_the_plan(fake):
     assert step.options(step.parse_args(["--backbone", "small"])).amp == "bf16"
     # explicit flags win; fp32 eager is all off
     o = step.options(step.parse_args(["--fp32-eager", "--channels-last"]))
-    assert (o.amp, o.channels_last, o.valid_taps, o.frozen_old_model, o.fused_sgd) == (
+    assert (o.amp, o.channels_last, o.valid_taps, o.frozen_old_model, o.fused_sgd, o.reuse_heap) == (
         "none",
         True,
+        False,
         False,
         False,
         False,

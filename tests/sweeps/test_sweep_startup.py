@@ -145,8 +145,9 @@ def test_the_driver_raises_the_store_error_before_opening_the_parent_run(tmp_pat
 @pytest.mark.timeout(600)
 def test_a_sweep_writes_its_start_phases(tmp_path):
     """A 1-trial direct sweep through the CLI writes ``startup.json``: every phase of
-    ``tune_driver.STARTUP_PHASES`` once, in order, with non-negative durations that add up to the offsets."""
-    from wilson_ray.orchestration.tune_driver import STARTUP_PHASES
+    ``tune_driver.STARTUP_PHASES`` and then of ``END_PHASES`` once, in order, with non-negative durations that add
+    up to the offsets."""
+    from wilson_ray.orchestration.tune_driver import END_PHASES, STARTUP_PHASES
 
     synth = tmp_path / "synth"
     subprocess.run(
@@ -174,7 +175,9 @@ def test_a_sweep_writes_its_start_phases(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     data = json.loads((storage / "start" / "startup.json").read_text(encoding="utf-8"))
     names = [p["name"] for p in data["phases"]]
-    assert names == list(STARTUP_PHASES), names
+    assert names == [*STARTUP_PHASES, *END_PHASES], names
+    ends = {p["name"]: p["duration_s"] for p in data["phases"][len(STARTUP_PHASES) :]}
+    assert ends["confirmation"] < 0.5 and ends["finish"] > 0 and ends["ray_shutdown"] > 0, ends  # no confirm:
     assert all(p["duration_s"] >= 0 for p in data["phases"])
     offsets = [p["offset_s"] for p in data["phases"]]
     assert offsets == sorted(offsets) and offsets[0] > 0

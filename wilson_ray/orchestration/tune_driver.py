@@ -109,6 +109,13 @@ STARTUP_PHASES = (
     # after its final figures, so with 1-epoch trials this phase holds them too
     "first_epoch",
 )
+# ... and the phases after the trials, marked in the same file when the sweep ends normally:
+END_PHASES = (
+    "trials",  # Tune's fit returned: the last trial ended and Tune stopped its trial processes
+    "confirmation",  # the seed confirmation stage (0 s for a sweep without ``confirm:``)
+    "finish",  # the records synced, summary files, plots and report written, the MLflow parent run closed
+    "ray_shutdown",  # the local Ray cluster stopped (0 s when the sweep joined a running cluster)
+)
 
 
 # startup.json path -> this driver process's recorder. Tune pickles a Tuner's callbacks into its experiment
@@ -395,17 +402,31 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
             tuner.fit()
         except KeyboardInterrupt:
             interrupted = True
+        _mark_once(phases, "trials")
         # again after fit: a restored Tuner copies the experiment folder (this sweep's folder) to its staging
         # folder at the start and back at the end, over the startup.json its own callback wrote meanwhile
         write_startup(phases, startup_path)
         if space.confirm is not None and not interrupted:
             interrupted = _run_confirmation(space, settings, sweep_path, storage, name, opts, log)
+        _mark_once(phases, "confirmation")
         kill_point("before_summary")
-        return _finish(space, settings, storage, name, tracking, restored, interrupted, log, optuna_url)
+        outcome = _finish(space, settings, storage, name, tracking, restored, interrupted, log, optuna_url)
+        _mark_once(phases, "finish")
+        return outcome
     finally:
         _ACTIVE_PHASES.pop(str(sweep_path / STARTUP_FILE), None)
         if started:
             ray.shutdown()
+        if phases.has("finish"):
+            _mark_once(phases, "ray_shutdown")
+            write_startup(phases, sweep_path / STARTUP_FILE)
+
+
+def _mark_once(phases: PhaseRecorder, name: str) -> None:
+    """Mark ``name`` unless it is (a sweep whose trials never started has no first-epoch mark: the end phases
+    still count from the last mark there is)."""
+    if not phases.has(name):
+        phases.mark(name)
 
 
 def _ddp_step_trainer(settings: SweepSettings, workers: int, log):
