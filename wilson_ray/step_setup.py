@@ -39,12 +39,16 @@ def task_of(cfg: Config, method: type[Method] | None = None) -> TaskView:
     return method.task_view(task)
 
 
-def new_class_names(cfg: Config, step: int, names: list[str]) -> list[str]:
+def old_class_names(cfg: Config, step: int) -> list[str]:
+    """The classes the trained task has learnt before step ``step`` (background included; none at step 0)."""
+    return list(task_of(cfg).train.class_names(step - 1)) if step > 0 else []
+
+
+def new_class_names(cfg: Config, step: int, names: list[str], old: list[str] | None = None) -> list[str]:
     """The classes among ``names`` that step ``step`` of the trained task adds (background and the classes of
-    steps < ``step`` left out)."""
-    task = task_of(cfg).train
-    old = set(task.class_names(step - 1)) if step > 0 else set()
-    return [n for n in names if n not in old and n != "background"]
+    steps < ``step`` left out); ``old``: ``old_class_names(cfg, step)`` when already known (``cfg`` unused)."""
+    known = set(old_class_names(cfg, step) if old is None else old)
+    return [n for n in names if n not in known and n != "background"]
 
 
 def build_model(cfg: Config, task: Task, step: int) -> Segmenter:

@@ -66,8 +66,11 @@ class TrialRecord:
         step: int,
         sweep: str,
         confirm: dict[str, Any] | None = None,
+        old_classes: list[str] | None = None,
     ) -> None:
-        """``confirm``: a confirmation trial's group, seed and source trial (``orchestration.confirm``)."""
+        """``confirm``: a confirmation trial's group, seed and source trial (``orchestration.confirm``);
+        ``old_classes``: the classes learnt before the trial's step, once its config is resolved (the driver labels
+        the new classes of any trial's figures with them, one ASHA stopped too, without resolving the config)."""
         old = _read_json(self.dir / "trial.json") or {}
         data = {
             "trial_id": trial_id,
@@ -82,6 +85,8 @@ class TrialRecord:
         }
         if confirm is not None:
             data["confirm"] = confirm
+        if old_classes is not None:
+            data["old_classes"] = list(old_classes)
         if old != json.loads(json.dumps(data, default=str)):
             atomic_write_text(self.dir / "trial.json", json.dumps(data, indent=1, default=str))
 

@@ -3,6 +3,7 @@ its own run, and an unreachable store that warns once while the record keeps eve
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -340,3 +341,39 @@ def test_ui_stops_its_servers_on_ctrl_c_even_if_started_ignoring_it_and_on_sigte
             os.killpg(proc.pid, signal.SIGKILL)
         subprocess.run(["pkill", "-f", f"backend-store-uri sqlite:///{tmp_path}"], check=False)
     assert "Shutting down" in (tmp_path / "ui-logs" / "mlflow.log").read_text()  # the server got its SIGTERM
+
+
+def test_new_classes_of_a_stopped_trial_come_from_its_record_without_its_config(tmp_path, monkeypatch):
+    """A trial ASHA stopped has no final.json: its figures' new classes come from the old classes its worker wrote
+    into trial.json (no config is resolved in the driver); a finished trial's come from final.json."""
+    import wilson_ray.config as config_module
+    from wilson_ray.orchestration.outcome import new_classes
+    from wilson_ray.sweep_record import TrialRecord
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver resolved a trial config")
+
+    monkeypatch.setattr(config_module, "config_from_dict", refuse)
+    rec = TrialRecord(tmp_path / "t1")
+    rec.dir.mkdir()
+    rec.write_trial("t1", "t1", {}, {}, 1, "s", old_classes=["background", "a", "b"])
+    names = ["background", "a", "b", "c", "d"]
+    assert new_classes(rec, rec.trial(), names) == ["c", "d"]
+    assert new_classes(rec, {**rec.trial(), "step": 0}, names) == []
+    (rec.dir / "final").mkdir()
+    (rec.dir / "final" / "final.json").write_text(json.dumps({"new_classes": ["d"]}), encoding="utf-8")
+    assert new_classes(rec, rec.trial(), names) == ["d"]
+
+
+def test_old_and_new_class_names_of_a_step():
+    from wilson_ray.config import resolve_config
+    from wilson_ray.protocol import get_task
+    from wilson_ray.step_setup import new_class_names, old_class_names
+
+    cfg = resolve_config("voc-15-5", overrides={"model.pretrained": None})
+    task = get_task("15-5")
+    old = old_class_names(cfg, 1)
+    assert len(old) == 16 and old[0] == "background" and old_class_names(cfg, 0) == []
+    names = list(task.class_names(1))
+    assert new_class_names(cfg, 1, names) == new_class_names(cfg, 1, names, old=old) == names[16:]
+    assert len(names[16:]) == 5

@@ -55,8 +55,8 @@ def write_summary(rec: TrialRecord) -> None:
 
 def new_classes(rec: TrialRecord, trial: dict, names: list[str]) -> list[str]:
     """The classes among ``names`` that the trial's step adds (none at step 0): as its worker wrote them in
-    ``final.json``, else (a trial ASHA stopped before its end, or a record older than that field) from the
-    recorded config."""
+    ``final.json``, else (a trial ASHA stopped before its end) from the old classes its worker wrote into
+    ``trial.json``; only a record older than both fields has its config resolved here."""
     step = int(trial.get("step") or 0)
     if step <= 0:
         return []
@@ -64,6 +64,9 @@ def new_classes(rec: TrialRecord, trial: dict, names: list[str]) -> list[str]:
     if recorded is not None:
         added = set(recorded)
         return [n for n in names if n in added]
+    old = trial.get("old_classes")
+    if old is not None:
+        return [n for n in names if n not in set(old) and n != "background"]
     from wilson_ray.config import config_from_dict
     from wilson_ray.step_setup import new_class_names
 

@@ -88,6 +88,18 @@ def trial(config: dict[str, Any], settings: SweepSettings) -> None:
     if (record.outcome() or {}).get("outcome") not in (None, "running"):
         record.set_outcome("running")  # a resumed errored trial: its MLflow run is RUNNING again
     cfg = config_from_dict(cfg_dict, source=f"sweep {settings.name}, trial {trial_id}")  # the one resolution
+    from wilson_ray.step_setup import old_class_names
+
+    record.write_trial(
+        trial_id,
+        trial_name,
+        values,
+        cfg_dict,
+        settings.step,
+        settings.name,
+        confirm=confirm,
+        old_classes=old_class_names(cfg, settings.step),
+    )
     init = settings.init_checkpoint
     if init is None and settings.step > 0:
         # The swept keys change the earlier steps (e.g. step >= 2): train/read them in the cache (file lock:
