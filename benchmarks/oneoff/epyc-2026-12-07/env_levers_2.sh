@@ -6,9 +6,9 @@ for rep in 1 2 3; do
  for k in ${KS:-base mallopt hugetlb both}; do
   case $k in
    base) CMD="env .venv/bin/python -m benchmarks.step";;
-   mallopt) CMD="env .venv/bin/python /tmp/lev/mallopt_run.py";;
+   mallopt) CMD="env .venv/bin/python benchmarks/oneoff/epyc-2026-12-07/mallopt_run.py";;
    hugetlb) CMD="env GLIBC_TUNABLES=glibc.malloc.hugetlb=1 .venv/bin/python -m benchmarks.step";;
-   both) CMD="env GLIBC_TUNABLES=glibc.malloc.hugetlb=1 .venv/bin/python /tmp/lev/mallopt_run.py";;
+   both) CMD="env GLIBC_TUNABLES=glibc.malloc.hugetlb=1 .venv/bin/python benchmarks/oneoff/epyc-2026-12-07/mallopt_run.py";;
   esac
   $CMD $ARGS > /tmp/lev/$TAG.$k.$rep.json 2>/tmp/lev/$TAG.$k.$rep.err
   python3 -c "
