@@ -156,10 +156,10 @@ def reuse_heap() -> bool:
 
     Why: PyTorch's CPU allocator has no cache of its own, and glibc serves every allocation above its mmap
     threshold (adaptive, at most 32 MiB) with fresh pages that it unmaps on free, so each training iteration
-    faults its activations in again: 80-100 thousand minor page faults per ResNet-101 WILSON step-1 iteration at
-    4 x 256², about 7 % of its fp32 time (BENCHMARKS.md §1D). Reused heap blocks fault once. The cost: memory
-    freed by one iteration is not returned to the system before the process ends (peak RSS measured within
-    +1.5 %, since the next iteration needs the same blocks)."""
+    faults its activations in again: ~300 thousand minor page faults per ResNet-101 WILSON step-1 iteration at
+    2 x 512², 6 % of its fp32 time on an EPYC Zen 4 (BENCHMARKS.md §1D). Reused heap blocks fault once. The cost:
+    memory freed by one iteration is not returned to the system before the process ends, and big blocks split by
+    small ones raise the peak (+100-190 MB, 3-5 %, at 2 x 512²)."""
     global _heap_reused
     if _heap_reused:
         return True

@@ -195,8 +195,9 @@ def describe_amp_choice(requested: str, resolved: str, device: torch.device | st
 # SGD's step 5x faster than the foreach one; the frozen old model gains only ~3 % per iteration in fp32 (within
 # noise), so it stays off there. (It also used to raise the peak RSS by 110-200 MB; folded in place since
 # 2026-11-26 it no longer does: 3604 vs 3666-3678 MB at 2x512².)
-# reuse_heap (both CPU kinds; measured on an EPYC Zen 4, ResNet-101 step 1 at 4x256², BENCHMARKS.md §1D): -7 % per
-# fp32 iteration and -4 % in bf16, the page faults of re-allocated activations gone; glibc only, a no-op elsewhere.
+# reuse_heap (both CPU kinds; measured on an EPYC Zen 4, ResNet-101 step 1, BENCHMARKS.md §1D): -6.3 % per fp32
+# iteration at 2x512² (within noise at 4x256²), -4 % in bf16 at 4x256², the page faults of re-allocated activations
+# gone, +100-190 MB peak; glibc only, a no-op elsewhere.
 # Off on CUDA, where the iteration's tensors live in the caching allocator's device memory.
 # cuda (H200, ResNet-101 step 1 at 512², paired against fp32 eager): the eager switches gave 1.67x at batch 24 but
 # 0.85-0.89x at batch 2 (launch-bound); torch.compile on top gave 2.15x at batch 24 and 1.01x at batch 2 (about

@@ -44,11 +44,16 @@ def old_class_names(cfg: Config, step: int) -> list[str]:
     return list(task_of(cfg).train.class_names(step - 1)) if step > 0 else []
 
 
-def new_class_names(cfg: Config, step: int, names: list[str], old: list[str] | None = None) -> list[str]:
-    """The classes among ``names`` that step ``step`` of the trained task adds (background and the classes of
-    steps < ``step`` left out); ``old``: ``old_class_names(cfg, step)`` when already known (``cfg`` unused)."""
-    known = set(old_class_names(cfg, step) if old is None else old)
+def added_classes(names: list[str], old: list[str]) -> list[str]:
+    """The classes among ``names`` that are neither background nor among ``old`` (``old_class_names``)."""
+    known = set(old)
     return [n for n in names if n not in known and n != "background"]
+
+
+def new_class_names(cfg: Config, step: int, names: list[str]) -> list[str]:
+    """The classes among ``names`` that step ``step`` of the trained task adds (background and the classes of
+    steps < ``step`` left out)."""
+    return added_classes(names, old_class_names(cfg, step))
 
 
 def build_model(cfg: Config, task: Task, step: int) -> Segmenter:

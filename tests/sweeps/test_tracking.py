@@ -368,12 +368,12 @@ def test_new_classes_of_a_stopped_trial_come_from_its_record_without_its_config(
 def test_old_and_new_class_names_of_a_step():
     from wilson_ray.config import resolve_config
     from wilson_ray.protocol import get_task
-    from wilson_ray.step_setup import new_class_names, old_class_names
+    from wilson_ray.step_setup import added_classes, new_class_names, old_class_names
 
     cfg = resolve_config("voc-15-5", overrides={"model.pretrained": None})
     task = get_task("15-5")
     old = old_class_names(cfg, 1)
     assert len(old) == 16 and old[0] == "background" and old_class_names(cfg, 0) == []
     names = list(task.class_names(1))
-    assert new_class_names(cfg, 1, names) == new_class_names(cfg, 1, names, old=old) == names[16:]
+    assert new_class_names(cfg, 1, names) == added_classes(names, old) == names[16:]
     assert len(names[16:]) == 5

@@ -64,13 +64,15 @@ def new_classes(rec: TrialRecord, trial: dict, names: list[str]) -> list[str]:
     if recorded is not None:
         added = set(recorded)
         return [n for n in names if n in added]
+    from wilson_ray.step_setup import added_classes
+
     old = trial.get("old_classes")
     if old is not None:
-        return [n for n in names if n not in set(old) and n != "background"]
+        return added_classes(names, old)
     from wilson_ray.config import config_from_dict
-    from wilson_ray.step_setup import new_class_names
+    from wilson_ray.step_setup import old_class_names
 
-    return new_class_names(config_from_dict(trial.get("config") or {}, "trial config"), step, names)
+    return added_classes(names, old_class_names(config_from_dict(trial.get("config") or {}, "trial config"), step))
 
 
 def stop_reason(rec: TrialRecord, epoch: int, settings: SweepSettings) -> str:

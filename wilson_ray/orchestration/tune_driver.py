@@ -402,31 +402,24 @@ def run_sweep(opts: SweepOptions, log=print) -> SweepOutcome:
             tuner.fit()
         except KeyboardInterrupt:
             interrupted = True
-        _mark_once(phases, "trials")
+        phases.mark("trials")
         # again after fit: a restored Tuner copies the experiment folder (this sweep's folder) to its staging
         # folder at the start and back at the end, over the startup.json its own callback wrote meanwhile
         write_startup(phases, startup_path)
         if space.confirm is not None and not interrupted:
             interrupted = _run_confirmation(space, settings, sweep_path, storage, name, opts, log)
-        _mark_once(phases, "confirmation")
+        phases.mark("confirmation")
         kill_point("before_summary")
         outcome = _finish(space, settings, storage, name, tracking, restored, interrupted, log, optuna_url)
-        _mark_once(phases, "finish")
+        phases.mark("finish")
         return outcome
     finally:
         _ACTIVE_PHASES.pop(str(sweep_path / STARTUP_FILE), None)
         if started:
             ray.shutdown()
-        if phases.has("finish"):
-            _mark_once(phases, "ray_shutdown")
+        if phases.has("finish"):  # the end phases are written for a sweep that ended normally
+            phases.mark("ray_shutdown")
             write_startup(phases, sweep_path / STARTUP_FILE)
-
-
-def _mark_once(phases: PhaseRecorder, name: str) -> None:
-    """Mark ``name`` unless it is (a sweep whose trials never started has no first-epoch mark: the end phases
-    still count from the last mark there is)."""
-    if not phases.has(name):
-        phases.mark(name)
 
 
 def _ddp_step_trainer(settings: SweepSettings, workers: int, log):
